@@ -1,0 +1,1 @@
+"""effjax: efficient neural architectures in JAX/Flax."""
