@@ -1,0 +1,133 @@
+"""Config helpers: `file.py:key=value,...` arguments, the trainer's base config, durations, validation.
+
+A config file defines `get_config(arg=None)`; `arg` is the text after the colon on the command line
+(`configs/vit.py:runlocal,variant=S`). Every config starts from `base_config()`, which holds all keys the
+trainer reads, so that a typo anywhere is caught by the locked ConfigDict.
+"""
+import ast
+import difflib
+
+import ml_collections
+from ml_collections import ConfigDict
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message is one line naming the problem."""
+
+
+def _parse_value(text: str):
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def parse_arg(arg: str | None, **defaults) -> ConfigDict:
+  """Parses `key=value,flag` into a ConfigDict of `defaults` updated by the string.
+
+  A bare `flag` means `flag=True`. Values are Python literals when they parse as such, else strings;
+  a value must have the type of its default (ints are accepted for floats). An unknown key is a
+  ConfigError naming the closest known key.
+  """
+  result = ConfigDict(defaults)
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, _, text = item.partition("=")
+    key = key.strip()
+    value = _parse_value(text.strip()) if _ else True
+    if key not in defaults:
+      raise ConfigError(f"unknown config argument {key!r}{_closest(key, defaults)}")
+    default = defaults[key]
+    if default is not None and not isinstance(value, type(default)):
+      if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+      elif isinstance(default, str):
+        value = str(value)
+      else:
+        raise ConfigError(f"config argument {key}={text!r}: expected {type(default).__name__}")
+    result[key] = value
+  return result
+
+
+def _closest(key: str, valid) -> str:
+  close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+  return f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def closest_key(config: ConfigDict, dotted: str) -> str:
+  """For an unknown dotted key, the one-line hint naming the closest valid key at that level."""
+  node, parts = config, dotted.split(".")
+  for i, part in enumerate(parts):
+    if isinstance(node, ConfigDict) and part in node:
+      node = node[part]
+      continue
+    prefix = ".".join(parts[:i])
+    valid = list(node.keys()) if isinstance(node, ConfigDict) else []
+    close = difflib.get_close_matches(part, valid, n=1, cutoff=0.5)
+    if close:
+      return f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?"
+    return f"valid keys{' under ' + prefix if prefix else ''}: {', '.join(sorted(valid))}"
+  return ""
+
+
+def base_config() -> ConfigDict:
+  """Every key the trainer reads, with defaults. Configs fill in model/task/data and override."""
+  c = ConfigDict()
+  c.seed = 0
+  c.model_name = ""                  # effjax/models/<model_name>.py, built as Model(**config.model)
+  c.model = ConfigDict()
+  c.task_name = "classification"     # effjax/tasks/<task_name>.py
+  c.task = ConfigDict()
+  c.evaluators = ("classification",) # effjax/evaluators/<name>.py, run every eval_every_steps
+  c.evaluator = ConfigDict()         # evaluator options, e.g. evaluator.coding_rate.eps
+
+  c.data = ConfigDict()
+  c.data.source = ""                 # name[:arg] of a module in effjax/data/sources, e.g. "tfds:cifar10"
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.preprocess = ()             # ops applied to every split, e.g. ("normalize(mean=0.5,std=0.5)",)
+  c.data.augment = ()                # ops applied to training examples only, e.g. ("random_crop(pad=2)", "flip")
+  c.data.worker_count = 0            # grain worker processes (0 = in the main process)
+  c.data.eval_examples = -1          # evaluate on the first N examples of the eval split (-1 = all)
+
+  c.batch_size = 128                 # global batch size over all devices and hosts
+  c.eval_batch_size = 256
+  c.grad_accum_steps = 1             # micro-batches per update; batch_size must be divisible by it
+  c.total_steps = -1                 # run length in steps; or set total_epochs instead
+  c.total_epochs = -1.0
+  c.compute_dtype = "float32"        # "bfloat16": bf16 compute, float32 params and optimizer state
+  c.ema_decay = 0.0                  # > 0 keeps an EMA of params, used for evaluation
+
+  c.optimizer = ConfigDict()
+  c.optimizer.name = "adamw"         # adamw, sgd, lamb, lars, lion, kar3 (see effjax/optim.py)
+  c.optimizer.lr = 1e-3
+  c.optimizer.weight_decay = 1e-4
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.momentum = 0.9         # sgd / lars
+  c.optimizer.schedule = "warmup_cosine"  # warmup_cosine, warmup_linear, warmup_constant, constant
+  c.optimizer.warmup_steps = 0
+  c.optimizer.warmup_epochs = 0.0
+  c.optimizer.end_lr_factor = 0.0    # final lr as a fraction of the peak
+  c.optimizer.grad_clip_norm = 0.0   # 0 disables global-norm clipping
+  c.optimizer.decay_mask = "no_bias_norm"  # which params get weight decay: "all" or "no_bias_norm"
+  c.optimizer.grad_noise_eta = 0.0   # annealed gradient noise σ_t² = η / (1 + t)^γ; 0 disables
+  c.optimizer.grad_noise_gamma = 0.55
+
+  c.mesh = (("data", -1),)           # (axis name, size) pairs; -1 takes the remaining devices
+  c.sharding_rules = ((".*", "replicate"),)  # (param-path regex, "replicate" | "fsdp") first match wins
+  c.remat = "none"                   # rematerialisation policy name, read by models that support it
+
+  c.log_every_steps = 10
+  c.eval_every_steps = 500           # also evaluates at the end; -1: only at the end
+  c.checkpoint_every_steps = 500     # also saves at the end
+  c.keep_checkpoints = 3
+  c.resume = ""                      # checkpoint dir to resume from when the workdir has none
+  c.init_from = ConfigDict()
+  c.init_from.path = ""              # checkpoint to fine-tune from (params only)
+  c.init_from.skip = r"^head/"       # param-path regex left at its fresh init (e.g. a new head)
+  c.progress_bar = True
+  c.debug_nan_step = -1              # testing aid: inject a NaN into the loss at this step
+  return c
