@@ -1,0 +1,250 @@
+"""Building blocks of FIT (Chen & Li, "FIT: Far-reaching Interleaved Transformers", 2023).
+
+Everything here mirrors the layers of the official pix2seq implementation (Keras) so that official
+weights load by renaming only:
+
+* `Attention`: Keras-style multi-head attention with separate query/key/value projections
+  ([in, heads, key_dim] kernels with biases), logits scaled by key_dim^-1/2, and an output projection
+  [heads, key_dim, out] back to the query width: softmax(q kᵀ/√d_k) v.
+* `FeedForward`: the residual pre-LN MLP x + W2 GELU(W1 LN(x)) (exact GELU).
+* `TransformerLayer`: a pre-LN transformer layer x + MHA(LN(x)), then the MLP; used for both local
+  layers (tokens within a group) and global layers (all latents).
+* `CrossAttentionLayer`: x + MHA(LN(x), LN_enc(enc)) (+ MLP), used for READ (latents attend to their
+  group's tokens) and WRITE (tokens attend to their group's latents).
+
+All LayerNorms use eps 1e-6 as in the official code. Attention goes through
+`effjax.kernels.attention.attention`.
+"""
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from effjax.kernels.attention import attention
+
+LN_EPS = 1e-6
+_dense_init = nn.initializers.xavier_uniform()
+pos_emb_init = nn.initializers.truncated_normal(0.02)
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def parse_layers(spec: str) -> list[tuple[int, int]]:
+  """Parses a FIT layer specification into (local layers, global layers) per block.
+
+  `"(2)4(2)"` means: 2 local layers, 4 global layers, then 2 local layers. A trailing `(n)` gets 0
+  global layers. Every block but the last must have at least one global layer, otherwise the
+  following WRITE would have no fresh latents to read from.
+
+  >>> parse_layers("(2)4(2)")
+  [(2, 4), (2, 0)]
+  """
+  if not isinstance(spec, str):
+    raise ValueError(f"FIT layer spec must be a string like '(2)4(2)', got {spec!r}")
+  text = spec.replace(" ", "")
+  if text.endswith(")"):
+    text += "0"
+  if not re.fullmatch(r"(\(\d+\)\d+)+", text):
+    raise ValueError(f"malformed FIT layer spec {spec!r}; expected blocks '(local)global', e.g. '(2)4(2)'")
+  blocks = [(int(a), int(b)) for a, b in re.findall(r"\((\d+)\)(\d+)", text)]
+  for i, (_, num_global) in enumerate(blocks[:-1]):
+    if num_global == 0:
+      raise ValueError(f"FIT layer spec {spec!r}: block {i} has no global layers but is not the last block")
+  if sum(a + b for a, b in blocks) == 0:
+    raise ValueError(f"FIT layer spec {spec!r} has no layers")
+  return blocks
+
+
+def chunk_causal_mask(num_chunks: int, chunk_size: int) -> jnp.ndarray:
+  """Bool [L, L], L = num_chunks·chunk_size: True where query i may attend key j, i.e. chunk(j) ≤ chunk(i)."""
+  chunk = jnp.arange(num_chunks * chunk_size) // chunk_size
+  return chunk[:, None] >= chunk[None, :]
+
+
+def causal_mask(length: int) -> jnp.ndarray:
+  """Bool [L, L]: True where j ≤ i."""
+  return jnp.tril(jnp.ones((length, length), bool))
+
+
+class Attention(nn.Module):
+  """Multi-head attention: q [B, Lq, Dq], kv [B, Lk, Dk] -> [B, Lq, Dq].
+
+  Heads `num_heads` of width `key_dim`; mask broadcastable to [B, H, Lq, Lk], True = may attend.
+  """
+  num_heads: int
+  key_dim: int
+  attention_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, q_in, kv_in, mask=None):
+    proj = lambda name: nn.DenseGeneral((self.num_heads, self.key_dim), kernel_init=_dense_init, name=name)
+    q, k, v = proj("query")(q_in), proj("key")(kv_in), proj("value")(kv_in)
+    y = attention(q, k, v, mask=mask, scale=self.key_dim ** -0.5, impl=self.attention_impl)
+    return nn.DenseGeneral(q_in.shape[-1], axis=(-2, -1), kernel_init=_dense_init, name="attention_output")(y)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: zeroes the whole residual branch of an example with probability `rate`."""
+  rate: float
+
+  @nn.compact
+  def __call__(self, x, train):
+    if self.rate == 0.0 or not train:
+      return x
+    return nn.Dropout(self.rate, broadcast_dims=tuple(range(1, x.ndim)), deterministic=False)(x)
+
+
+class FeedForward(nn.Module):
+  """Residual pre-LN MLP: x + W2 · GELU(W1 · LN(x)); hidden width mlp_ratio·D."""
+  mlp_ratio: int
+  drop_units: float = 0.0
+  drop_path: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    dim = x.shape[-1]
+    y = nn.LayerNorm(LN_EPS, name="ln")(x)
+    y = nn.gelu(nn.Dense(dim * self.mlp_ratio, kernel_init=_dense_init, name="dense1")(y), approximate=False)
+    y = nn.Dropout(self.drop_units, deterministic=not train)(y)
+    y = nn.Dense(dim, kernel_init=_dense_init, name="dense2")(y)
+    return x + DropPath(self.drop_path)(y, train)
+
+
+class TransformerLayer(nn.Module):
+  """Pre-LN transformer layer on x [B, L, D]: x + MHA(LN(x)) then x + MLP(LN(x)).
+
+  `mask` (bool, broadcastable to [B, H, L, L]) restricts attention; with `self_attention=False` only
+  the MLP runs (the official `x_self_attention=False` option of the denoiser).
+  """
+  num_heads: int
+  mlp_ratio: int
+  drop_units: float = 0.0
+  drop_path: float = 0.0
+  self_attention: bool = True
+  attention_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, mask=None, train=False):
+    dim = x.shape[-1]
+    if dim % self.num_heads:
+      raise ValueError(f"width {dim} is not divisible by num_heads {self.num_heads}")
+    if self.self_attention:
+      y = nn.LayerNorm(LN_EPS, name="mha_ln")(x)
+      y = Attention(self.num_heads, dim // self.num_heads, attention_impl=self.attention_impl, name="mha")(y, y, mask)
+      x = x + DropPath(self.drop_path)(y, train)
+    return FeedForward(self.mlp_ratio, self.drop_units, self.drop_path, name="mlp")(x, train)
+
+
+class CrossAttentionLayer(nn.Module):
+  """x [B, Lq, Dq] attends to enc [B, Lk, Dk]: x + MHA(LN(x), LN_enc(enc)), then an optional MLP.
+
+  The official rule: heads = min(heads_x, heads_latent), key_dim = min(D_x, D_latent) // heads; the
+  caller passes those numbers.
+  """
+  num_heads: int
+  key_dim: int
+  mlp_ratio: int = 0
+  enc_ln: bool = True
+  attention_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, enc, mask=None, train=False):
+    q = nn.LayerNorm(LN_EPS, name="ln")(x)
+    kv = nn.LayerNorm(LN_EPS, name="enc_ln")(enc) if self.enc_ln else enc
+    x = x + Attention(self.num_heads, self.key_dim, attention_impl=self.attention_impl, name="mha")(q, kv, mask)
+    if self.mlp_ratio:
+      x = FeedForward(self.mlp_ratio, name="mlp")(x, train)
+    return x
+
+
+def remat_layer(cls, remat: str, train_argnum: int):
+  """`cls` wrapped in nn.remat with the named policy ("none", "full", "dots").
+
+  `train_argnum` is the position of the static `train` argument of `cls.__call__` counting `self`.
+  """
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"unknown remat policy {remat!r}; expected one of {list(REMAT_POLICIES)}")
+  if remat == "none":
+    return cls
+  return nn.remat(cls, policy=REMAT_POLICIES[remat], static_argnums=(train_argnum,))
+
+
+class LayerStack(nn.Module):
+  """`num_layers` TransformerLayers named layer0, layer1, ...: [B, L, D] -> [B, L, D]."""
+  num_layers: int
+  num_heads: int
+  mlp_ratio: int
+  drop_units: float = 0.0
+  drop_path: float = 0.0
+  self_attention: bool = True
+  remat: str = "none"
+  attention_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, mask=None, train=False):
+    layer = remat_layer(TransformerLayer, self.remat, 3)
+    for i in range(self.num_layers):
+      x = layer(self.num_heads, self.mlp_ratio, self.drop_units, self.drop_path, self.self_attention,
+                self.attention_impl, name=f"layer{i}")(x, mask, train)
+    return x
+
+
+def cross_heads(x_heads: int, latent_heads: int, x_dim: int, latent_dim: int) -> tuple[int, int]:
+  """The official READ/WRITE attention shape: (min heads, min width // min heads)."""
+  heads = min(x_heads, latent_heads)
+  return heads, min(x_dim, latent_dim) // heads
+
+
+_KERAS_RENAMES = (
+    ("/kernel/vis_pos_embedding", ""),
+    ("/gamma", "/scale"),
+    ("/beta", "/bias"),
+    ("cross_mha/ln/", "ln/"),
+    ("cross_mha/enc_ln/", "enc_ln/"),
+    ("cross_mha/", "mha/"),
+    ("mha/ln/", "mha_ln/"),
+    ("/ffn/", "/"),
+)
+
+
+def keras_to_flax_path(name: str) -> tuple[str, ...]:
+  """Maps an official Keras variable name (without the model prefix) to a Flax param path.
+
+  e.g. "x_network_1/transformer_encoder/mha/ln/gamma:0" -> ("x_network1", "layer0", "mha_ln", "scale").
+  """
+  name = name.removesuffix(":0")
+  for old, new in _KERAS_RENAMES:
+    name = name.replace(old, new)
+  name = re.sub(r"(x_network|l_network|l2x_cross_attn|x2l_cross_attn|l2c_cross_attn)(?:_(\d+))?(?=/)",
+                lambda m: f"{m.group(1)}{m.group(2) or 0}", name)
+  name = re.sub(r"transformer_encoder(?:_(\d+))?(?=/)", lambda m: f"layer{m.group(1) or 0}", name)
+  return tuple(name.split("/"))
+
+
+def convert_keras(state_dict, prefix: str | None = None) -> dict:
+  """Official Keras weights {name: array} -> nested Flax params, dropping the model-name prefix.
+
+  `prefix` is the Keras layer name (e.g. "fit"); by default the first path component of the names.
+  """
+  import numpy as np
+  names = list(state_dict)
+  if not names:
+    raise ValueError("empty state_dict")
+  prefix = prefix or names[0].split("/")[0]
+  params: dict = {}
+  for name in names:
+    if not name.startswith(prefix + "/"):
+      raise ValueError(f"weight {name!r} does not start with the model name {prefix!r}")
+    node = params
+    *parents, leaf = keras_to_flax_path(name[len(prefix) + 1:])
+    for p in parents:
+      node = node.setdefault(p, {})
+    if leaf in node:
+      raise ValueError(f"two official weights map to the same Flax path: {name!r}")
+    node[leaf] = jnp.asarray(np.asarray(state_dict[name], np.float32))
+  return params
