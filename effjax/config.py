@@ -6,6 +6,7 @@ trainer reads, so that a typo anywhere is caught by the locked ConfigDict.
 """
 import ast
 import difflib
+import os
 
 import ml_collections
 from ml_collections import ConfigDict
@@ -30,7 +31,7 @@ def parse_arg(arg: str | None, **defaults) -> ConfigDict:
   ConfigError naming the closest known key.
   """
   result = ConfigDict(defaults)
-  for item in (arg or "").split(","):
+  for item in _split_top_level(arg or ""):
     item = item.strip()
     if not item:
       continue
@@ -49,6 +50,17 @@ def parse_arg(arg: str | None, **defaults) -> ConfigDict:
         raise ConfigError(f"config argument {key}={text!r}: expected {type(default).__name__}")
     result[key] = value
   return result
+
+
+def _split_top_level(text: str) -> list[str]:
+  """Splits on commas outside brackets: "a=(1,2),b" -> ["a=(1,2)", "b"]."""
+  items, depth, start = [], 0, 0
+  for i, ch in enumerate(text):
+    depth += (ch in "([{") - (ch in ")]}")
+    if ch == "," and depth == 0:
+      items.append(text[start:i])
+      start = i + 1
+  return items + [text[start:]]
 
 
 def _closest(key: str, valid) -> str:
@@ -131,3 +143,38 @@ def base_config() -> ConfigDict:
   c.progress_bar = True
   c.debug_nan_step = -1              # testing aid: inject a NaN into the loss at this step
   return c
+
+
+def load_config_file(spec: str) -> ConfigDict:
+  """Runs `get_config(arg)` of "path/to/file.py[:arg]"."""
+  import importlib.util
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location("effjax_config_file", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None) if arg else module.get_config()
+
+
+def check_overrides(argv) -> str | None:
+  """One-line error for the first `--config.a.b=...` that names no key of the config, else None."""
+  spec, overrides = None, []
+  for i, arg in enumerate(argv):
+    if arg == "--config" and i + 1 < len(argv):
+      spec = argv[i + 1]
+    elif arg.startswith("--config="):
+      spec = arg.split("=", 1)[1]
+    elif arg.startswith("--config."):
+      overrides.append(arg[len("--config."):].split("=", 1)[0])
+  if spec is None:
+    return None
+  try:
+    config = load_config_file(spec)
+  except (ConfigError, ValueError) as e:
+    return str(e).splitlines()[0]
+  for key in overrides:
+    hint = closest_key(config, key)
+    if hint:
+      return f"unknown config key 'config.{key}'; {hint}"
+  return None

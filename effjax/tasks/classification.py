@@ -25,9 +25,9 @@ class Task:
 
   def loss(self, model, variables, batch, rng, train):
     """Returns (mean loss, aux) with aux = {"metrics": {...}, "model_state": updated collections}."""
-    mutable = [k for k in variables if k != "params"] if train else False
-    out = model.apply(variables, batch["image"], train=train, rngs={"dropout": rng}, mutable=mutable)
-    logits, model_state = out if train and mutable else (out, {})
+    mutable = [k for k in variables if k != "params"] if train else []
+    out = model.apply(variables, batch["image"], train=train, rngs={"dropout": rng}, mutable=mutable or False)
+    logits, model_state = out if mutable else (out, {})
     labels = optax.smooth_labels(jax.nn.one_hot(batch["label"], self.num_classes), self.label_smoothing)
     per_example = optax.softmax_cross_entropy(logits.astype(jnp.float32), labels)
     weights = batch.get("mask", jnp.ones_like(per_example))

@@ -1,0 +1,102 @@
+"""Metric logging: metrics.jsonl and TensorBoard events on process 0, a console progress bar, NaN guard."""
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import jax
+
+
+def logger():
+  """The "effjax" console logger (INFO, stderr), independent of absl's verbosity."""
+  log = logging.getLogger("effjax")
+  if not log.handlers:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s effjax: %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+  return log
+
+
+class NonFiniteError(FloatingPointError):
+  """Raised when a logged metric is NaN or Inf; names the step and the metric."""
+
+
+def check_finite(step, metrics):
+  for name, value in metrics.items():
+    if not math.isfinite(value):
+      raise NonFiniteError(f"step {step}: metric {name} is {value}; stopping (the last checkpoint is intact)")
+
+
+class Writer:
+  """Appends {"step": ..., **metrics} rows to WORKDIR/metrics.jsonl and TensorBoard; process 0 only."""
+
+  def __init__(self, workdir):
+    self.active = jax.process_index() == 0
+    self.jsonl = self.tb = None
+    if self.active:
+      os.makedirs(workdir, exist_ok=True)
+      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      from tensorboardX import SummaryWriter
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step, metrics):
+    if not self.active:
+      return
+    self.jsonl.write(json.dumps({"step": int(step), **{k: float(v) for k, v in metrics.items()}}) + "\n")
+    self.jsonl.flush()
+    for name, value in metrics.items():
+      self.tb.add_scalar(name, float(value), int(step))
+    self.tb.flush()
+
+  def close(self):
+    if self.active:
+      self.jsonl.close()
+      self.tb.close()
+
+
+def read_jsonl(workdir):
+  """All rows of WORKDIR/metrics.jsonl."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class ProgressBar:
+  """One console line: step/total, a bar, steps/s, ETA and the latest loss (process 0 only)."""
+
+  def __init__(self, total_steps, start_step, enabled=True):
+    self.total, self.start = total_steps, start_step
+    self.enabled = enabled and jax.process_index() == 0
+    self.t0 = None
+    self.tty = sys.stderr.isatty()
+
+  def update(self, step, loss):
+    if not self.enabled:
+      return
+    if self.t0 is None:  # start timing after the first (compiling) step
+      self.t0, self.start = time.time(), step
+      return
+    rate = (step - self.start) / max(time.time() - self.t0, 1e-9)
+    eta = (self.total - step) / rate if rate > 0 else float("inf")
+    done = int(30 * step / self.total)
+    line = (f"[{'#' * done}{'.' * (30 - done)}] {step}/{self.total} {rate:.2f} steps/s "
+            f"ETA {_fmt(eta)} loss {loss:.4f}")
+    if self.tty:
+      sys.stderr.write("\r" + line)
+    elif step % max(self.total // 20, 1) == 0 or step == self.total:  # logs and pipes: every 5%
+      sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+  def close(self):
+    if self.enabled and self.tty and self.t0 is not None:
+      sys.stderr.write("\n")
+
+
+def _fmt(seconds):
+  if not math.isfinite(seconds):
+    return "?"
+  m, s = divmod(int(seconds), 60)
+  return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"

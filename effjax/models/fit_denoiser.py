@@ -1,0 +1,151 @@
+"""FIT denoiser for pixel diffusion (the official pix2seq `FITDenoiser`) and its image wrapper `Model`.
+
+Per block b, on tokens x [B·T, N, D_x] and latents z:
+
+    x <- local_b(x)
+    z <- READ_b(z, x) (+ MLP)                   latents attend to their group's tokens
+    z <- z + MHA(LN(z), LN([time, cond]))       latents attend to the conditioning tokens
+    z <- global_b(z)                            over all T·M latents
+    x <- WRITE_b(x, z) (+ MLP)                  except after the last block
+
+Conditioning tokens: the time embedding Dense(SiLU(Dense(std(PE(1000·t))))) with PE the sin/cos
+encoding of width D_l/4 (sines of even, cosines of odd angles, concatenated), plus Dense(cond) for
+class labels. Latent self-conditioning: z_0 = pos_emb + LN(MLP(z_prev)) where z_prev are the latents
+the network returned on the previous sampling step (zeros when absent); the LN scale starts at 0.
+Output: Dense(LN(x)) per token, and the final latents (no LayerNorm) for self-conditioning.
+"""
+import flax.linen as nn
+import jax.numpy as jnp
+
+from effjax.layers import fit_grouping
+from effjax.layers import fit_layers as fl
+
+
+def time_encoding(t, dim):
+  """Official `positional_encoding(t·1000, dim)` for t [B] -> [B, dim] (concatenated, not interleaved)."""
+  i = jnp.arange(dim)
+  angles = (t[:, None] * 1000.0) / jnp.power(10000.0, (2 * (i // 2)).astype(jnp.float32) / dim)
+  return jnp.concatenate([jnp.sin(angles[:, 0::2]), jnp.cos(angles[:, 1::2])], axis=-1)
+
+
+class TimeEmbedding(nn.Module):
+  """t [B] in [0, 1] -> [B, 4·dim]: Dense(SiLU(Dense(standardise(PE(1000·t))))), no final SiLU."""
+  dim: int
+
+  @nn.compact
+  def __call__(self, t):
+    e = time_encoding(t.astype(jnp.float32), self.dim)
+    e = (e - e.mean(-1, keepdims=True)) / e.std(-1, keepdims=True)
+    e = nn.silu(nn.Dense(4 * self.dim, kernel_init=fl._dense_init, name="dense0")(e))
+    return nn.Dense(4 * self.dim, kernel_init=fl._dense_init, name="dense1")(e)
+
+
+class FITDenoiser(nn.Module):
+  """(x [B, T, N, C], time [B], cond [B, K] or [B, S, K] or None, latents_prev [B, T, M, D_l] or None)
+  -> (prediction [B, T, N, out_dim or C], latents [B, T, M, D_l])."""
+  layers: str
+  latents_per_group: int
+  x_dim: int
+  latent_dim: int
+  x_num_heads: int
+  latent_num_heads: int
+  out_dim: int | None = None
+  mlp_ratio: int = 4
+  drop_path: float = 0.0
+  drop_units: float = 0.0
+  mask: str = "none"
+  self_cond: str = "latent"
+  x_self_attention: bool = True
+  xattn_with_mlp: bool = True
+  xattn_enc_ln: bool = True
+  remat: str = "none"
+  attention_impl: str = "auto"
+
+  def __call__(self, x, time, cond=None, latents_prev=None, train=False):
+    return self.denoise(x, time, cond, latents_prev, train)
+
+  @nn.compact
+  def denoise(self, x, time, cond=None, latents_prev=None, train=False):
+    blocks = fl.parse_layers(self.layers)
+    if x.ndim != 4:
+      raise ValueError(f"FITDenoiser expects tokens [batch, groups, tokens_per_group, channels], got {x.shape}")
+    if self.mask not in ("none", "causal"):
+      raise ValueError(f"unknown FIT mask {self.mask!r}; expected 'none' or 'causal'")
+    if self.self_cond not in ("none", "latent"):
+      raise ValueError(f"unknown self_cond {self.self_cond!r}; expected 'none' or 'latent'")
+    if self.latent_dim % 4:
+      raise ValueError(f"latent_dim {self.latent_dim} must be divisible by 4 for the time embedding")
+    b, t, n, c = x.shape
+    m, dl = self.latents_per_group, self.latent_dim
+    x = nn.LayerNorm(fl.LN_EPS, name="stem_ln")(nn.Dense(self.x_dim, kernel_init=fl._dense_init, name="stem")(x))
+    x = x + self.param("x_pos_emb", fl.pos_emb_init, (n, self.x_dim)).astype(x.dtype)
+
+    latents = self.param("latent_pos_emb", fl.pos_emb_init, (t * m, dl)).astype(x.dtype)
+    latents = jnp.broadcast_to(latents.reshape(1, t, m, dl), (b, t, m, dl))
+    if self.self_cond == "latent":
+      prev = jnp.zeros((b, t, m, dl), x.dtype) if latents_prev is None else latents_prev
+      prev = fl.FeedForward(self.mlp_ratio, name="latent_prev_proj")(prev, train)
+      latents = latents + nn.LayerNorm(fl.LN_EPS, scale_init=nn.initializers.zeros, name="latent_prev_ln")(prev)
+
+    time_emb = TimeEmbedding(dl // 4, name="time_emb")(jnp.reshape(time, (b,)))
+    self.sow("intermediates", "out_time_emb", time_emb)
+    context = [time_emb[:, None]]
+    if cond is not None:
+      cond = nn.Dense(dl, kernel_init=fl._dense_init, name="cond_proj")(cond.astype(x.dtype))
+      context.append(cond[:, None] if cond.ndim == 2 else cond)
+    context = jnp.concatenate(context, axis=1)
+
+    latent_mask = fl.chunk_causal_mask(t, m) if self.mask == "causal" else None
+    heads, key_dim = fl.cross_heads(self.x_num_heads, self.latent_num_heads, self.x_dim, dl)
+    xattn_mlp = self.mlp_ratio if self.xattn_with_mlp else 0
+    cross = fl.remat_layer(fl.CrossAttentionLayer, self.remat, 4)
+    stack = lambda num, heads_, name, sa=True: fl.LayerStack(
+        num, heads_, self.mlp_ratio, self.drop_units, self.drop_path, sa, self.remat, self.attention_impl,
+        name=name)
+    x = x.reshape(b * t, n, self.x_dim)
+    z = latents.reshape(b * t, m, dl)
+    for i, (num_local, num_global) in enumerate(blocks):
+      x = stack(num_local, self.x_num_heads, f"x_network{i}", self.x_self_attention)(x, None, train)
+      if num_global == 0:
+        continue
+      z = cross(heads, key_dim, xattn_mlp, self.xattn_enc_ln, self.attention_impl, name=f"l2x_cross_attn{i}")(
+          z, x, None, train)
+      self.sow("intermediates", f"out_l2x_cross_attn{i}", z)
+      z = cross(self.latent_num_heads, dl // self.latent_num_heads, 0, self.xattn_enc_ln, self.attention_impl,
+                name=f"l2c_cross_attn{i}")(z.reshape(b, t * m, dl), context, None, train)
+      self.sow("intermediates", f"out_l2c_cross_attn{i}", z)
+      z = stack(num_global, self.latent_num_heads, f"l_network{i}")(z, latent_mask, train).reshape(b * t, m, dl)
+      if i < len(blocks) - 1:
+        x = cross(heads, key_dim, xattn_mlp, self.xattn_enc_ln, self.attention_impl, name=f"x2l_cross_attn{i}")(
+            x, z, None, train)
+        self.sow("intermediates", f"out_x2l_cross_attn{i}", x)
+    x = nn.LayerNorm(fl.LN_EPS, name="x_output_ln")(x.reshape(b, t, n, self.x_dim))
+    x = nn.Dense(self.out_dim or c, kernel_init=fl._dense_init, name="x_output_linear")(x)
+    return x, z.reshape(b, t, m, dl)
+
+
+def convert_official(state_dict, prefix: str | None = None) -> dict:
+  """Official pix2seq Keras weights of a `FITDenoiser` -> params of `FITDenoiser` / `Model` (same tree)."""
+  return fl.convert_keras(state_dict, prefix)
+
+
+class Model(FITDenoiser):
+  """FIT pixel denoiser on images: (images [B, H, W, C], time [B], cond, latents_prev) ->
+  (prediction [B, H, W, C], latents [B, T, M, D_l]).
+
+  Images are cut into groups of patches as in `effjax.layers.fit_grouping` (`grouping` "window":
+  sub-images of group_size·patch_size pixels, the official layout; or "strided"), denoised as tokens
+  and put back; the prediction is in image space (ε, x or v, as the diffusion task trains it).
+  """
+  patch_size: int = 4
+  group_size: int = 4
+  grouping: str = "window"
+
+  def __call__(self, images, time, cond=None, latents_prev=None, train=False):
+    if images.ndim != 4:
+      raise ValueError(f"FIT denoiser Model expects images [B, H, W, C], got shape {images.shape}")
+    tokens = fit_grouping.images_to_groups(images, self.patch_size, self.group_size, self.grouping)
+    out, latents = self.denoise(tokens, time, cond, latents_prev, train)
+    out = fit_grouping.groups_to_images(out, images.shape[1:3], self.patch_size, images.shape[-1], self.grouping)
+    return out, latents
+

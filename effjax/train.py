@@ -1,0 +1,344 @@
+"""The one shared trainer: `train_and_evaluate(config, workdir)`, importable from notebooks.
+
+Every model trains through this loop: model, task, optimizer, evaluators and data source are chosen
+by name from the config. Params are created already sharded (eval_shape + jit with out_shardings), the
+update step is jitted with explicit shardings and a donated state, and checkpoints hold the train state
+and the data iterator so that a resumed run continues exactly where the interrupted one stopped.
+"""
+import functools
+import json
+import math
+import os
+import re
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from effjax import checkpoint, components, metrics as metrics_lib, optim, sharding
+from effjax.config import ConfigError
+from effjax.data import pipeline
+
+log = metrics_lib.logger()
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def validate(config, num_devices):
+  """Checks types and combinations that can be checked without data; raises ConfigError (one line)."""
+  def need(cond, message):
+    if not cond:
+      raise ConfigError(message)
+  need(config.model_name, "config.model_name is empty; set it to a module of effjax/models, e.g. 'vit'")
+  for kind, name in [("models", config.model_name), ("tasks", config.task_name)] + [
+      ("evaluators", e) for e in config.evaluators]:
+    try:
+      components.load(kind, name)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  need((config.total_steps > 0) != (config.total_epochs > 0),
+       f"set exactly one of config.total_steps ({config.total_steps}) and config.total_epochs "
+       f"({config.total_epochs}) to a positive value")
+  need(config.grad_accum_steps >= 1, f"config.grad_accum_steps must be >= 1, got {config.grad_accum_steps}")
+  need(config.batch_size % config.grad_accum_steps == 0,
+       f"batch_size {config.batch_size} is not divisible by grad_accum_steps {config.grad_accum_steps}")
+  micro = config.batch_size // config.grad_accum_steps
+  need(micro % num_devices == 0,
+       f"batch size {micro} (per micro-batch) is not divisible by the number of devices ({num_devices})")
+  need(config.eval_batch_size % num_devices == 0,
+       f"eval_batch_size {config.eval_batch_size} is not divisible by the number of devices ({num_devices})")
+  need(config.compute_dtype in COMPUTE_DTYPES,
+       f"config.compute_dtype {config.compute_dtype!r} must be one of {list(COMPUTE_DTYPES)}")
+  need(0.0 <= config.ema_decay < 1.0, f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
+  need(config.log_every_steps > 0, f"config.log_every_steps must be positive, got {config.log_every_steps}")
+  need(config.init_from.path == "" or config.resume == "",
+       "set at most one of config.resume and config.init_from.path")
+
+
+def _check_data(config, info):
+  want = config.model.get("num_classes")
+  have = info.get("num_classes")
+  if want is not None and have is not None and want != have:
+    raise ConfigError(f"config.model.num_classes={want} but data source {config.data.source!r} has {have} classes")
+
+
+def total_steps(config, num_train_examples):
+  if config.total_steps > 0:
+    return int(config.total_steps)
+  return int(math.ceil(config.total_epochs * num_train_examples / config.batch_size))
+
+
+def _cast_floats(tree, dtype):
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def _norm(tree):
+  return optax.global_norm(tree)
+
+
+class _Preemption:
+  """Turns SIGTERM into a flag the loop checks after every step."""
+
+  def __init__(self):
+    self.requested = False
+    self.previous = None
+
+  def __enter__(self):
+    try:
+      self.previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not in the main thread (e.g. inside a notebook kernel thread)
+      self.previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self.previous is not None:
+      signal.signal(signal.SIGTERM, self.previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the final metrics.
+
+  The returned dict holds the last train metrics (train/...), the final evaluation (eval/...), "step"
+  and "preempted" (True when a SIGTERM stopped the run after saving).
+  """
+  config = ml_collections.ConfigDict(config)
+  config.lock()
+  mesh = sharding.make_mesh(config.mesh)
+  validate(config, mesh.size)
+  model = components.load("models", config.model_name).Model(**config.model)
+  task = components.load("tasks", config.task_name).Task(config)
+  data_info = pipeline.info(config.data)
+  _check_data(config, data_info)
+
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  train_data = pipeline.train_data(config.data, config.batch_size, batch_sharding, config.seed)
+  num_steps = total_steps(config, train_data.num_examples)
+  steps_per_epoch = max(train_data.num_examples // config.batch_size, 1)
+  tx, schedule = optim.make_optimizer(config.optimizer, num_steps, steps_per_epoch)
+  compute_dtype = COMPUTE_DTYPES[config.compute_dtype]
+
+  example_batch = next(pipeline.eval_batches(config.data, mesh.size, batch_sharding))
+  example_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), example_batch)
+
+  def init(rng):
+    dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example_batch)
+    variables = dict(task.init_variables(model, rng, dummy))
+    params = variables.pop("params")
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+            "model_state": variables, "ema_params": params if config.ema_decay > 0 else {},
+            "rng": jax.random.PRNGKey(config.seed + 1)}
+
+  rng = jax.random.PRNGKey(config.seed)
+  abstract_state = jax.eval_shape(init, rng)
+  state_shardings = sharding.param_shardings(abstract_state, mesh, config.sharding_rules)
+  repl = sharding.replicated(mesh)
+  state_shardings["step"], state_shardings["rng"] = repl, repl
+  abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                abstract_state, state_shardings)
+
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+  state = _initial_state(config, ckpt, abstract_state, state_shardings, init, rng, train_data)
+  start_step = int(jax.device_get(state["step"]))
+
+  train_step = _make_train_step(config, model, task, tx, schedule, compute_dtype)
+  batch_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct((config.batch_size,) + s.shape[1:], s.dtype,
+                                                          sharding=batch_sharding),
+                            {k: v for k, v in example_batch.items() if k != "mask"})
+  train_step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
+                       out_shardings=(state_shardings, repl), donate_argnums=0)
+  train_step = train_step.lower(abstract_state, batch_spec).compile()
+  flops = _step_flops(train_step)
+  evaluators = [components.load("evaluators", name).Evaluator(config, task, model) for name in config.evaluators]
+
+  def evaluate(state, step):
+    params = state["ema_params"] if config.ema_decay > 0 else state["params"]
+    variables = {"params": _cast_floats(params, compute_dtype), **state["model_state"]}
+    results = {}
+    for evaluator in evaluators:
+      batches = pipeline.eval_batches(config.data, config.eval_batch_size, batch_sharding)
+      for k, v in evaluator.run(variables, batches, step=step, workdir=workdir).items():
+        results[f"eval/{k}"] = float(v)
+    return results
+
+  writer = metrics_lib.Writer(workdir)
+  progress = metrics_lib.ProgressBar(num_steps, start_step, enabled=config.progress_bar)
+  log.info("training %s for %d steps from step %d on %d devices (%d processes)",
+               config.model_name, num_steps, start_step, mesh.size, jax.process_count())
+  pending, last_train, final_eval, preempted = [], {}, {}, False
+  window_start = time.time()
+
+  def flush(step):
+    """Checks every step's metrics since the last flush (naming the first non-finite one), logs the mean."""
+    nonlocal pending, window_start, last_train
+    if not pending:
+      return
+    host = jax.device_get(pending)
+    for s, m in host:
+      metrics_lib.check_finite(s, {f"train/{k}": float(v) for k, v in m.items()})
+    elapsed = time.time() - window_start
+    mean = {f"train/{k}": float(np.mean([m[k] for _, m in host])) for k in host[-1][1]}
+    mean["train/step_time_s"] = elapsed / len(host)
+    mean["train/examples_per_s"] = config.batch_size * len(host) / elapsed
+    if flops:
+      mean["train/flops_per_s"] = flops * len(host) / elapsed
+    writer.write(step, mean)
+    last_train = mean
+    pending, window_start = [], time.time()
+
+  with _Preemption() as preemption:
+    try:
+      for step in range(start_step + 1, num_steps + 1):
+        batch = next(train_data)
+        state, step_metrics = train_step(state, batch)
+        pending.append((step, step_metrics))
+        if step == start_step + 1 or step % config.log_every_steps == 0 or step == num_steps:
+          flush(step)
+          window_start = time.time()
+        progress.update(step, last_train.get("train/loss", float("nan")))
+        if preemption.requested:
+          flush(step)
+          ckpt.save(step, state, train_data.loader_iterator, force=True)
+          ckpt.wait()
+          log.warning("SIGTERM: saved checkpoint at step %d and stopped", step)
+          preempted = True
+          break
+        if step % config.checkpoint_every_steps == 0 or step == num_steps:
+          flush(step)
+          ckpt.save(step, state, train_data.loader_iterator, force=True)
+        if (config.eval_every_steps > 0 and step % config.eval_every_steps == 0) or step == num_steps:
+          flush(step)
+          final_eval = evaluate(state, step)
+          writer.write(step, final_eval)
+          log.info("step %d: %s", step, json.dumps(final_eval))
+      else:
+        if start_step >= num_steps:  # resumed a finished run: evaluate the restored state
+          final_eval = evaluate(state, num_steps)
+    finally:
+      progress.close()
+      ckpt.wait()
+      ckpt.close()
+      writer.close()
+  return {**last_train, **final_eval, "step": int(jax.device_get(state["step"])), "preempted": preempted}
+
+
+def _initial_state(config, ckpt, abstract_state, state_shardings, init, rng, train_data):
+  """Resume order: workdir's latest readable checkpoint -> config.resume -> config.init_from -> scratch."""
+  step, state = ckpt.restore_latest(abstract_state, train_data.loader_iterator)
+  if state is not None:
+    log.info("resumed from %s at step %d", ckpt.directory, step)
+    return state
+  if config.resume:
+    other = checkpoint.Checkpointer(config.resume, keep=config.keep_checkpoints, async_save=False)
+    step, state = other.restore_latest(abstract_state, train_data.loader_iterator)
+    other.close()
+    if state is None:
+      raise ConfigError(f"config.resume={config.resume!r} holds no readable checkpoint")
+    log.info("resumed from config.resume %s at step %d", config.resume, step)
+    return state
+  state = jax.jit(init, out_shardings=state_shardings)(rng)
+  if config.init_from.path:
+    state["params"] = _merge_init_params(config.init_from, state["params"], state_shardings["params"])
+    if config.ema_decay > 0:
+      state["ema_params"] = state["params"]
+    log.info("initialised params from %s (kept fresh: %s)", config.init_from.path, config.init_from.skip)
+  return state
+
+
+def _merge_init_params(init_from, fresh, shardings):
+  """Loaded params where the path does not match init_from.skip and shapes agree; fresh ones elsewhere."""
+  loaded = checkpoint.restore_params(init_from.path)
+  flat_loaded = {sharding.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(loaded)}
+  skip = re.compile(init_from.skip) if init_from.skip else None
+
+  def pick(path, value, sh):
+    name = sharding.path_str(path)
+    if skip is not None and skip.search(name):
+      return value
+    if name not in flat_loaded:
+      raise ConfigError(f"init_from {init_from.path}: param {name} is missing; add it to init_from.skip")
+    new = np.asarray(flat_loaded[name])
+    if new.shape != value.shape:
+      raise ConfigError(f"init_from {init_from.path}: param {name} has shape {new.shape}, the model "
+                        f"needs {value.shape}; add it to init_from.skip")
+    return jax.device_put(new.astype(value.dtype), sh)
+  return jax.tree_util.tree_map_with_path(pick, fresh, shardings)
+
+
+def _step_flops(compiled_step):
+  """FLOPs of one compiled train step from XLA's cost analysis (None if unavailable)."""
+  try:
+    cost = compiled_step.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0)) or None
+  except Exception:  # cost analysis is best-effort and backend dependent
+    return None
+
+
+def _make_train_step(config, model, task, tx, schedule, compute_dtype):
+  """(state, batch) -> (state, metrics): gradient accumulation, mixed precision, EMA, norms."""
+  accum = config.grad_accum_steps
+
+  def loss_fn(params, model_state, batch, rng):
+    variables = {"params": _cast_floats(params, compute_dtype), **model_state}
+    batch = {k: v.astype(compute_dtype) if k == "image" and jnp.issubdtype(v.dtype, jnp.floating) else v
+             for k, v in batch.items()}
+    loss, aux = task.loss(model, variables, batch, rng, train=True)
+    return loss.astype(jnp.float32), aux
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step_fn(state, batch):
+    rng = jax.random.fold_in(state["rng"], state["step"])
+    params = state["params"]
+    if accum == 1:
+      (loss, aux), grads = grad_fn(params, state["model_state"], batch, rng)
+      model_state, task_metrics = aux["model_state"] or state["model_state"], aux["metrics"]
+    else:
+      micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+
+      def body(carry, inputs):
+        grads_sum, loss_sum, metric_sum, model_state = carry
+        i, mb = inputs
+        (l, aux), g = grad_fn(params, model_state, mb, jax.random.fold_in(rng, i))
+        model_state = aux["model_state"] or model_state
+        return (jax.tree.map(jnp.add, grads_sum, g), loss_sum + l,
+                jax.tree.map(jnp.add, metric_sum, aux["metrics"]), model_state), None
+
+      first_metrics = jax.eval_shape(lambda: grad_fn(params, state["model_state"],
+                                                     jax.tree.map(lambda x: x[0], micro), rng)[0][1]["metrics"])
+      zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)
+      carry = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), zeros(first_metrics),
+               state["model_state"])
+      (grads, loss, task_metrics, model_state), _ = jax.lax.scan(body, carry, (jnp.arange(accum), micro))
+      grads = jax.tree.map(lambda g: g / accum, grads)
+      loss = loss / accum
+      task_metrics = jax.tree.map(lambda m: m / accum, task_metrics)
+
+    if config.debug_nan_step >= 0:  # testing aid for the NaN guard
+      poison = jnp.where(state["step"] + 1 == config.debug_nan_step, jnp.nan, 1.0)
+      loss, grads = loss * poison, jax.tree.map(lambda g: g * poison, grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    new_state = {**state, "step": state["step"] + 1, "params": new_params, "opt_state": opt_state,
+                 "model_state": model_state}
+    if config.ema_decay > 0:
+      d = config.ema_decay
+      new_state["ema_params"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state["ema_params"], new_params)
+    step_metrics = {"loss": loss, "learning_rate": schedule(state["step"]), "grad_norm": _norm(grads),
+                    "param_norm": _norm(new_params), "update_norm": _norm(updates),
+                    **{k: v.astype(jnp.float32) for k, v in task_metrics.items()}}
+    return new_state, step_metrics
+
+  return step_fn
