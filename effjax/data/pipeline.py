@@ -1,12 +1,13 @@
 """Input pipeline: a data source (by name) -> grain -> global batches sharded over the device mesh.
 
-Training: grain `DataLoader` with an `IndexSampler` sharded per process (each process reads its own
-slice of every global batch), seeded shuffling over endless epochs, per-example ops with per-example
-seeds, and a checkpointable iterator (its state is saved with every checkpoint, so resume is exact).
+Training: a grain dataset over `GlobalOrder` (seeded shuffling over endless epochs; each process reads
+its own slice of every global batch; per-example augmentation seeds), batched per process, with a
+checkpointable iterator whose state is saved with every checkpoint, so resume is exact.
 Evaluation: one deterministic pass; the last batch is padded with `mask = 0` examples so that every
 process runs the same number of equally shaped batches.
 """
 import dataclasses
+import sys
 
 import grain
 import jax
@@ -24,23 +25,15 @@ def make_source(data_config, split):
   return components.load("data.sources", name).make(split, arg or None)
 
 
-class _Deterministic(grain.transforms.Map):
+class _Deterministic:
+  """Applies deterministic ops, then `_finalize`."""
+
   def __init__(self, fns):
     self.fns = fns
 
-  def map(self, example):
+  def __call__(self, example):
     for fn in self.fns:
       example = fn(example)
-    return _finalize(example)
-
-
-class _Random(grain.transforms.RandomMap):
-  def __init__(self, fns):
-    self.fns = fns
-
-  def random_map(self, example, rng):
-    for fn, is_random in self.fns:
-      example = fn(example, rng) if is_random else fn(example)
     return _finalize(example)
 
 
@@ -54,8 +47,38 @@ def _finalize(example):
   return out
 
 
-def _parse_ops(specs):
-  return [ops.parse(s) for s in specs]
+class GlobalOrder:
+  """Endless random access over this process's share of a global, seeded example order.
+
+  Global position g = step·B + i (B = global batch) holds record perm_e[g mod N] of epoch e = g // N,
+  where perm_e is a seeded permutation drawn afresh every epoch, and its augmentation uses a generator
+  seeded by (seed, g). Process p of P reads positions b·B + p·(B/P) + r, r < B/P, of every batch b, so
+  global batches (and therefore losses) do not depend on the number of processes or devices.
+  """
+
+  def __init__(self, source, ops_list, seed, global_batch, process_index, process_count):
+    self.source, self.ops, self.seed = source, ops_list, seed
+    self.global_batch, self.local_batch = global_batch, global_batch // process_count
+    self.offset = process_index * self.local_batch
+    self._perms = {}
+
+  def __len__(self):
+    return sys.maxsize
+
+  def _permutation(self, epoch):
+    if epoch not in self._perms:
+      self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.source))}
+    return self._perms[epoch]
+
+  def __getitem__(self, j):
+    batch, r = divmod(j, self.local_batch)
+    position = batch * self.global_batch + self.offset + r
+    epoch, k = divmod(position, len(self.source))
+    example = self.source[int(self._permutation(epoch)[k])]
+    rng = np.random.default_rng([self.seed, 1, position])
+    for _, fn, is_random in self.ops:
+      example = fn(example, rng) if is_random else fn(example)
+    return _finalize(example)
 
 
 @dataclasses.dataclass
@@ -74,22 +97,19 @@ class TrainData:
 
 
 def train_data(data_config, global_batch_size, sharding, seed):
-  """Endless shuffled training batches; seeded, per-process sharded, checkpointable."""
+  """Endless shuffled training batches: seeded, per-process, checkpointable (see GlobalOrder)."""
   source = make_source(data_config, data_config.train_split)
   process_count, process_index = jax.process_count(), jax.process_index()
   if global_batch_size % process_count:
     raise ValueError(f"batch_size {global_batch_size} is not divisible by the {process_count} processes")
   if len(source) < global_batch_size:
     raise ValueError(f"batch_size {global_batch_size} exceeds the {len(source)} training examples")
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(source), shuffle=True, seed=seed, num_epochs=None,
-      shard_options=grain.sharding.ShardOptions(process_index, process_count, drop_remainder=True))
-  parsed = _parse_ops(list(data_config.augment) + list(data_config.preprocess))
-  train_ops = [_Random([(fn, is_random) for _, fn, is_random in parsed]),
-               grain.transforms.Batch(global_batch_size // process_count, drop_remainder=True)]
-  loader = grain.DataLoader(data_source=source, sampler=sampler, operations=train_ops,
-                            worker_count=data_config.worker_count)
-  return TrainData(iter(loader), sharding, global_batch_size, len(source))
+  ops_list = [ops.parse(s) for s in list(data_config.augment) + list(data_config.preprocess)]
+  order = GlobalOrder(source, ops_list, seed, global_batch_size, process_index, process_count)
+  dataset = grain.MapDataset.source(order).batch(order.local_batch, drop_remainder=True).to_iter_dataset()
+  if data_config.worker_count > 0:
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.worker_count))
+  return TrainData(iter(dataset), sharding, global_batch_size, len(source))
 
 
 def eval_batches(data_config, global_batch_size, sharding):
@@ -98,8 +118,8 @@ def eval_batches(data_config, global_batch_size, sharding):
   count = len(source) if data_config.eval_examples < 0 else min(len(source), data_config.eval_examples)
   process_count, process_index = jax.process_count(), jax.process_index()
   local = global_batch_size // process_count
-  fns = [fn for _, fn, is_random in _parse_ops(data_config.preprocess) if not is_random]
-  prepare = _Deterministic(fns).map
+  fns = [fn for _, fn, is_random in (ops.parse(s) for s in data_config.preprocess) if not is_random]
+  prepare = _Deterministic(fns)
   for start in range(0, count, global_batch_size):
     indices = start + process_index * local + np.arange(local)
     examples = [prepare(source[int(i) if i < count else 0]) for i in indices]
