@@ -19,13 +19,18 @@ FSDP_MIN_SIZE = 2 ** 12  # arrays smaller than this stay replicated under "fsdp"
 
 
 def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
-  """Mesh with axis types Auto from (name, size) pairs; one size may be -1 (the remaining devices)."""
+  """Mesh with axis types Auto from (name, size) pairs; one size may be -1 (the remaining devices).
+
+  On a single process an explicit mesh smaller than the device count uses the first devices.
+  """
   devices = jax.devices() if devices is None else devices
   names = tuple(name for name, _ in mesh_config)
   sizes = [size for _, size in mesh_config]
   if sizes.count(-1) > 1:
     raise ValueError(f"config.mesh {tuple(mesh_config)}: at most one axis size may be -1")
   known = int(np.prod([s for s in sizes if s != -1]))
+  if -1 not in sizes and known < len(devices) and jax.process_count() == 1:
+    devices = devices[:known]  # an explicit smaller mesh uses the first devices (e.g. 1-device runs)
   if -1 in sizes:
     if len(devices) % known:
       raise ValueError(f"config.mesh {tuple(mesh_config)} does not divide the {len(devices)} devices")

@@ -1,0 +1,71 @@
+"""Config parsing, overrides and one-line errors before compilation."""
+import pytest
+
+from effjax import config as cfg
+from effjax import train
+import trainer_utils
+
+
+def test_parse_arg_types_and_flags():
+  arg = cfg.parse_arg("variant=S,runlocal,lr=3,mean=(0.1,0.2)", variant="T", runlocal=False, lr=0.1,
+                      mean=(0.5, 0.5))
+  assert arg.variant == "S" and arg.runlocal is True
+  assert arg.lr == 3.0 and isinstance(arg.lr, float)
+  assert arg.mean == (0.1, 0.2)
+
+
+def test_parse_arg_unknown_key_names_closest():
+  with pytest.raises(cfg.ConfigError, match="did you mean 'variant'"):
+    cfg.parse_arg("variamt=S", variant="T")
+
+
+def test_parse_arg_wrong_type():
+  with pytest.raises(cfg.ConfigError, match="expected int"):
+    cfg.parse_arg("depth=deep", depth=12)
+
+
+def test_unknown_override_names_closest_key():
+  error = cfg.check_overrides(["--config", "configs/vit.py:runlocal", "--config.optimizer.lrr=1"])
+  assert error == "unknown config key 'config.optimizer.lrr'; did you mean 'optimizer.lr'?"
+  assert cfg.check_overrides(["--config", "configs/vit.py:runlocal", "--config.optimizer.lr=1"]) is None
+
+
+def test_unknown_config_argument_is_one_line():
+  error = cfg.check_overrides(["--config", "configs/vit.py:runlokal"])
+  assert "did you mean 'runlocal'" in error and "\n" not in error
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"batch_size": 30}, "batch size 30 (per micro-batch) is not divisible by the number of devices (8)"),
+    ({"grad_accum_steps": 3}, "batch_size 32 is not divisible by grad_accum_steps 3"),
+    ({"total_epochs": 2.0}, "set exactly one of config.total_steps"),
+    ({"compute_dtype": "float16"}, "compute_dtype"),
+    ({"model_name": "vitt"}, "Did you mean 'vit'"),
+    ({"evaluators": ("clasification",)}, "Did you mean 'classification'"),
+])
+def test_validate_rejects_impossible_combinations(overrides, message, tmp_path):
+  with pytest.raises(cfg.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    train.train_and_evaluate(trainer_utils.tiny_vit_config(**overrides), str(tmp_path))
+
+
+def test_image_size_not_divisible_by_patch(tmp_path):
+  with pytest.raises(ValueError, match="image size 28x28 is not divisible by patch size 5"):
+    train.train_and_evaluate(trainer_utils.tiny_vit_config(**{"model.patch_size": 5}), str(tmp_path))
+
+
+def test_num_classes_must_match_data(tmp_path):
+  with pytest.raises(cfg.ConfigError, match="num_classes=7 but data source 'mnist5k' has 10 classes"):
+    train.train_and_evaluate(trainer_utils.tiny_vit_config(**{"model.num_classes": 7}), str(tmp_path))
+
+
+def test_cli_errors_are_one_line_and_early(tmp_path):
+  for extra, message in [
+      (["--config.optimizer.lrr=1"], "did you mean 'optimizer.lr'?"),
+      (["--config.batch_size=33"], "not divisible by the number of devices"),
+      (["--config.model.patch_size=5"], "not divisible by patch size 5"),
+  ]:
+    result = trainer_utils.run_cli(trainer_utils.TINY_CLI + ["--workdir", str(tmp_path / "w"), *extra], devices=2)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("effjax: error:") and message in last, result.stderr[-2000:]
+    assert not (tmp_path / "w" / "metrics.jsonl").exists()
