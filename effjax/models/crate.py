@@ -1,0 +1,250 @@
+"""CRATE: white-box transformer classifier (Yu et al., "White-Box Transformers via Sparse Rate Reduction").
+
+Every layer is one step of optimising the sparse rate reduction objective of the tokens Z [B, N, d]:
+
+  Z½     = Z + MSSA(LN₁(Z))                                          (compression)
+  MSSA(Z) = [U₁ … U_K] · concat_k( softmax(Wₖ Wₖᵀ / √p) Wₖ ) + b,    Wₖ = Z Uₖ  (one projection = q = k = v)
+  Z_next = ReLU(x + η (x D − x Dᵀ D) − η λ),   x = LN₂(Z½)           (sparsification, one ISTA step)
+
+with K heads of dimension p, a square dictionary D [d, d], η = 0.1, λ = 0.1 and no residual around the
+ISTA step. The ISTA step is computed as one matmul, ReLU(x · (I + η (D − Dᵀ D)) − η λ): the d×d matrix
+is formed once per call, which replaces three [B·N, d]×[d, d] matmuls by one.
+
+Stem: patches (p1 p2 c order) -> LN -> Linear -> LN, a learned position embedding over [cls, patches],
+then the layers, then LN -> Linear on the class token (or on the token mean with pool="mean").
+
+Intermediates are sown into the "intermediates" collection (free unless that collection is mutable):
+patch_embedding, transformer_input, layer{i}/{qkv, attn_out, after_attn_residual, after_ista},
+transformer_output, pooled. `effjax/evaluators/coding_rate.py` reads layer{i}/qkv and after_ista.
+"""
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from effjax.kernels.attention import attention
+from effjax.layers.patches import patchify
+
+VARIANTS = {  # dim, depth, heads (head dim = dim / heads), as in the official CRATE_tiny/small/base/large
+    "T": (384, 12, 6),
+    "S": (576, 12, 12),
+    "B": (768, 12, 12),
+    "L": (1024, 24, 16),
+}
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+}
+
+# PyTorch nn.Linear's default weight init: U(±1/√fan_in).
+torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def variant_kwargs(variant: str) -> dict:
+  """Model kwargs of a named variant: {"dim", "depth", "num_heads"}."""
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown CRATE variant {variant!r}; expected one of {list(VARIANTS)}")
+  dim, depth, heads = VARIANTS[variant]
+  return dict(dim=dim, depth=depth, num_heads=heads)
+
+
+class MSSA(nn.Module):
+  """Multi-head subspace self-attention: x [B, N, d] -> (out [B, N, d], W = x U [B, N, K·p]).
+
+  One bias-free projection U [d, K·p] serves as query, key and value of every head;
+  out = concat_k(softmax(Wₖ Wₖᵀ p^-½) Wₖ) · U_out (+ b_out when out_bias).
+  """
+  num_heads: int
+  head_dim: int
+  out_bias: bool = True
+  dropout: float = 0.0
+  attention_impl: str = "auto"
+  kernel_init: nn.initializers.Initializer = torch_linear_init
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    b, n, d = x.shape
+    inner = self.num_heads * self.head_dim
+    w = nn.Dense(inner, use_bias=False, kernel_init=self.kernel_init, name="qkv")(x)
+    heads = w.reshape(b, n, self.num_heads, self.head_dim)
+    y = attention(heads, heads, heads, scale=self.head_dim ** -0.5, impl=self.attention_impl)
+    y = nn.Dense(d, use_bias=self.out_bias, kernel_init=self.kernel_init, name="out")(y.reshape(b, n, inner))
+    return nn.Dropout(self.dropout, deterministic=not train)(y), w
+
+
+class ISTA(nn.Module):
+  """One ISTA step on the LASSO objective with a square dictionary D [d, d]: [..., d] -> [..., d].
+
+  ReLU(x + η (x D − x Dᵀ D) − η λ), evaluated as ReLU(x · M − η λ) with M = I + η (D − Dᵀ D) formed in
+  float32 once per call (exact in real arithmetic).
+  """
+  eta: float = 0.1
+  lmbda: float = 0.1
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    dictionary = self.param("D", nn.initializers.kaiming_uniform(), (d, d), jnp.float32)
+    dictionary = dictionary.astype(jnp.float32)
+    m = jnp.eye(d, dtype=jnp.float32) + self.eta * (dictionary - dictionary.T @ dictionary)
+    return nn.relu(x @ m.astype(x.dtype) - self.eta * self.lmbda)
+
+
+class Layer(nn.Module):
+  """One CRATE layer: Z -> ISTA(LN₂(Z + MSSA(LN₁(Z)))); [B, N, d] -> [B, N, d]."""
+  num_heads: int
+  head_dim: int
+  eta: float = 0.1
+  lmbda: float = 0.1
+  dropout: float = 0.0
+  attention_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    attn_out, w = MSSA(self.num_heads, self.head_dim, dropout=self.dropout, attention_impl=self.attention_impl,
+                       name="mssa")(nn.LayerNorm(1e-5, name="norm1")(x), train)
+    self.sow("intermediates", "qkv", w)
+    self.sow("intermediates", "attn_out", attn_out)
+    x = attn_out + x
+    self.sow("intermediates", "after_attn_residual", x)
+    x = ISTA(self.eta, self.lmbda, name="ista")(nn.LayerNorm(1e-5, name="norm2")(x))
+    self.sow("intermediates", "after_ista", x)
+    return x
+
+
+class Model(nn.Module):
+  """CRATE classifier: images [B, H, W, C] -> logits [B, num_classes].
+
+  `head_dim` defaults to dim / num_heads (as in the official variants). `dropout` acts on the attention
+  output projection, `emb_dropout` on the embedded tokens. `remat` is "none", "full" or "dots".
+  """
+  num_classes: int
+  patch_size: int = 16
+  dim: int = 384
+  depth: int = 12
+  num_heads: int = 6
+  head_dim: int | None = None
+  pool: str = "cls"
+  eta: float = 0.1
+  lmbda: float = 0.1
+  dropout: float = 0.0
+  emb_dropout: float = 0.0
+  remat: str = "none"
+  attention_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    if self.pool not in ("cls", "mean"):
+      raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat policy {self.remat!r}; expected one of {list(REMAT_POLICIES)}")
+    head_dim = self.head_dim or self.dim // self.num_heads
+    x = patchify(images, self.patch_size)
+    x = nn.LayerNorm(1e-5, name="patch_norm")(x)
+    x = nn.Dense(self.dim, kernel_init=torch_linear_init, name="patch_proj")(x)
+    x = nn.LayerNorm(1e-5, name="embed_norm")(x)
+    self.sow("intermediates", "patch_embedding", x)
+    b, n, _ = x.shape
+    cls = self.param("cls", nn.initializers.normal(1.0), (1, 1, self.dim), jnp.float32)
+    pos = self.param("pos_embedding", nn.initializers.normal(1.0), (1, n + 1, self.dim), jnp.float32)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, self.dim)), x], axis=1)
+    x = x + pos.astype(x.dtype)
+    self.sow("intermediates", "transformer_input", x)
+    x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
+    layer = Layer
+    if self.remat != "none":
+      layer = nn.remat(Layer, policy=REMAT_POLICIES[self.remat], static_argnums=(2,))
+    for i in range(self.depth):
+      x = layer(self.num_heads, head_dim, self.eta, self.lmbda, self.dropout, self.attention_impl,
+                name=f"layer{i}")(x, train)
+    self.sow("intermediates", "transformer_output", x)
+    x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+    self.sow("intermediates", "pooled", x)
+    x = nn.LayerNorm(1e-5, name="head_norm")(x)
+    return nn.Dense(self.num_classes, kernel_init=torch_linear_init, name="head")(x)
+
+
+def _strip_module_prefix(state_dict):
+  return {(k[len("module."):] if k.startswith("module.") else k): np.asarray(v) for k, v in state_dict.items()}
+
+
+def _ln(sd, prefix):
+  return {"scale": sd[f"{prefix}.weight"], "bias": sd[f"{prefix}.bias"]}
+
+
+def _linear(sd, prefix, bias=True):
+  out = {"kernel": sd[f"{prefix}.weight"].T}
+  if bias:
+    out["bias"] = sd[f"{prefix}.bias"]
+  return out
+
+
+def convert_layer(sd, prefix: str) -> dict:
+  """Params of one `Layer` from an official PreNorm(Attention), PreNorm(FeedForward) pair at `prefix`."""
+  return {
+      "norm1": _ln(sd, f"{prefix}.0.norm"),
+      "mssa": {"qkv": _linear(sd, f"{prefix}.0.fn.qkv", bias=False), "out": _linear(sd, f"{prefix}.0.fn.to_out.0")},
+      "norm2": _ln(sd, f"{prefix}.1.norm"),
+      "ista": {"D": sd[f"{prefix}.1.fn.weight"]},
+  }
+
+
+def check_all_used(sd, used: set, ignored=()):
+  """Raises ValueError naming official keys that the conversion did not use (and did not mean to ignore)."""
+  left = sorted(k for k in sd if k not in used and not any(re.fullmatch(p, k) for p in ignored))
+  if left:
+    raise ValueError(f"official state dict has {len(left)} unexpected key(s): {', '.join(left[:5])}")
+
+
+class _Recorder(dict):
+  """A dict that records which keys were read, so conversions can report unused official params."""
+
+  def __init__(self, data):
+    super().__init__(data)
+    self.used = set()
+
+  def __getitem__(self, key):
+    if key not in self:
+      raise ValueError(f"official state dict is missing {key!r}")
+    self.used.add(key)
+    return super().__getitem__(key)
+
+
+def convert_official(state_dict) -> dict:
+  """Official `model/crate.py` CRATE state dict (names -> arrays; torch tensors accepted) -> params.
+
+  Linear weights [out, in] are transposed to kernels [in, out]; the ISTA dictionary is used as is.
+  A "module." prefix (DataParallel checkpoints) is stripped. Missing or unexpected keys raise ValueError.
+  """
+  sd = _Recorder(_strip_module_prefix(state_dict))
+  depth = len({m.group(1) for k in sd if (m := re.match(r"transformer\.layers\.(\d+)\.", k))})
+  params = {
+      "patch_norm": _ln(sd, "to_patch_embedding.1"),
+      "patch_proj": _linear(sd, "to_patch_embedding.2"),
+      "embed_norm": _ln(sd, "to_patch_embedding.3"),
+      "cls": sd["cls_token"],
+      "pos_embedding": sd["pos_embedding"],
+      "head_norm": _ln(sd, "mlp_head.0"),
+      "head": _linear(sd, "mlp_head.1"),
+  }
+  for i in range(depth):
+    params[f"layer{i}"] = convert_layer(sd, f"transformer.layers.{i}")
+  check_all_used(sd, sd.used)
+  return jax.tree.map(jnp.asarray, params)
+
+
+def read_torch_checkpoint(path: str) -> dict:
+  """State dict of a PyTorch checkpoint file (needs torch; unwraps a {"state_dict": ...} or {"model": ...})."""
+  try:
+    import torch
+  except ImportError as e:
+    raise ImportError("reading a .pth checkpoint needs torch; convert it to a dict of numpy arrays instead") from e
+  ckpt = torch.load(path, map_location="cpu", weights_only=True)
+  for key in ("state_dict", "model"):
+    if isinstance(ckpt, dict) and key in ckpt and isinstance(ckpt[key], dict):
+      ckpt = ckpt[key]
+  return {k: v.detach().cpu().numpy() for k, v in ckpt.items()}
