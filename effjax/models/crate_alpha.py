@@ -1,0 +1,235 @@
+"""CRATE-α (Yang et al., "Scaling White-Box Transformers for Vision"): CRATE with an overcomplete ISTA block.
+
+Each block, on tokens Z [B, N, d] (LayerNorm eps 1e-6, LS = optional LayerScale, DP = stochastic depth):
+
+  Z½     = Z + DP(LS(MSSA(LN₁(Z))))                      MSSA as in CRATE, bias-free in and out projections
+  Z_next = Z½ + DP(LS(ODL(LN₂(Z½))))                     residual, unlike the original CRATE
+  ODL(x) = z₂ D₁ᵀ,  z₁ = ReLU(η x D − η λ),  z₂ = ReLU(z₁ − η (z₁ Dᵀ − x) D − η λ)
+
+with two overcomplete dictionaries D, D₁ [d, 4d] (two ISTA steps from z₀ = 0, then decoding by D₁).
+Stem: p×p convolution, class token, position embedding over [cls, patches] ("learn" or "sincos2d");
+head: LayerNorm, then a linear layer on token 0 (the official model always reads token 0).
+
+Intermediates sown into "intermediates": stem, with_posemb, layer{i}/{qkv, attn_out, after_attn_residual,
+sparse_code (z₂), ista_out, output}, encoded, head_input.
+"""
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from effjax.models.crate import MSSA, REMAT_POLICIES
+
+VARIANTS = {  # width, depth, heads: the official decode_variant (Ti, S, B, L, H)
+    "Ti": (192, 12, 3),
+    "S": (576, 12, 12),
+    "B": (768, 12, 12),
+    "L": (1024, 24, 16),
+    "H": (1280, 32, 16),
+}
+
+
+def variant_kwargs(variant: str) -> dict:
+  """Model kwargs of "B" or "B/16": {"width", "depth", "num_heads"[, "patch_size"]}."""
+  name, _, patch = variant.partition("/")
+  if name not in VARIANTS:
+    raise ValueError(f"unknown CRATE-α variant {variant!r}; expected one of {list(VARIANTS)} (optionally /patch)")
+  width, depth, heads = VARIANTS[name]
+  return dict(width=width, depth=depth, num_heads=heads, **({"patch_size": int(patch)} if patch else {}))
+
+
+def posemb_sincos_2d(h: int, w: int, width: int):
+  """MoCo-v3 2-D sine-cosine embedding with a zero row for the class token: [1, 1 + h·w, width].
+
+  Features are [sin(x ω), cos(x ω), sin(y ω), cos(y ω)] with x the column, y the row and
+  ω_k = 10000^(-k / (width/4 − 1)), k < width/4.
+  """
+  if width % 4:
+    raise ValueError(f"sincos2d position embedding needs width divisible by 4, got {width}")
+  y, x = jnp.mgrid[:h, :w]
+  omega = 1.0 / 10000.0 ** (jnp.arange(width // 4) / (width // 4 - 1))
+  x = x.reshape(-1)[:, None] * omega[None]
+  y = y.reshape(-1)[:, None] * omega[None]
+  pe = jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)
+  return jnp.concatenate([jnp.zeros((1, width)), pe], axis=0)[None].astype(jnp.float32)
+
+
+class OvercompleteISTA(nn.Module):
+  """Two ISTA steps with dictionary D [d, 4d] from z₀ = 0, decoded by D₁ [d, 4d]: [B, N, d] -> [B, N, d]."""
+  eta: float = 0.1
+  lmbda: float = 0.1
+  expansion: int = 4
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    init = nn.initializers.kaiming_uniform()
+    dictionary = self.param("D", init, (d, self.expansion * d), jnp.float32).astype(x.dtype)
+    decoder = self.param("D1", init, (d, self.expansion * d), jnp.float32).astype(x.dtype)
+    z1 = nn.relu(self.eta * (x @ dictionary) - self.eta * self.lmbda)
+    z2 = nn.relu(z1 - self.eta * ((z1 @ dictionary.T - x) @ dictionary) - self.eta * self.lmbda)
+    self.sow("intermediates", "sparse_code", z2)
+    return z2 @ decoder.T
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: zeroes whole samples with probability `rate` in training, scales the rest by 1/(1−rate)."""
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    if not train or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
+class Block(nn.Module):
+  """One CRATE-α block; see the module docstring. [B, N, d] -> [B, N, d]."""
+  num_heads: int
+  eta: float = 0.1
+  lmbda: float = 0.1
+  dropout: float = 0.0
+  drop_path: float = 0.0
+  layer_scale: float | None = None
+  attention_impl: str = "auto"
+
+  def _scale(self, name, y):
+    if self.layer_scale is None:
+      return y
+    return y * self.param(name, nn.initializers.constant(self.layer_scale), (y.shape[-1],), jnp.float32).astype(y.dtype)
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    d = x.shape[-1]
+    if d % self.num_heads:
+      raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
+    y, w = MSSA(self.num_heads, d // self.num_heads, out_bias=False, dropout=self.dropout,
+                attention_impl=self.attention_impl, kernel_init=nn.initializers.normal(0.02),
+                name="mssa")(nn.LayerNorm(1e-6, name="norm1")(x), train)
+    self.sow("intermediates", "qkv", w)
+    self.sow("intermediates", "attn_out", y)
+    x = x + DropPath(self.drop_path)(self._scale("ls1", y), train)
+    self.sow("intermediates", "after_attn_residual", x)
+    y = OvercompleteISTA(self.eta, self.lmbda, name="ista")(nn.LayerNorm(1e-6, name="norm2")(x))
+    self.sow("intermediates", "ista_out", y)
+    y = nn.Dropout(self.dropout, deterministic=not train)(y)
+    x = x + DropPath(self.drop_path)(self._scale("ls2", y), train)
+    self.sow("intermediates", "output", x)
+    return x
+
+
+class Model(nn.Module):
+  """CRATE-α classifier: images [B, H, W, C] -> logits [B, num_classes].
+
+  drop_path is the stochastic-depth rate of the last block (linearly increasing from 0 over depth);
+  layer_scale is the LayerScale init value (None: no LayerScale); remat is "none", "full" or "dots".
+  """
+  num_classes: int
+  patch_size: int = 16
+  width: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  eta: float = 0.1
+  lmbda: float = 0.1
+  posemb: str = "learn"
+  dropout: float = 0.0
+  drop_path: float = 0.0
+  layer_scale: float | None = None
+  remat: str = "none"
+  attention_impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    if images.ndim != 4:
+      raise ValueError(f"CRATE-α expects images [B, H, W, C], got shape {images.shape}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat policy {self.remat!r}; expected one of {list(REMAT_POLICIES)}")
+    p = self.patch_size
+    if images.shape[1] % p or images.shape[2] % p:
+      raise ValueError(f"image size {images.shape[1]}x{images.shape[2]} is not divisible by patch size {p}")
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", kernel_init=nn.initializers.kaiming_uniform(),
+                name="embedding")(images)
+    self.sow("intermediates", "stem", x)
+    b, h, w, c = x.shape
+    x = x.reshape(b, h * w, c)
+    cls = self.param("cls", nn.initializers.normal(1e-6), (1, 1, c), jnp.float32).astype(x.dtype)
+    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c)), x], axis=1)
+    if self.posemb == "learn":
+      pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, h * w + 1, c), jnp.float32)
+    elif self.posemb == "sincos2d":
+      pos = posemb_sincos_2d(h, w, c)
+    else:
+      raise ValueError(f"posemb must be 'learn' or 'sincos2d', got {self.posemb!r}")
+    x = x + pos.astype(x.dtype)
+    self.sow("intermediates", "with_posemb", x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    block = Block
+    if self.remat != "none":
+      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], static_argnums=(2,))
+    rates = np.linspace(0.0, self.drop_path, self.depth)
+    for i in range(self.depth):
+      x = block(self.num_heads, self.eta, self.lmbda, self.dropout, float(rates[i]), self.layer_scale,
+                self.attention_impl, name=f"layer{i}")(x, train)
+    self.sow("intermediates", "encoded", x)
+    x = nn.LayerNorm(1e-6, name="encoder_norm")(x)[:, 0]
+    self.sow("intermediates", "head_input", x)
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.02), name="head")(x)
+
+
+def _flatten(tree, prefix=""):
+  if not isinstance(tree, dict) and not hasattr(tree, "items"):
+    return {prefix[:-1]: np.asarray(tree)}
+  out = {}
+  for k, v in tree.items():
+    out.update(_flatten(v, f"{prefix}{k}/"))
+  return out
+
+
+def convert_official(params) -> dict:
+  """Official CRATE-α Flax params (nested dict, or flat {"a/b/c": array}) -> params of `Model`.
+
+  The official tree: embedding, cls, pos_embedding (absent with posemb="sincos2d"),
+  Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductSubspaceAttention_0/{proj, out}, LayerNorm_1,
+  OvercompleteISTABlock_0/{D, D1}, ls1/ls1, ls2/ls2}, encoder_norm, head. Projections [d, H, p] and
+  [H, p, d] are reshaped to [d, H·p] and [H·p, d]. Missing or unexpected keys raise ValueError.
+  """
+  flat = _flatten(params)
+  used = set()
+
+  def get(key):
+    if key not in flat:
+      raise ValueError(f"official CRATE-α params are missing {key!r}")
+    used.add(key)
+    return flat[key]
+
+  def ln(prefix):
+    return {"scale": get(f"{prefix}/scale"), "bias": get(f"{prefix}/bias")}
+
+  out = {"embedding": {"kernel": get("embedding/kernel"), "bias": get("embedding/bias")}, "cls": get("cls"),
+         "encoder_norm": ln("encoder_norm"), "head": {"kernel": get("head/kernel"), "bias": get("head/bias")}}
+  if "pos_embedding" in flat:
+    out["pos_embedding"] = get("pos_embedding")
+  depth = len({m.group(1) for k in flat if (m := re.match(r"Transformer/encoderblock_(\d+)/", k))})
+  for i in range(depth):
+    pre = f"Transformer/encoderblock_{i}"
+    attn = f"{pre}/MultiHeadDotProductSubspaceAttention_0"
+    proj, proj_out = get(f"{attn}/proj/kernel"), get(f"{attn}/out/kernel")
+    layer = {
+        "norm1": ln(f"{pre}/LayerNorm_0"),
+        "mssa": {"qkv": {"kernel": proj.reshape(proj.shape[0], -1)},
+                 "out": {"kernel": proj_out.reshape(-1, proj_out.shape[-1])}},
+        "norm2": ln(f"{pre}/LayerNorm_1"),
+        "ista": {"D": get(f"{pre}/OvercompleteISTABlock_0/D"), "D1": get(f"{pre}/OvercompleteISTABlock_0/D1")},
+    }
+    for name in ("ls1", "ls2"):
+      if f"{pre}/{name}/{name}" in flat:
+        layer[name] = get(f"{pre}/{name}/{name}")
+    out[f"layer{i}"] = layer
+  left = sorted(set(flat) - used)
+  if left:
+    raise ValueError(f"official CRATE-α params have {len(left)} unexpected key(s): {', '.join(left[:5])}")
+  return jax.tree.map(jnp.asarray, out)
