@@ -9,11 +9,23 @@ import time
 import jax
 
 
+class _StderrHandler(logging.StreamHandler):
+  """Writes to whatever sys.stderr is at the time (so notebooks and test capture see the messages)."""
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, value):
+    del value
+
+
 def logger():
   """The "effjax" console logger (INFO, stderr), independent of absl's verbosity."""
   log = logging.getLogger("effjax")
   if not log.handlers:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s effjax: %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -26,7 +38,8 @@ class NonFiniteError(FloatingPointError):
 
 
 def check_finite(step, metrics):
-  for name, value in metrics.items():
+  """Raises NonFiniteError for the first non-finite metric, checking losses before everything else."""
+  for name, value in sorted(metrics.items(), key=lambda kv: ("loss" not in kv[0], kv[0])):
     if not math.isfinite(value):
       raise NonFiniteError(f"step {step}: metric {name} is {value}; stopping (the last checkpoint is intact)")
 

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 STRATEGIES = ("replicate", "fsdp")
-FSDP_MIN_SIZE = 2 ** 12  # arrays smaller than this stay replicated under "fsdp"
+FSDP_MIN_SIZE = 2 ** 10  # arrays smaller than this stay replicated under "fsdp"
 
 
 def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:

@@ -76,7 +76,7 @@ def _cast_floats(tree, dtype):
 
 
 def _norm(tree):
-  return optax.global_norm(tree)
+  return optax.tree.norm(tree)
 
 
 class _Preemption:

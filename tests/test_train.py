@@ -1,0 +1,206 @@
+"""The shared trainer end to end on a tiny ViT: parallelism parity, exact resume, preemption, NaN guard,
+corrupt checkpoints, gradient accumulation, bf16 + EMA, fine-tuning with a new head, the CLI."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from effjax import checkpoint, metrics, sharding, train
+from effjax.metrics import NonFiniteError
+import trainer_utils
+from trainer_utils import tiny_vit_config
+
+
+def _losses(workdir):
+  return {r["step"]: r["train/loss"] for r in metrics.read_jsonl(workdir) if "train/loss" in r}
+
+
+@pytest.mark.slow
+def test_one_device_data_parallel_and_fsdp_give_the_same_losses(tmp_path):
+  runs = {
+      "one": dict(mesh=(("data", 1),)),
+      "dp8": dict(mesh=(("data", 8),)),
+      "fsdp8": dict(mesh=(("data", 8),), sharding_rules=((".*", "fsdp"),)),
+  }
+  losses = {}
+  for name, overrides in runs.items():
+    train.train_and_evaluate(tiny_vit_config(**overrides), str(tmp_path / name))
+    losses[name] = np.array([l for _, l in sorted(_losses(str(tmp_path / name)).items())])
+  assert len(losses["one"]) == 20
+  for name in ("dp8", "fsdp8"):
+    np.testing.assert_allclose(losses[name], losses["one"], rtol=1e-5, atol=0)
+  assert losses["one"][-1] < losses["one"][0]
+
+
+def test_fsdp_rule_shards_parameters():
+  mesh = sharding.make_mesh((("data", 8),))
+  shapes = {"block0": {"mlp": {"fc1": {"kernel": jax.ShapeDtypeStruct((32, 64), np.float32)}}},
+            "head": {"bias": jax.ShapeDtypeStruct((10,), np.float32)}}
+  sh = sharding.param_shardings(shapes, mesh, ((r"^head/", "replicate"), (".*", "fsdp")))
+  assert sh["block0"]["mlp"]["fc1"]["kernel"].spec == jax.sharding.PartitionSpec(None, "data")
+  assert sh["head"]["bias"].spec == jax.sharding.PartitionSpec()
+  with pytest.raises(ValueError, match="strategy must be one of"):
+    sharding.param_shardings(shapes, mesh, ((".*", "zero3"),))
+
+
+_RUN_SCRIPT = textwrap.dedent("""
+    import hashlib, os, signal, sys
+    sys.path.insert(0, {tests!r})
+    import numpy as np
+    from effjax import checkpoint, train
+    from effjax.data import pipeline
+    from trainer_utils import tiny_vit_config
+    workdir, kill_step, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    original_next = pipeline.TrainData.__next__
+    def recording_next(self):
+      batch = original_next(self)
+      digest = hashlib.sha256(np.asarray(batch["image"]).tobytes() + np.asarray(batch["label"]).tobytes())
+      with open(log, "a") as f:
+        f.write(digest.hexdigest() + "\\n")
+      return batch
+    pipeline.TrainData.__next__ = recording_next
+    original_save = checkpoint.Checkpointer.save
+    def save_then_maybe_die(self, step, *args, **kwargs):
+      result = original_save(self, step, *args, **kwargs)
+      if step == kill_step:
+        self.wait()
+        os.kill(os.getpid(), signal.SIGKILL)
+      return result
+    checkpoint.Checkpointer.save = save_then_maybe_die
+    train.train_and_evaluate(tiny_vit_config(total_steps=40, checkpoint_every_steps=20), workdir)
+""")
+
+
+def _run_script(*args):
+  script = _RUN_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  return subprocess.run([sys.executable, "-c", script, *map(str, args)], env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_exact_resume_after_sigkill(tmp_path):
+  straight = _run_script(tmp_path / "straight", -1, tmp_path / "straight.log")
+  assert straight.returncode == 0, straight.stderr[-3000:]
+  killed = _run_script(tmp_path / "resumed", 20, tmp_path / "resumed.log")
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  assert checkpoint.Checkpointer(tmp_path / "resumed" / "checkpoints").steps() == [20]
+  resumed = _run_script(tmp_path / "resumed", -1, tmp_path / "resumed.log")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "at step 20" in resumed.stderr
+
+  batches_straight = (tmp_path / "straight.log").read_text().split()
+  batches_resumed = (tmp_path / "resumed.log").read_text().split()
+  assert len(batches_straight) == 40 and batches_resumed == batches_straight
+  a = checkpoint.restore_params(str(tmp_path / "straight" / "checkpoints"))
+  b = checkpoint.restore_params(str(tmp_path / "resumed" / "checkpoints"))
+  diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b))
+  assert max(diffs) == 0.0
+
+
+@pytest.mark.slow
+def test_sigterm_saves_current_step_and_exits_quickly(tmp_path):
+  workdir = tmp_path / "w"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  args = trainer_utils.TINY_CLI + ["--workdir", str(workdir), "--config.total_steps=100000",
+                                   "--config.checkpoint_every_steps=100000"]
+  proc = subprocess.Popen([sys.executable, "-m", "effjax.main", *args], cwd=trainer_utils.REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    if (workdir / "metrics.jsonl").exists() and len((workdir / "metrics.jsonl").read_text().splitlines()) >= 5:
+      break
+    time.sleep(0.2)
+  sent = time.time()
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=60)
+  exit_seconds = time.time() - sent
+  assert proc.returncode == 0, err[-3000:]
+  assert exit_seconds < 15, exit_seconds
+  assert "preempted, checkpoint saved" in out
+  last_logged = max(_losses(str(workdir)))
+  saved = checkpoint.Checkpointer(workdir / "checkpoints").steps()
+  assert saved == [last_logged]
+  resumed = trainer_utils.run_cli(args[:-2] + [f"--config.total_steps={last_logged + 2}"])
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"at step {last_logged}" in resumed.stderr
+  assert max(_losses(str(workdir))) == last_logged + 2
+
+
+def test_nan_stops_the_run_naming_step_and_metric_and_last_checkpoint_restores(tmp_path, capsys):
+  workdir = str(tmp_path / "w")
+  with pytest.raises(NonFiniteError, match="step 15: metric train/loss is nan"):
+    train.train_and_evaluate(tiny_vit_config(debug_nan_step=15), workdir)
+  assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).steps() == [10]
+  assert max(_losses(workdir)) == 14
+  result = train.train_and_evaluate(tiny_vit_config(total_steps=12), workdir)
+  assert "at step 10" in capsys.readouterr().err
+  assert result["step"] == 12 and np.isfinite(result["train/loss"])
+
+
+def test_truncated_latest_checkpoint_is_skipped(tmp_path, capsys):
+  workdir = str(tmp_path / "w")
+  train.train_and_evaluate(tiny_vit_config(), workdir)
+  state_dir = os.path.join(workdir, "checkpoints", "20", "state")
+  for root, _, files in os.walk(state_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+  capsys.readouterr()
+  result = train.train_and_evaluate(tiny_vit_config(total_steps=22), workdir)
+  err = capsys.readouterr().err
+  assert "checkpoints/20 is unreadable" in err and "at step 10" in err
+  assert result["step"] == 22
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path):
+  full = train.train_and_evaluate(tiny_vit_config(total_steps=5), str(tmp_path / "full"))
+  accum = train.train_and_evaluate(tiny_vit_config(total_steps=5, grad_accum_steps=2), str(tmp_path / "accum"))
+  np.testing.assert_allclose(sorted(_losses(str(tmp_path / "accum")).items()),
+                             sorted(_losses(str(tmp_path / "full")).items()), rtol=1e-4)
+  assert accum["step"] == full["step"] == 5
+
+
+def test_bf16_compute_with_ema(tmp_path):
+  result = train.train_and_evaluate(tiny_vit_config(compute_dtype="bfloat16", ema_decay=0.9), str(tmp_path))
+  losses = _losses(str(tmp_path))
+  assert all(np.isfinite(list(losses.values()))) and losses[20] < losses[1]
+  assert 0.0 <= result["eval/accuracy"] <= 1.0
+  params = checkpoint.restore_params(str(tmp_path / "checkpoints"))
+  assert all(p.dtype == np.float32 for p in jax.tree.leaves(params))
+
+
+def test_init_from_keeps_body_and_replaces_head(tmp_path):
+  train.train_and_evaluate(tiny_vit_config(total_steps=10), str(tmp_path / "pre"))
+  pre = checkpoint.restore_params(str(tmp_path / "pre" / "checkpoints"))
+  finetune = tiny_vit_config(total_steps=1, **{
+      "model.num_classes": 4, "data.source": "synthetic:size=28,channels=1,num_classes=4,examples=256",
+      "init_from.path": str(tmp_path / "pre" / "checkpoints"), "optimizer.lr": 0.0})
+  train.train_and_evaluate(finetune, str(tmp_path / "ft"))
+  ft = checkpoint.restore_params(str(tmp_path / "ft" / "checkpoints"))
+  np.testing.assert_array_equal(ft["block1"]["mlp"]["fc1"]["kernel"], pre["block1"]["mlp"]["fc1"]["kernel"])
+  assert ft["head"]["kernel"].shape == (32, 4) and pre["head"]["kernel"].shape == (32, 10)
+
+
+def test_cli_writes_workdir_contract(tmp_path):
+  workdir = tmp_path / "w"
+  result = trainer_utils.run_cli(trainer_utils.TINY_CLI + ["--workdir", str(workdir), "--config.total_steps=6"],
+                                 devices=2)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "test accuracy:" in result.stdout
+  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl", "tensorboard"]
+  rows = metrics.read_jsonl(str(workdir))
+  train_rows = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
+  for key in ("train/learning_rate", "train/grad_norm", "train/param_norm", "train/update_norm",
+              "train/step_time_s", "train/examples_per_s"):
+    assert key in train_rows[-1]
+  assert any("eval/accuracy" in r for r in rows)
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir / "tensorboard"))
