@@ -102,11 +102,12 @@ class Layer(nn.Module):
   lmbda: float = 0.1
   dropout: float = 0.0
   attention_impl: str = "auto"
+  kernel_init: nn.initializers.Initializer = torch_linear_init
 
   @nn.compact
   def __call__(self, x, train=False):
     attn_out, w = MSSA(self.num_heads, self.head_dim, dropout=self.dropout, attention_impl=self.attention_impl,
-                       name="mssa")(nn.LayerNorm(1e-5, name="norm1")(x), train)
+                       kernel_init=self.kernel_init, name="mssa")(nn.LayerNorm(1e-5, name="norm1")(x), train)
     self.sow("intermediates", "qkv", w)
     self.sow("intermediates", "attn_out", attn_out)
     x = attn_out + x
@@ -168,43 +169,13 @@ class Model(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=torch_linear_init, name="head")(x)
 
 
-def _strip_module_prefix(state_dict):
-  return {(k[len("module."):] if k.startswith("module.") else k): np.asarray(v) for k, v in state_dict.items()}
+class OfficialStateDict(dict):
+  """An official state dict (names -> numpy arrays; torch tensors accepted, a "module." prefix stripped) that
+  records which keys were read, so that a conversion can report the keys it did not use."""
 
-
-def _ln(sd, prefix):
-  return {"scale": sd[f"{prefix}.weight"], "bias": sd[f"{prefix}.bias"]}
-
-
-def _linear(sd, prefix, bias=True):
-  out = {"kernel": sd[f"{prefix}.weight"].T}
-  if bias:
-    out["bias"] = sd[f"{prefix}.bias"]
-  return out
-
-
-def convert_layer(sd, prefix: str) -> dict:
-  """Params of one `Layer` from an official PreNorm(Attention), PreNorm(FeedForward) pair at `prefix`."""
-  return {
-      "norm1": _ln(sd, f"{prefix}.0.norm"),
-      "mssa": {"qkv": _linear(sd, f"{prefix}.0.fn.qkv", bias=False), "out": _linear(sd, f"{prefix}.0.fn.to_out.0")},
-      "norm2": _ln(sd, f"{prefix}.1.norm"),
-      "ista": {"D": sd[f"{prefix}.1.fn.weight"]},
-  }
-
-
-def check_all_used(sd, used: set, ignored=()):
-  """Raises ValueError naming official keys that the conversion did not use (and did not mean to ignore)."""
-  left = sorted(k for k in sd if k not in used and not any(re.fullmatch(p, k) for p in ignored))
-  if left:
-    raise ValueError(f"official state dict has {len(left)} unexpected key(s): {', '.join(left[:5])}")
-
-
-class _Recorder(dict):
-  """A dict that records which keys were read, so conversions can report unused official params."""
-
-  def __init__(self, data):
-    super().__init__(data)
+  def __init__(self, state_dict):
+    super().__init__({(k[len("module."):] if k.startswith("module.") else k): np.asarray(v)
+                      for k, v in state_dict.items()})
     self.used = set()
 
   def __getitem__(self, key):
@@ -213,6 +184,32 @@ class _Recorder(dict):
     self.used.add(key)
     return super().__getitem__(key)
 
+  def layer_norm(self, prefix):
+    return {"scale": self[f"{prefix}.weight"], "bias": self[f"{prefix}.bias"]}
+
+  def linear(self, prefix, bias=True):
+    """nn.Linear weight [out, in] -> Dense kernel [in, out] (+ bias)."""
+    out = {"kernel": self[f"{prefix}.weight"].T}
+    if bias:
+      out["bias"] = self[f"{prefix}.bias"]
+    return out
+
+  def check_all_used(self, ignored=()):
+    """Raises ValueError naming keys that were not read (and do not fully match a regex in `ignored`)."""
+    left = sorted(k for k in self if k not in self.used and not any(re.fullmatch(p, k) for p in ignored))
+    if left:
+      raise ValueError(f"official state dict has {len(left)} unexpected key(s): {', '.join(left[:5])}")
+
+
+def convert_layer(sd: OfficialStateDict, prefix: str) -> dict:
+  """Params of one `Layer` from an official PreNorm(Attention), PreNorm(FeedForward) pair at `prefix`."""
+  return {
+      "norm1": sd.layer_norm(f"{prefix}.0.norm"),
+      "mssa": {"qkv": sd.linear(f"{prefix}.0.fn.qkv", bias=False), "out": sd.linear(f"{prefix}.0.fn.to_out.0")},
+      "norm2": sd.layer_norm(f"{prefix}.1.norm"),
+      "ista": {"D": sd[f"{prefix}.1.fn.weight"]},
+  }
+
 
 def convert_official(state_dict) -> dict:
   """Official `model/crate.py` CRATE state dict (names -> arrays; torch tensors accepted) -> params.
@@ -220,20 +217,20 @@ def convert_official(state_dict) -> dict:
   Linear weights [out, in] are transposed to kernels [in, out]; the ISTA dictionary is used as is.
   A "module." prefix (DataParallel checkpoints) is stripped. Missing or unexpected keys raise ValueError.
   """
-  sd = _Recorder(_strip_module_prefix(state_dict))
+  sd = OfficialStateDict(state_dict)
   depth = len({m.group(1) for k in sd if (m := re.match(r"transformer\.layers\.(\d+)\.", k))})
   params = {
-      "patch_norm": _ln(sd, "to_patch_embedding.1"),
-      "patch_proj": _linear(sd, "to_patch_embedding.2"),
-      "embed_norm": _ln(sd, "to_patch_embedding.3"),
+      "patch_norm": sd.layer_norm("to_patch_embedding.1"),
+      "patch_proj": sd.linear("to_patch_embedding.2"),
+      "embed_norm": sd.layer_norm("to_patch_embedding.3"),
       "cls": sd["cls_token"],
       "pos_embedding": sd["pos_embedding"],
-      "head_norm": _ln(sd, "mlp_head.0"),
-      "head": _linear(sd, "mlp_head.1"),
+      "head_norm": sd.layer_norm("mlp_head.0"),
+      "head": sd.linear("mlp_head.1"),
   }
   for i in range(depth):
     params[f"layer{i}"] = convert_layer(sd, f"transformer.layers.{i}")
-  check_all_used(sd, sd.used)
+  sd.check_all_used()
   return jax.tree.map(jnp.asarray, params)
 
 
