@@ -3,11 +3,11 @@
 Multi-host: pass --coordinator_address, --num_processes and --process_id (or set JAX_COORDINATOR_ADDRESS,
 JAX_NUM_PROCESSES, JAX_PROCESS_ID) and every process runs the same command.
 """
-import logging
 import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from effjax import config as config_lib
@@ -26,13 +26,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not flags.FLAGS["verbosity"].present:  # keep orbax's INFO chatter out of the console
+    absl_logging.set_verbosity(absl_logging.WARNING)
   import jax
   if _NUM_PROCESSES.value > 1:
     if jax.config.jax_platforms in (None, "", "cpu") and not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
       jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts talk through gloo
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from effjax import train
-  logging.getLogger().setLevel(logging.INFO)
   try:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, ValueError) as e:
