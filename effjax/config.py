@@ -119,7 +119,8 @@ def base_config() -> ConfigDict:
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999
   c.optimizer.momentum = 0.9         # sgd / lars
-  c.optimizer.schedule = "warmup_cosine"  # warmup_cosine, warmup_linear, warmup_constant, constant
+  c.optimizer.nesterov = False       # sgd
+  c.optimizer.schedule = "warmup_cosine"  # warmup_cosine, warmup_linear, warmup_constant, warmup_rsqrt, constant
   c.optimizer.warmup_steps = 0
   c.optimizer.warmup_epochs = 0.0
   c.optimizer.end_lr_factor = 0.0    # final lr as a fraction of the peak

@@ -126,7 +126,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_data = pipeline.train_data(config.data, config.batch_size, batch_sharding, config.seed)
   num_steps = total_steps(config, train_data.num_examples)
   steps_per_epoch = max(train_data.num_examples // config.batch_size, 1)
-  tx, schedule = optim.make_optimizer(config.optimizer, num_steps, steps_per_epoch)
+  tx, schedule = optim.make_optimizer(config.optimizer, num_steps, steps_per_epoch, seed=config.seed)
   compute_dtype = COMPUTE_DTYPES[config.compute_dtype]
 
   example_batch = next(pipeline.eval_batches(config.data, mesh.size, batch_sharding))
