@@ -98,3 +98,37 @@ def test_bad_input_errors():
     model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
   with pytest.raises(ValueError, match="unknown CRATE variant"):
     crate.variant_kwargs("XL")
+
+
+@pytest.mark.slow
+def test_runlocal_config_trains_through_the_trainer_on_8_devices(tmp_path):
+  import os
+  from effjax import config as cfg, metrics, train
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  c = cfg.load_config_file(os.path.join(repo, "configs/crate.py:runlocal"))
+  c.model.update(dict(patch_size=7, dim=32, depth=2, num_heads=2))
+  c.batch_size, c.eval_batch_size, c.data.eval_examples = 32, 32, 64
+  c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 4, 1, -1, 4
+  c.optimizer.warmup_steps, c.progress_bar = 1, False
+  assert jax.device_count() == 8 and c.mesh == (("data", -1),)
+  result = train.train_and_evaluate(c, str(tmp_path))
+  assert result["step"] == 4 and np.isfinite(result["train/loss"])
+  assert 0.0 <= result["eval/accuracy"] <= 1.0 and result["eval/examples"] == 64
+  assert result["eval/coding_rate/layer1"] > 0 and 0.0 < result["eval/sparsity/layer1"] < 1.0
+  assert len([r for r in metrics.read_jsonl(str(tmp_path)) if "train/loss" in r]) == 4
+  assert os.path.exists(tmp_path / "coding_rate" / "step_4.png")
+
+
+@pytest.mark.parametrize("spec", ["crate.py:variant=T", "crate.py:variant=L,dataset=tfds:cifar10,num_classes=10",
+                                  "crate_alpha.py:variant=L/14,stage=finetune", "crate_alpha.py:runlocal", "crate_finetune.py:variant=S",
+                                  "crate_mae.py:variant=S", "crate_mae.py:runlocal"])
+def test_configs_build_their_models(spec):
+  import os
+  from effjax import components, config as cfg
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  c = cfg.load_config_file(os.path.join(repo, "configs", spec))
+  components.load("models", c.model_name).Model(**c.model)
+  components.load("tasks", c.task_name).Task(c)
+  if spec == "crate.py:variant=T":
+    assert (c.optimizer.name, c.optimizer.lr, c.optimizer.weight_decay, c.batch_size, c.total_epochs,
+            c.task.label_smoothing) == ("lion", 2e-4, 0.05, 512, 200.0, 0.1)
