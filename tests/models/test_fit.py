@@ -83,3 +83,47 @@ def test_wrong_group_count_is_a_clear_error():
   model = fit.FIT("(1)1(1)", 4, 2, 16, 16, 2, 2)
   with pytest.raises(ValueError, match="num_groups=4"):
     model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 4, 5)))
+
+
+def test_subimages_equal_patch_windows_and_groupings_invert():
+  images = jax.random.uniform(jax.random.PRNGKey(0), (2, 24, 16, 3))
+  subs = fit_grouping.subimages_to_tokens(images, sub_image_size=8, patch_size=4)
+  windows = fit_grouping.images_to_groups(images, patch_size=4, group_size=2, grouping="window")
+  assert subs.shape == (2, 6, 4, 48)
+  np.testing.assert_array_equal(subs, windows)
+  # sub-image (1, 0) (row-major over a 3x2 grid -> index 2), patch (0, 1) is pixels [8:12, 4:8]
+  np.testing.assert_array_equal(subs[:, 2, 1], images[:, 8:12, 4:8].reshape(2, -1))
+  strided = fit_grouping.images_to_groups(images, 4, 2, "strided")
+  grid = fit_grouping.patchify(images, 4)  # [2, 6, 4, 48]; group grid 3x2, group (1, 1) = grid[1::3, 1::2]
+  np.testing.assert_array_equal(strided[:, 3], grid[:, 1::3, 1::2].reshape(2, 4, 48))
+  for grouping, tokens in (("window", windows), ("strided", strided)):
+    back = fit_grouping.groups_to_images(tokens, (24, 16), 4, 3, grouping)
+    np.testing.assert_array_equal(back, images)
+  with pytest.raises(ValueError, match="not divisible by the window"):
+    fit_grouping.images_to_groups(images, 4, 4)
+  with pytest.raises(ValueError, match="unknown grouping"):
+    fit_grouping.images_to_groups(images, 4, 2, "random")
+
+
+@pytest.mark.slow
+def test_classifier_remat_policies_match_and_unknown_policy_fails():
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 1))
+  labels = jnp.array([1, 3])
+  outs = {}
+  for remat in ("none", "full", "dots"):
+    model = fit.Model(num_classes=5, layers="(1)1(1)", patch_size=4, group_size=2, latents_per_group=2, x_dim=16,
+                      latent_dim=24, x_num_heads=2, latent_num_heads=2, mlp_ratio=2, grouping="strided", remat=remat)
+    params = jax.jit(model.init)(jax.random.PRNGKey(1), images)["params"]
+    params = jax.tree.map(lambda p: p + 0.01, params)  # the head starts at zero
+
+    def loss(p):
+      logits = model.apply({"params": p}, images, train=True)
+      return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1).mean(), logits
+    (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    assert logits.shape == (2, 5)
+    outs[remat] = (value, grads)
+  for remat in ("full", "dots"):
+    np.testing.assert_allclose(outs[remat][0], outs["none"][0], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), outs[remat][1], outs["none"][1])
+  with pytest.raises(ValueError, match="unknown remat policy"):
+    fit.Model(num_classes=5, remat="everything").init(jax.random.PRNGKey(0), images)
