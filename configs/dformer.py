@@ -39,7 +39,7 @@ def get_config(arg=None):
                                           dice_include_background=False))
   c.evaluators = ("dice",)
   c.evaluator = ml_collections.ConfigDict(dict(dice=dict(png_volumes=2)))
-  c.data.source = f"nifti:root={arg.root};crop={'x'.join(map(str, crop))};norm={norm}"
+  c.data.source = f"nifti:root={arg.root};crop={'x'.join(map(str, crop))};norm={norm};classes={num_classes}"
   c.data.train_split, c.data.eval_split = "train", "test"
   c.batch_size = 2
   c.eval_batch_size = 2
