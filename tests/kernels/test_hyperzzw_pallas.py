@@ -1,0 +1,64 @@
+"""HyperZ·Z·W Pallas kernels vs the XLA reference in effjax.kernels.hyperzzw (interpret mode, lowering)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from effjax.kernels import hyperzzw
+from effjax.kernels.hyperzzw_pallas import global_mix_pallas, hyperzzw_global_pallas, local_conv_pallas
+
+TRITON = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
+
+
+def rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def outputs_and_grads(f, *args):
+  """f's outputs and the gradients of a random linear functional of all of them."""
+  outs = jax.eval_shape(f, *args)
+  r = np.random.default_rng(5)
+  cots = jax.tree.map(lambda s: jnp.asarray(r.normal(size=s.shape), jnp.float32), outs)
+  loss = lambda *a: sum(jnp.sum(o.astype(jnp.float32) * c) for o, c in zip(jax.tree.leaves(f(*a)), jax.tree.leaves(cots)))
+  return jax.jit(lambda *a: (f(*a), jax.grad(loss, tuple(range(len(a))))(*a)))(*args)
+
+
+@pytest.mark.parametrize("backend", ["tpu", "gpu"])
+@pytest.mark.parametrize("shared,dtype,tol", [(True, jnp.float32, 1e-5), (False, jnp.float32, 1e-5),
+                                              (True, jnp.bfloat16, 1e-2)], ids=["shared", "per-example", "bf16"])
+def test_fused_global_matches_reference(backend, shared, dtype, tol):
+  r = np.random.default_rng(1)
+  z, v = (jnp.asarray(r.normal(size=(2, 16, 16, 4)), dtype) for _ in range(2))
+  w = jnp.asarray(r.normal(size=z.shape[1:] if shared else z.shape), dtype)
+  got = outputs_and_grads(lambda w, z, v: hyperzzw_global_pallas(w, z, v, backend=backend, interpret=True), w, z, v)
+  want = outputs_and_grads(hyperzzw.hyperzzw_global, w, z, v)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert rel(a, b) <= tol
+
+
+def test_global_mix_and_local_conv_match_reference():
+  r = np.random.default_rng(2)
+  ctx, v = (jnp.asarray(r.normal(size=(2, 8, 8, 16)), jnp.float32) for _ in range(2))
+  got = outputs_and_grads(lambda c, v: global_mix_pallas(c, v, interpret=True), ctx, v)
+  want = outputs_and_grads(hyperzzw.global_mix_reference, ctx, v)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert rel(a, b) <= 1e-5
+  kernel = jnp.asarray(r.normal(size=(9, 9, 16)), jnp.float32)
+  got = outputs_and_grads(lambda x, k: local_conv_pallas(x, k, interpret=True), ctx, kernel)
+  want = outputs_and_grads(hyperzzw.local_conv_reference, ctx, kernel)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert rel(a, b) <= 1e-5
+  with pytest.raises(ValueError, match="hyper-kernel"):
+    hyperzzw_global_pallas(kernel, ctx, v)
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_fused_global_lowers(platform):
+  z = jax.ShapeDtypeStruct((8, 32, 32, 64), jnp.bfloat16)
+  w = jax.ShapeDtypeStruct((32, 32, 64), jnp.bfloat16)
+  backend = "tpu" if platform == "tpu" else "gpu"
+  op = lambda w, z, v: hyperzzw_global_pallas(w, z, v, backend=backend, interpret=False)[0]
+  f = lambda w, z, v: jax.value_and_grad(lambda *a: jnp.sum(op(*a).astype(jnp.float32)), (0, 1, 2))(w, z, v)
+  text = jax.export.export(jax.jit(f), platforms=[platform], disabled_checks=TRITON)(w, z, z).mlir_module()
+  assert text.count("tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton") == 2
