@@ -47,10 +47,15 @@ def attention_reference(q, k, v, *, mask=None, bias=None, scale=None, pattern=No
     visible = _and(visible, jnp.asarray(pattern.mask(q.shape[1], k.shape[1])))
   if key_mask is not None:
     visible = _and(visible, key_mask[:, None, None, :])
-  weights = jax.nn.softmax(logits if visible is None else jnp.where(visible, logits, jnp.finfo(jnp.float32).min),
-                           axis=-1)
-  if visible is not None:
-    weights = jnp.where(jnp.any(visible, axis=-1, keepdims=True), weights, 0.0)
+  if visible is None:
+    weights = jax.nn.softmax(logits, axis=-1)
+  else:
+    lowest = jnp.finfo(jnp.float32).min
+    logits = jnp.where(visible, logits, lowest)
+    # Rows with no visible key are zeroed; testing the (data-dependent) row max instead of any(visible)
+    # keeps XLA from constant-folding large pattern masks.
+    seen = jnp.max(logits, axis=-1, keepdims=True) > lowest
+    weights = jnp.where(seen, jax.nn.softmax(logits, axis=-1), 0.0)
   return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v).astype(q.dtype)
 
 
