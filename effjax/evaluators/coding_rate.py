@@ -167,7 +167,7 @@ def plot_curves(metrics: dict, path: str, labels_and_metrics=None):
   runs = labels_and_metrics or [("", metrics)]
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
   for label, m in runs:
-    for ax, key, title in [(axes[0], "coding_rate", "coding rate $R^c$ of MSSA input"),
+    for ax, key, title in [(axes[0], "coding_rate", "coding rate $R^c$ in the MSSA subspaces"),
                            (axes[1], "sparsity", "sparsity of ISTA output")]:
       mean = layer_curve(m, key)
       if len(mean):
@@ -175,6 +175,7 @@ def plot_curves(metrics: dict, path: str, labels_and_metrics=None):
         ax.errorbar(np.arange(1, len(mean) + 1), mean, yerr=std, marker="o", capsize=3, label=label or None)
       ax.set_title(title)
       ax.set_xlabel("layer")
+      ax.xaxis.get_major_locator().set_params(integer=True)
       ax.grid(linestyle="--", alpha=0.5)
   if any(label for label, _ in runs):
     axes[0].legend()
