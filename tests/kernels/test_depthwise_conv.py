@@ -1,4 +1,5 @@
-"""Depthwise / dilated large-kernel convolution: TPU kernel vs XLA in interpret mode, race detector, lowering."""
+"""Depthwise / dilated large-kernel convolution: TPU and GPU kernels vs XLA in interpret mode, race detector,
+lowering."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,6 +7,8 @@ import pytest
 from jax.experimental.pallas import tpu as pltpu
 
 from effjax.kernels.depthwise_conv import depthwise_conv, depthwise_conv_reference
+
+TRITON = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
 
 
 def rel(a, b):
@@ -24,11 +27,12 @@ def value_and_grads(f, x, w):
     ((1, 5, 6, 7, 4), (3, 3, 3), 1, jnp.float32, 1e-5),
     ((2, 9, 10, 8), (7, 7), 1, jnp.bfloat16, 1e-2),
 ], ids=["1d-dilated", "2d-mixed-dilation", "3d", "2d-bf16"])
-def test_kernel_matches_reference(x_shape, k_shape, dilation, dtype, tol):
+@pytest.mark.parametrize("backend", ["tpu", "gpu"])
+def test_kernel_matches_reference(backend, x_shape, k_shape, dilation, dtype, tol):
   r = np.random.default_rng(len(x_shape) + len(k_shape))
   x = jnp.asarray(r.normal(size=x_shape), dtype)
   w = jnp.asarray(r.normal(size=k_shape + x_shape[-1:]), dtype)
-  out, grads = value_and_grads(lambda x, w: depthwise_conv(x, w, dilation=dilation, impl="pallas"), x, w)
+  out, grads = value_and_grads(lambda x, w: depthwise_conv(x, w, dilation=dilation, impl="pallas", backend=backend), x, w)
   out_r, grads_r = value_and_grads(lambda x, w: depthwise_conv_reference(x, w, dilation=dilation), x, w)
   assert rel(out, out_r) <= tol
   for g, gr in zip(grads, grads_r):
@@ -52,9 +56,12 @@ def test_race_detector_and_errors():
 
 @pytest.mark.parametrize("x_shape,k_shape,dilation", [((2, 256, 128), (31,), 2), ((2, 56, 56, 128), (31, 31), 1),
                                                       ((1, 16, 16, 16, 128), (7, 7, 7), 2)], ids=["1d", "2d", "3d"])
-def test_lowers_for_tpu(x_shape, k_shape, dilation):
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_lowers(platform, x_shape, k_shape, dilation):
   x = jax.ShapeDtypeStruct(x_shape, jnp.bfloat16)
   w = jax.ShapeDtypeStruct(k_shape + x_shape[-1:], jnp.bfloat16)
-  conv = lambda x, w: depthwise_conv(x, w, dilation=dilation, impl="pallas", interpret=False)
+  backend = "tpu" if platform == "tpu" else "gpu"
+  conv = lambda x, w: depthwise_conv(x, w, dilation=dilation, impl="pallas", backend=backend, interpret=False)
   f = lambda x, w: jax.value_and_grad(lambda x, w: jnp.sum(conv(x, w).astype(jnp.float32) ** 2), (0, 1))(x, w)
-  assert jax.export.export(jax.jit(f), platforms=["tpu"])(x, w).mlir_module().count("tpu_custom_call") == 3
+  text = jax.export.export(jax.jit(f), platforms=[platform], disabled_checks=TRITON)(x, w).mlir_module()
+  assert text.count("tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton") == 3
