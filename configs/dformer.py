@@ -61,17 +61,17 @@ def get_config(arg=None):
         patch_size=(2, 4, 4), group_size=(2, 8, 8), intervals=(8, 4, 2, 1), mlp_ratio=4.0, drop_path_rate=0.0,
         deep_supervision=True, fidelity="official", remat="none"))
     c.task.deep_supervision_weights = (1.0, 0.5, 0.25)
-    c.data.source = "ellipsoids:depth=16;height=32;width=32;classes=3;objects=4;noise=0.2;train=512;test=16"
+    c.data.source = "ellipsoids:depth=16;height=32;width=32;classes=3;objects=3;noise=0.1;train=512;test=16"
     c.batch_size = 8
     c.eval_batch_size = 8
-    c.total_steps = 600
+    c.total_steps = 1200
     c.optimizer.name = "adamw"
-    c.optimizer.lr = 2e-3
+    c.optimizer.lr = 3e-3
     c.optimizer.weight_decay = 1e-4
     c.optimizer.schedule = "warmup_cosine"
     c.optimizer.warmup_steps = 50
     c.optimizer.grad_clip_norm = 1.0
     c.log_every_steps = 25
-    c.eval_every_steps = 200
-    c.checkpoint_every_steps = 200
+    c.eval_every_steps = 400
+    c.checkpoint_every_steps = 400
   return c

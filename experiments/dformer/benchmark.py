@@ -1,0 +1,81 @@
+"""Memory and time of D-Former attention (local window + dilated group) vs full global attention.
+
+For a volume [D, H, W] the stage-0 token grid is (D/2, H/4, W/4) (patch (2, 4, 4)); one D-Former block pair
+attends inside local windows of (2, 8, 8) tokens and then inside dilated groups of (2, 8, 8) members. The
+baseline attends globally twice. Both run forward + backward through `effjax.kernels.attention.attention`
+with 3 heads of width 32 (D-Former stage 0). Memory is XLA's compiled temporary-buffer size (exact, from
+`compile().memory_analysis()`, no execution needed); time is the median of `--repeats` executions and is
+only measured up to `--max_time_tokens` tokens (global attention is quadratic).
+
+  python experiments/dformer/benchmark.py --out experiments/dformer/results.md
+"""
+import argparse
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+
+from effjax.kernels.grid_attention import grid_attention
+
+VOLUMES = [(16, 32, 32), (16, 64, 64), (32, 64, 64), (32, 128, 128), (64, 128, 128)]
+GROUP = (2, 8, 8)
+HEADS, HEAD_DIM = 3, 32
+
+
+def pair(pattern_a, pattern_b):
+  def loss(q, k, v):
+    y = grid_attention(q, k, v, pattern_a, GROUP)
+    y = grid_attention(y, k, v, pattern_b, GROUP)
+    return jnp.sum(y * y)
+  return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+def measure(fn, grid, repeats, execute):
+  shape = (1, *grid, HEADS, HEAD_DIM)
+  spec = jax.ShapeDtypeStruct(shape, jnp.float32)
+  compiled = fn.lower(spec, spec, spec).compile()
+  mem = compiled.memory_analysis()
+  temp_mib = mem.temp_size_in_bytes / 2 ** 20 if mem is not None else float("nan")
+  if not execute:
+    return temp_mib, None
+  q, k, v = (jax.random.normal(jax.random.PRNGKey(i), shape) for i in range(3))
+  jax.block_until_ready(compiled(q, k, v))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(q, k, v))
+    times.append(time.perf_counter() - start)
+  return temp_mib, sorted(times)[len(times) // 2] * 1e3
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--max_time_tokens", type=int, default=4096)
+  parser.add_argument("--out", default="")
+  args = parser.parse_args()
+  dilated, full = pair("local", "dilated"), pair("global", "global")
+  lines = [f"Device: {jax.devices()[0].device_kind} ({platform.machine()}), jax {jax.__version__}. "
+           f"Forward + backward of one block pair's attention, {HEADS} heads × {HEAD_DIM}, float32.", "",
+           "| volume D×H×W | tokens | local+dilated temp MiB | global temp MiB | memory ratio "
+           "| local+dilated ms | global ms | speed-up |",
+           "|---|---|---|---|---|---|---|---|"]
+  for volume in VOLUMES:
+    grid = (volume[0] // 2, volume[1] // 4, volume[2] // 4)
+    tokens = grid[0] * grid[1] * grid[2]
+    execute = tokens <= args.max_time_tokens
+    m_d, t_d = measure(dilated, grid, args.repeats, execute)
+    m_g, t_g = measure(full, grid, args.repeats, execute)
+    timing = f"{t_d:.1f} | {t_g:.1f} | {t_g / t_d:.1f}×" if execute else "– | – | –"
+    lines.append(f"| {'×'.join(map(str, volume))} | {tokens} | {m_d:.1f} | {m_g:.1f} | {m_g / m_d:.0f}× | {timing} |")
+    print(lines[-1], flush=True)
+  text = "\n".join(lines) + "\n"
+  if args.out:
+    with open(args.out, "w") as f:
+      f.write(text)
+  print(text)
+
+
+if __name__ == "__main__":
+  main()
