@@ -1,0 +1,48 @@
+"""Switching a model's attention impl between XLA and the Pallas kernel (interpret mode on CPU) keeps its
+outputs and gradients within the kernel tolerances."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from effjax.layers.transformer import MultiHeadAttention
+from effjax.models import crate
+
+
+def rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def outputs_and_grads(make, *inputs):
+  """[(output, param grads of sum(output²))] for impl "xla" and "pallas" on the same params."""
+  params = jax.jit(make("xla").init)(jax.random.key(0), *inputs)
+  results = []
+  for impl in ("xla", "pallas"):
+    model = make(impl)
+    loss = lambda p: jnp.sum(model.apply(p, *inputs) ** 2)
+    results.append(jax.jit(lambda p: (model.apply(p, *inputs), jax.grad(loss)(p)))(params))
+  return results
+
+
+def assert_close(results):
+  (out_x, grads_x), (out_p, grads_p) = results
+  assert rel(out_p, out_x) <= 1e-5
+  # One relative error over all gradients: some (e.g. the key bias, to which softmax is invariant) are
+  # zero up to rounding, where a per-leaf relative error means nothing.
+  flat = lambda tree: np.concatenate([np.ravel(g) for g in jax.tree.leaves(tree)])
+  assert rel(flat(grads_p), flat(grads_x)) <= 1e-5
+
+
+@pytest.mark.slow
+def test_crate_switches_impl():
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 12, 12, 1)), jnp.float32)
+  assert_close(outputs_and_grads(
+      lambda impl: crate.Model(num_classes=3, patch_size=4, dim=16, depth=1, num_heads=2, attention_impl=impl),
+      images))
+
+
+def test_transformer_attention_with_padding_mask_switches_impl():
+  tokens = jnp.asarray(np.random.default_rng(1).normal(size=(2, 21, 16)), jnp.float32)
+  mask = jnp.asarray(np.random.default_rng(2).random((2, 1, 1, 21)) > 0.2)  # becomes the kernel's key mask
+  assert_close(outputs_and_grads(lambda impl: MultiHeadAttention(num_heads=2, attention_impl=impl), tokens, mask))
