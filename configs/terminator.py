@@ -79,11 +79,11 @@ def get_config(arg=None):
     c.batch_size = 32
     c.eval_batch_size = 200
     c.total_epochs = -1.0
-    c.total_steps = 600
+    c.total_steps = 400
     c.optimizer.lr = 2e-3
     c.optimizer.warmup_epochs = 0.0
     c.optimizer.warmup_steps = 30
     c.log_every_steps = 25
     c.eval_every_steps = 200
-    c.checkpoint_every_steps = 600
+    c.checkpoint_every_steps = 400
   return c

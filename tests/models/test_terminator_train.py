@@ -1,0 +1,47 @@
+"""Terminator through the shared trainer on 8 fake devices (1D sMNIST and 2D MNIST), and its configs."""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from effjax import components, config as cfg, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMALL_BRANCH = dict(global_hidden=8, local_hidden=8, channel_hidden=8, interact_channel_hidden=4,
+                    interact_spatial_hidden=8)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset,stats", [("smnist", "accumulated"), ("cifar10", "batch")])
+def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path, dataset, stats):
+  c = cfg.load_config_file(os.path.join(REPO, f"configs/terminator.py:dataset={dataset},runlocal,stats={stats}"))
+  c.model.branch.update(SMALL_BRANCH)
+  c.batch_size, c.eval_batch_size, c.data.eval_examples = 16, 16, 32
+  c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 1, -1, 2
+  c.optimizer.warmup_steps, c.progress_bar = 1, False
+  assert jax.device_count() == 8 and c.mesh == (("data", -1),) and c.optimizer.name == "kar3"
+  result = train.train_and_evaluate(c, str(tmp_path))
+  assert result["step"] == 2 and np.isfinite(result["train/loss"])
+  assert result["train/slow_loss"] > 0 and result["train/reg_loss"] > 0
+  assert 0.0 <= result["eval/accuracy"] <= 1.0 and result["eval/examples"] == 32
+
+
+@pytest.mark.parametrize("spec", ["dataset=smnist", "dataset=pmnist,stats=accumulated", "dataset=scifar10",
+                                  "dataset=cifar10", "dataset=cifar100", "dataset=smnist,runlocal",
+                                  "dataset=pmnist,runlocal", "dataset=cifar10,runlocal"])
+def test_configs_build_their_models(spec):
+  c = cfg.load_config_file(os.path.join(REPO, "configs", f"terminator.py:{spec}"))
+  components.load("models", c.model_name).Model(**c.model)
+  components.load("tasks", c.task_name).Task(c)
+  assert c.optimizer.name == "kar3" and (c.optimizer.b1, c.optimizer.b2) == (0.5, 0.95)
+  assert c.task.label_smoothing == 0.09
+
+
+def test_paper_settings():
+  c = cfg.load_config_file(os.path.join(REPO, "configs/terminator.py:dataset=cifar10"))
+  assert (c.optimizer.lr, c.batch_size, c.total_epochs, c.optimizer.warmup_epochs) == (0.001215, 64, 100.0, 8.0)
+  assert c.optimizer.schedule == "warmup_cosine" and c.optimizer.weight_decay == 0.0
+  assert tuple(c.model.dropout) == (0.0, 0.05, 0.05, 0.05, 0.05) and c.model.stats_mode == "batch"
+  with pytest.raises(cfg.ConfigError, match="unknown Terminator dataset"):
+    cfg.load_config_file(os.path.join(REPO, "configs/terminator.py:dataset=imagenet"))
