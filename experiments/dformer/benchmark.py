@@ -4,8 +4,10 @@ For a volume [D, H, W] the stage-0 token grid is (D/2, H/4, W/4) (patch (2, 4, 4
 attends inside local windows of (2, 8, 8) tokens and then inside dilated groups of (2, 8, 8) members. The
 baseline attends globally twice. Both run forward + backward through `effjax.kernels.attention.attention`
 with 3 heads of width 32 (D-Former stage 0). Memory is XLA's compiled temporary-buffer size (exact, from
-`compile().memory_analysis()`, no execution needed); time is the median of `--repeats` executions and is
-only measured up to `--max_time_tokens` tokens (global attention is quadratic).
+`compile().memory_analysis()`, no execution needed); time is the median process CPU time (all threads) of
+`--repeats` executions, which a shared machine disturbs less than wall-clock time, and is only measured up
+to `--max_time_tokens` tokens (global attention is quadratic). On an accelerator, read it as device time
+only if the host waits (block_until_ready), which it does.
 
   python experiments/dformer/benchmark.py --out experiments/dformer/results.md
 """
@@ -43,9 +45,9 @@ def measure(fn, grid, repeats, execute):
   jax.block_until_ready(compiled(q, k, v))
   times = []
   for _ in range(repeats):
-    start = time.perf_counter()
+    start = time.process_time()
     jax.block_until_ready(compiled(q, k, v))
-    times.append(time.perf_counter() - start)
+    times.append(time.process_time() - start)
   return temp_mib, sorted(times)[len(times) // 2] * 1e3
 
 
@@ -59,7 +61,7 @@ def main():
   lines = [f"Device: {jax.devices()[0].device_kind} ({platform.machine()}), jax {jax.__version__}. "
            f"Forward + backward of one block pair's attention, {HEADS} heads × {HEAD_DIM}, float32.", "",
            "| volume D×H×W | tokens | local+dilated temp MiB | global temp MiB | memory ratio "
-           "| local+dilated ms | global ms | speed-up |",
+           "| local+dilated CPU ms | global CPU ms | speed-up |",
            "|---|---|---|---|---|---|---|---|"]
   for volume in VOLUMES:
     grid = (volume[0] // 2, volume[1] // 4, volume[2] // 4)
