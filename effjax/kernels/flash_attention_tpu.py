@@ -152,21 +152,20 @@ def _dkv_kernel(qi_ref, kj_ref, fl_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl
     dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
 
 
-def _specs(plan, q, k, v, km):
+def _specs(plan, q, k, v):
   """BlockSpecs shared by the three kernels; index maps read the scalar-prefetched tile list."""
   bq, bk = plan.block_q, plan.block_k
   qmap = lambda b, h, p, qi, kj, fl: (b, h, qi[p], 0)
   kmap = lambda b, h, p, qi, kj, fl: (b, h, kj[p], 0)
-  rowmap = lambda b, h, p, qi, kj, fl: (b, h, qi[p], 0)
-  s = dict(
+  return dict(
       q=pl.BlockSpec((None, None, bq, q.shape[-1]), qmap),
+      o=pl.BlockSpec((None, None, bq, v.shape[-1]), qmap),      # output / its cotangent
       k=pl.BlockSpec((None, None, bk, k.shape[-1]), kmap),
       v=pl.BlockSpec((None, None, bk, v.shape[-1]), kmap),
-      row=pl.BlockSpec((None, None, bq, 1), rowmap),
+      row=pl.BlockSpec((None, None, bq, 1), qmap),               # per-query LSE / delta
       qc=pl.BlockSpec((bq, 1), lambda b, h, p, qi, kj, fl: (qi[p], 0)),
       kc=pl.BlockSpec((1, bk), lambda b, h, p, qi, kj, fl: (0, kj[p])),
       km=pl.BlockSpec((None, 1, bk), lambda b, h, p, qi, kj, fl: (b, 0, kj[p])))
-  return s
 
 
 def _call(kernel, pairs, in_specs, out_specs, out_shape, scratch, args, interpret):
@@ -186,7 +185,7 @@ def _coords(qc, kc):
 
 def forward(q, k, v, km, qc, kc, plan, *, scale, bounds, interpret=False):
   """Returns (o [B, H, Lq_pad, Dv], lse [B, H, Lq_pad] f32)."""
-  s = _specs(plan, q, k, v, km)
+  s = _specs(plan, q, k, v)
   b, h, lq, _ = q.shape
   dv = v.shape[-1]
   in_specs = [s["q"], s["k"], s["v"], s["qc"], s["kc"]]
@@ -196,8 +195,7 @@ def forward(q, k, v, km, qc, kc, plan, *, scale, bounds, interpret=False):
     args.append(km[:, None, :])
   kernel = functools.partial(_fwd_kernel, scale=scale, bounds=bounds, has_km=km is not None)
   o, lse = _call(
-      kernel, plan.q_major, in_specs, [pl.BlockSpec(s["q"].block_shape[:3] + (dv,), s["q"].index_map),
-                                             s["row"]],
+      kernel, plan.q_major, in_specs, [s["o"], s["row"]],
       [jax.ShapeDtypeStruct((b, h, lq, dv), q.dtype), jax.ShapeDtypeStruct((b, h, lq, 1), jnp.float32)],
       [pltpu.VMEM((plan.block_q, 1), jnp.float32), pltpu.VMEM((plan.block_q, 1), jnp.float32),
        pltpu.VMEM((plan.block_q, dv), jnp.float32)],
@@ -207,10 +205,9 @@ def forward(q, k, v, km, qc, kc, plan, *, scale, bounds, interpret=False):
 
 def backward(q, k, v, km, qc, kc, lse, delta, do, plan, *, scale, bounds, interpret=False):
   """Returns (dq, dk, dv) in the kernel layout."""
-  s = _specs(plan, q, k, v, km)
+  s = _specs(plan, q, k, v)
   kw = dict(scale=scale, bounds=bounds, has_km=km is not None)
-  in_specs = [s["q"], s["k"], s["v"], pl.BlockSpec(s["q"].block_shape[:3] + (do.shape[-1],), s["q"].index_map),
-              s["row"], s["row"], s["qc"], s["kc"]]
+  in_specs = [s["q"], s["k"], s["v"], s["o"], s["row"], s["row"], s["qc"], s["kc"]]
   args = [q, k, v, do, lse[..., None], delta[..., None], *_coords(qc, kc)]
   if km is not None:
     in_specs.append(s["km"])
