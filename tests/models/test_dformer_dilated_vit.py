@@ -1,9 +1,14 @@
 """Dilated 2-D image classifier and 1-D sequence model built from the D-Former blocks."""
+import os
+
 import jax
 import jax.numpy as jnp
 import pytest
 
+from effjax import config as cfg
 from effjax.models import dilated_vit
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_image_classifier_shapes_and_shared_blocks():
@@ -54,3 +59,11 @@ def test_sequence_model_reaches_the_whole_sequence_after_one_block_pair(depth, r
 
   grad = jax.jit(jax.grad(stage_output_token0))(x)
   assert int((jnp.abs(grad[0]).sum(-1) > 0).sum()) == reach
+
+
+@pytest.mark.parametrize("arg,image", [("runlocal", (28, 28, 1)), ("dataset=tfds:cifar10,image=32", (32, 32, 3))])
+def test_configs_build(arg, image):
+  c = cfg.load_config_file(os.path.join(REPO, f"configs/dformer_dilated_vit.py:{arg}"))
+  model = dilated_vit.Model(**c.model)
+  x = jnp.zeros((2, *image))
+  assert jax.eval_shape(model.apply, jax.eval_shape(model.init, jax.random.PRNGKey(0), x), x).shape == (2, 10)
