@@ -146,3 +146,15 @@ def test_dformer_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
   assert result["step"] == 4 and np.isfinite(result["train/loss"])
   assert 0.0 <= result["eval/dice_mean"] <= 1.0 and result["eval/volumes"] == 8
   assert os.path.exists(tmp_path / "dice" / "step_000004.png")
+
+
+@pytest.mark.parametrize("dataset,crop,classes", [("synapse", (64, 128, 128), 14), ("acdc", (16, 160, 160), 4)])
+def test_paper_configs_build_at_their_crop_size(dataset, crop, classes):
+  from effjax.models import dformer
+  c = cfg.load_config_file(os.path.join(REPO, f"configs/dformer.py:dataset={dataset},root=/data"))
+  assert f"crop={'x'.join(map(str, crop))}" in c.data.source and c.model.num_classes == classes
+  model = dformer.Model(**c.model)
+  x = jax.ShapeDtypeStruct((1, *crop, 1), jnp.float32)
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  heads = jax.eval_shape(model.apply, params, x)
+  assert heads[0].shape == (1, *crop, classes) and len(heads) == len(c.task.deep_supervision_weights)
