@@ -62,3 +62,16 @@ def test_fused_global_lowers(platform):
   f = lambda w, z, v: jax.value_and_grad(lambda *a: jnp.sum(op(*a).astype(jnp.float32)), (0, 1, 2))(w, z, v)
   text = jax.export.export(jax.jit(f), platforms=[platform], disabled_checks=TRITON)(w, z, z).mlir_module()
   assert text.count("tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton") == 2
+
+
+def test_tpu_kernels_pass_race_detector():
+  from jax._src.pallas.mosaic.interpret import interpret_pallas_call as tpu_interpreter
+  from jax.experimental.pallas import tpu as pltpu
+  r = np.random.default_rng(3)
+  w, z, v = (jnp.asarray(r.normal(size=s), jnp.float32) for s in [(8, 8, 4), (1, 8, 8, 4), (1, 8, 8, 4)])
+  params = pltpu.InterpretParams(detect_races=True)
+  got = outputs_and_grads(lambda w, z, v: hyperzzw_global_pallas(w, z, v, backend="tpu", interpret=params), w, z, v)
+  want = outputs_and_grads(hyperzzw.hyperzzw_global, w, z, v)
+  assert not tpu_interpreter.races.races_found
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert rel(a, b) <= 1e-5
