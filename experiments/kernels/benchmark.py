@@ -48,25 +48,29 @@ def _pick(size, tiny, small, full):
   return {"tiny": tiny, "small": small, "full": full}[size]
 
 
+def _describe(p):
+  return {"local": f"local {p.left}+{p.right}", "dilated": f"dilated s={p.size}", "grouped": f"grouped {p.size}",
+          "chunk_causal": f"chunk-causal {p.size}"}.get(p.kind, p.kind)
+
+
 def attention_cases(size):
   b, h, d = _pick(size, (1, 1, 16), (1, 2, 32), (4, 8, 64))
   n = _pick(size, 1 / 32, 1 / 8, 1)
-  specs = [("full", ap.full(), 2048), ("causal", ap.causal(), 4096), ("local w=256", ap.local(128, 127), 8192),
-           ("dilated s=4", ap.dilated(4), 4096), ("grouped 256", ap.grouped(256), 4096),
-           ("chunk-causal 512", ap.chunk_causal(512), 4096)]
+  specs = [(ap.full(), 2048), (ap.causal(), 4096), (ap.local(128, 127), 8192), (ap.dilated(4), 4096),
+           (ap.grouped(256), 4096), (ap.chunk_causal(512), 4096)]
   dtype = jnp.bfloat16
   cases = []
-  for label, pattern, length in specs:
+  for pattern, length in specs:
     length = int(length * n)
-    if size == "tiny":  # keep the pattern sparse at 128-256 tokens
+    if size == "tiny":  # keep the pattern sparse at 64-256 tokens
       pattern = {"local": ap.local(16, 15), "grouped": ap.grouped(32), "chunk_causal": ap.chunk_causal(32)}.get(
           pattern.kind, pattern)
     visible = float(pattern.mask(length, length).sum())
     make = lambda length=length: tuple(_normal((b, length, h, d), dtype, s) for s in range(3))
     impls = {name: (lambda q, k, v, pattern=pattern, name=name: attention(q, k, v, pattern=pattern, impl=name))
              for name in ("xla", "pallas")}
-    cases.append(Case("attention", f"{label} L={length}", make, impls, flops=4.0 * b * h * visible * d,
-                      bytes=4.0 * b * length * h * d * 2, bwd_factor=3.5))
+    cases.append(Case("attention", f"{_describe(pattern)} L={length}", make, impls,
+                      flops=4.0 * b * h * visible * d, bytes=4.0 * b * length * h * d * 2, bwd_factor=3.5))
   return cases
 
 
@@ -89,10 +93,10 @@ def dcls_cases(size):
 
 
 def conv_cases(size):
-  specs = [("1d k=31 d=2", _pick(size, (1, 64, 8), (2, 1024, 128), (8, 4096, 256)), (31,), 2),
-           ("2d k=31", _pick(size, (1, 12, 12, 8), (2, 32, 32, 128), (32, 56, 56, 128)),
+  specs = [("1d d=2", _pick(size, (1, 64, 8), (2, 512, 64), (8, 4096, 256)), (31,), 2),
+           ("2d", _pick(size, (1, 12, 12, 8), (1, 16, 16, 64), (32, 56, 56, 128)),
             _pick(size, (5, 5), (31, 31), (31, 31)), 1),
-           ("3d k=7 d=2", _pick(size, (1, 6, 6, 6, 8), (1, 16, 16, 16, 128), (2, 32, 32, 32, 64)),
+           ("3d d=2", _pick(size, (1, 6, 6, 6, 8), (1, 8, 8, 8, 32), (2, 32, 32, 32, 64)),
             _pick(size, (3, 3, 3), (7, 7, 7), (7, 7, 7)), 2)]
   cases = []
   for label, x_shape, k_shape, dil in specs:
@@ -100,7 +104,7 @@ def conv_cases(size):
                                                      _normal(k_shape + x_shape[-1:], jnp.bfloat16, 1))
     impls = {name: (lambda x, w, dil=dil, name=name: depthwise_conv(x, w, dilation=dil, impl=name))
              for name in ("xla", "pallas")}
-    cases.append(Case("depthwise_conv", f"{label} x={x_shape}", make, impls,
+    cases.append(Case("depthwise_conv", f"{label} k={k_shape[0]} x={x_shape}", make, impls,
                       flops=2.0 * np.prod(x_shape) * np.prod(k_shape), bytes=2.0 * 2 * np.prod(x_shape)))
   return cases
 
