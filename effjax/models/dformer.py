@@ -318,7 +318,7 @@ def convert_official(state_dict):
     value = np.asarray(value)
     path, leaf = _official_to_flax_path(name)
     if leaf == "bias":
-      key, value = "bias", value
+      key = "bias"
     elif leaf != "weight":
       raise ValueError(f"unexpected parameter {name!r} in the D-Former state dict")
     elif value.ndim == 1:

@@ -72,6 +72,17 @@ def test_configurable_classes_channels_and_single_output():
   assert [o.shape for o in outs] == [(2, 16, 32, 32, 3), (2, 8, 16, 16, 3), (2, 4, 8, 8, 3)]
 
 
+def test_remat_gives_the_same_gradient_shapes():
+  x = jnp.ones((1, 16, 32, 32, 1))
+  model, remat = dformer.Model(**SMALL), dformer.Model(remat="full", **SMALL)
+  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  loss = lambda m: lambda p: sum(o.sum() for o in m.apply(p, x))
+  grads = jax.eval_shape(jax.grad(loss(remat)), params)
+  assert jax.tree.map(lambda a: a.shape, grads) == jax.tree.map(lambda a: a.shape, params)
+  with pytest.raises(ValueError, match="remat"):
+    jax.eval_shape(dformer.Model(remat="some", **SMALL).init, jax.random.PRNGKey(0), x)
+
+
 def test_bad_input_is_a_clear_error():
   model = dformer.Model(**SMALL)
   with pytest.raises(ValueError, match="not divisible"):
