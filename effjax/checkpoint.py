@@ -3,11 +3,15 @@
 Layout: WORKDIR/checkpoints/<step>/{state, data}. `state` is the train-state pytree (params, optimizer
 state, model collections, EMA, rng, step); `data` is the grain iterator state, one JSON per process.
 Saves are asynchronous and the last `keep` checkpoints are kept. A checkpoint that fails to restore
-(truncated, partially written) is skipped with a warning and the previous one is used.
+(truncated, partially written) is skipped with a warning, renamed to <step>.unreadable-<time>, and the
+previous one is used.
 """
 import os
+import time
 
 import grain
+import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from effjax import metrics
@@ -48,13 +52,23 @@ class Checkpointer:
 
     `abstract_state` is a pytree of jax.ShapeDtypeStruct with shardings: arrays come back sharded.
     """
+    result, unreadable = (None, None), []
     for step in reversed(self.steps()):
       try:
-        return step, self._restore(step, abstract_state, data_iterator)
+        result = step, self._restore(step, abstract_state, data_iterator)
+        break
       except Exception as e:  # a torn write shows up as many different exception types
         metrics.logger().warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
-                        self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
-    return None, None
+                                 self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
+        unreadable.append(step)
+    if unreadable:  # set them aside (kept for inspection) so that those steps can be saved again
+      if jax.process_index() == 0:
+        for step in unreadable:
+          path = os.path.join(self.directory, str(step))
+          os.rename(path, f"{path}.unreadable-{int(time.time())}")
+      multihost_utils.sync_global_devices("effjax_checkpoint_set_aside")
+      self.manager.reload()
+    return result
 
   def _restore(self, step, abstract_state, data_iterator):
     args = {"state": ocp.args.StandardRestore(abstract_state)}

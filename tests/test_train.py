@@ -158,6 +158,8 @@ def test_truncated_latest_checkpoint_is_skipped(tmp_path, capsys):
   err = capsys.readouterr().err
   assert "checkpoints/20 is unreadable" in err and "at step 10" in err
   assert result["step"] == 22
+  assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).steps() == [10, 20, 22]
+  assert any(name.startswith("20.unreadable-") for name in os.listdir(os.path.join(workdir, "checkpoints")))
 
 
 def test_gradient_accumulation_matches_full_batch(tmp_path):
