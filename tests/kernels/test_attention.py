@@ -86,11 +86,13 @@ CASES = [  # pattern, Lq, Lk, key padding mask, blocks: ragged lengths everywher
     (ap.dilated(3), 45, 45, False, (8, 8)),
     (ap.grouped(6, 10), 30, 50, False, (8, 16)),
     (ap.chunk_causal(12), 41, 41, True, (16, 16)),
+    (ap.grouped(8), 40, 16, False, (8, 8)),      # query groups 2-4 see no key: zero rows, forced visits
+    (ap.grouped(8), 16, 40, True, (8, 8)),       # key blocks 2-4 are seen by no query: zero dK / dV
 ]
 
 
 @pytest.mark.parametrize("backend", ["tpu", "gpu"])
-@pytest.mark.parametrize("pattern,lq,lk,padded,blocks", CASES, ids=[c[0].kind for c in CASES])
+@pytest.mark.parametrize("pattern,lq,lk,padded,blocks", CASES, ids=[f"{c[0].kind}-{c[1]}x{c[2]}" for c in CASES])
 def test_kernel_matches_reference_f32(backend, pattern, lq, lk, padded, blocks):
   q, k, v, km = inputs(lq * 7 + lk, 2, lq, lk, 2, 16, jnp.float32, key_dropout=0.25 if padded else 0.0)
   kernel = functools.partial(flash_attention, pattern=pattern, key_mask=km, backend=backend, interpret=True,
