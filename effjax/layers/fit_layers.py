@@ -71,20 +71,59 @@ def causal_mask(length: int) -> jnp.ndarray:
   return jnp.tril(jnp.ones((length, length), bool))
 
 
+def _largest_divisor(n: int, limit: int) -> int:
+  return max(d for d in range(1, max(min(n, limit), 1) + 1) if n % d == 0)
+
+
+def chunked_attention(q, k, v, *, mask=None, scale=None, impl="auto", max_logits=0):
+  """`attention` computed in sequential chunks so that at most ~max_logits logits exist at once.
+
+  q [B, Lq, H, D], k/v [B, Lk, H, D]; mask None or bool [Lq, Lk] (True = may attend). Chunks run under
+  `lax.map` and are rematerialised in the backward pass, so the B·H·Lq·Lk logits (and the softmax
+  temporaries of their gradient) are never all alive together. Sequences (B) are split first, then
+  queries. Exact: every query row still sees all its keys. max_logits = 0 disables chunking.
+  """
+  b, lq, h, _ = q.shape
+  lk = k.shape[1]
+  if max_logits <= 0 or b * h * lq * lk <= max_logits:
+    return attention(q, k, v, mask=mask, scale=scale, impl=impl)
+  if mask is not None and mask.ndim != 2:
+    raise ValueError(f"chunked attention supports a [Lq, Lk] mask, got shape {mask.shape}")
+  per_seq = h * lq * lk
+  if per_seq <= max_logits or b > 1:
+    cb = _largest_divisor(b, max(max_logits // per_seq, 1))
+    split = lambda t: t.reshape((b // cb, cb) + t.shape[1:])
+    body = jax.checkpoint(lambda qkv: chunked_attention(*qkv, mask=mask, scale=scale, impl=impl,
+                                                        max_logits=max_logits))
+    return jax.lax.map(body, (split(q), split(k), split(v))).reshape(q.shape[:3] + v.shape[3:])
+  cq = _largest_divisor(lq, max(max_logits // (h * lk), 1))
+  qs = q.reshape(b, lq // cq, cq, *q.shape[2:]).swapaxes(0, 1)
+  ms = None if mask is None else mask.reshape(lq // cq, cq, lk)
+
+  def body(args):
+    qc, mc = args
+    return attention(qc, k, v, mask=mc, scale=scale, impl=impl)
+  out = jax.lax.map(jax.checkpoint(body), (qs, ms))
+  return out.swapaxes(0, 1).reshape(q.shape[:3] + v.shape[3:])
+
+
 class Attention(nn.Module):
   """Multi-head attention: q [B, Lq, Dq], kv [B, Lk, Dk] -> [B, Lq, Dq].
 
   Heads `num_heads` of width `key_dim`; mask broadcastable to [B, H, Lq, Lk], True = may attend.
+  `max_logits` > 0 bounds the attention temporaries by computing in chunks (see chunked_attention).
   """
   num_heads: int
   key_dim: int
   attention_impl: str = "auto"
+  max_logits: int = 0
 
   @nn.compact
   def __call__(self, q_in, kv_in, mask=None):
     proj = lambda name: nn.DenseGeneral((self.num_heads, self.key_dim), kernel_init=_dense_init, name=name)
     q, k, v = proj("query")(q_in), proj("key")(kv_in), proj("value")(kv_in)
-    y = attention(q, k, v, mask=mask, scale=self.key_dim ** -0.5, impl=self.attention_impl)
+    y = chunked_attention(q, k, v, mask=mask, scale=self.key_dim ** -0.5, impl=self.attention_impl,
+                          max_logits=self.max_logits)
     return nn.DenseGeneral(q_in.shape[-1], axis=(-2, -1), kernel_init=_dense_init, name="attention_output")(y)
 
 
@@ -127,6 +166,7 @@ class TransformerLayer(nn.Module):
   drop_path: float = 0.0
   self_attention: bool = True
   attention_impl: str = "auto"
+  max_logits: int = 0
 
   @nn.compact
   def __call__(self, x, mask=None, train=False):
@@ -135,7 +175,7 @@ class TransformerLayer(nn.Module):
       raise ValueError(f"width {dim} is not divisible by num_heads {self.num_heads}")
     if self.self_attention:
       y = nn.LayerNorm(LN_EPS, name="mha_ln")(x)
-      y = Attention(self.num_heads, dim // self.num_heads, attention_impl=self.attention_impl, name="mha")(y, y, mask)
+      y = Attention(self.num_heads, dim // self.num_heads, self.attention_impl, self.max_logits, name="mha")(y, y, mask)
       x = x + DropPath(self.drop_path)(y, train)
     return FeedForward(self.mlp_ratio, self.drop_units, self.drop_path, name="mlp")(x, train)
 
@@ -151,12 +191,13 @@ class CrossAttentionLayer(nn.Module):
   mlp_ratio: int = 0
   enc_ln: bool = True
   attention_impl: str = "auto"
+  max_logits: int = 0
 
   @nn.compact
   def __call__(self, x, enc, mask=None, train=False):
     q = nn.LayerNorm(LN_EPS, name="ln")(x)
     kv = nn.LayerNorm(LN_EPS, name="enc_ln")(enc) if self.enc_ln else enc
-    x = x + Attention(self.num_heads, self.key_dim, attention_impl=self.attention_impl, name="mha")(q, kv, mask)
+    x = x + Attention(self.num_heads, self.key_dim, self.attention_impl, self.max_logits, name="mha")(q, kv, mask)
     if self.mlp_ratio:
       x = FeedForward(self.mlp_ratio, name="mlp")(x, train)
     return x
@@ -174,6 +215,28 @@ def remat_layer(cls, remat: str, train_argnum: int):
   return nn.remat(cls, policy=REMAT_POLICIES[remat], static_argnums=(train_argnum,))
 
 
+def run_in_chunks(layer, chunk: int, inputs, *args, initializing: bool = False):
+  """`layer(*inputs, *args)` with `inputs` split along dim 0 into chunks of `chunk` rows, run one after
+  another under `lax.map` with rematerialisation: exact for layers that treat rows (groups)
+  independently, and at most one chunk's temporaries are alive at a time. chunk <= 0: no chunking.
+
+  Called from a parent's compact method with an attached (named) `layer`; in init mode the params are
+  created on the first chunk. Dropout inside chunked layers is not supported.
+  """
+  n = inputs[0].shape[0]
+  if chunk <= 0 or chunk >= n:
+    return layer(*inputs, *args)
+  if n % chunk:
+    raise ValueError(f"{n} groups are not divisible into chunks of {chunk}")
+  if initializing:
+    layer(*(a[:chunk] for a in inputs), *args)
+  params = layer.variables["params"]
+  unbound = layer.clone(parent=None)
+  body = jax.checkpoint(lambda chunk_inputs: unbound.apply({"params": params}, *chunk_inputs, *args))
+  out = jax.lax.map(body, tuple(a.reshape((n // chunk, chunk) + a.shape[1:]) for a in inputs))
+  return out.reshape((n,) + out.shape[2:])
+
+
 class LayerStack(nn.Module):
   """`num_layers` TransformerLayers named layer0, layer1, ...: [B, L, D] -> [B, L, D]."""
   num_layers: int
@@ -184,13 +247,19 @@ class LayerStack(nn.Module):
   self_attention: bool = True
   remat: str = "none"
   attention_impl: str = "auto"
+  max_logits: int = 0
+  chunk: int = 0
 
   @nn.compact
   def __call__(self, x, mask=None, train=False):
+    """x [B, L, D]; with chunk > 0 the B sequences (groups) are processed `chunk` at a time."""
+    if self.chunk > 0 and train and (self.drop_units > 0 or self.drop_path > 0):
+      raise ValueError("dropout / drop-path are not supported together with group chunking")
     layer = remat_layer(TransformerLayer, self.remat, 3)
     for i in range(self.num_layers):
-      x = layer(self.num_heads, self.mlp_ratio, self.drop_units, self.drop_path, self.self_attention,
-                self.attention_impl, name=f"layer{i}")(x, mask, train)
+      module = layer(self.num_heads, self.mlp_ratio, self.drop_units, self.drop_path, self.self_attention,
+                     self.attention_impl, self.max_logits, name=f"layer{i}")
+      x = run_in_chunks(module, self.chunk, (x,), mask, train, initializing=self.is_initializing())
     return x
 
 

@@ -29,7 +29,11 @@ class FIT(nn.Module):
   `y` are optional extra tokens (own stem, no position embedding) prepended to every group. With
   `mask="causal"` the global layers are chunk-causal: a latent sees the latents of its own and of
   earlier groups. Cross-attention (READ/WRITE) uses min(heads) heads of width min(D_x, D_l)/heads as
-  in the official code. `remat` ("none", "full", "dots") rematerialises every layer.
+  in the official code. `remat` ("none", "full", "dots") rematerialises every layer;
+  `max_attention_logits` > 0 computes attention in exact sequential chunks of at most that many logits
+  (bounds memory on backends that do not fuse attention, e.g. XLA:CPU), and `chunk_groups` > 0 runs
+  every per-group layer (local layers, READ, WRITE) on that many groups at a time, sequentially and
+  rematerialised: exact, and it bounds the activation memory of one layer to one chunk.
   """
   layers: str
   num_groups: int
@@ -44,6 +48,8 @@ class FIT(nn.Module):
   mask: str = "none"
   remat: str = "none"
   attention_impl: str = "auto"
+  max_attention_logits: int = 0
+  chunk_groups: int = 0
 
   def _check_input(self, x):
     fl.parse_layers(self.layers)
@@ -70,25 +76,28 @@ class FIT(nn.Module):
     latent_mask = fl.chunk_causal_mask(t, m) if self.mask == "causal" else None
 
     heads, key_dim = fl.cross_heads(self.x_num_heads, self.latent_num_heads, self.x_dim, self.latent_dim)
-    cross = fl.remat_layer(fl.CrossAttentionLayer, self.remat, 4)
-    stack = lambda num, heads_, name: fl.LayerStack(
+    cross_layer = fl.remat_layer(fl.CrossAttentionLayer, self.remat, 4)
+    cross = lambda name, q, kv: fl.run_in_chunks(
+        cross_layer(heads, key_dim, attention_impl=self.attention_impl, max_logits=self.max_attention_logits,
+                    name=name), self.chunk_groups, (q, kv), None, train, initializing=self.is_initializing())
+    stack = lambda num, heads_, name, chunk=0: fl.LayerStack(
         num, heads_, self.mlp_ratio, self.drop_units, self.drop_path, remat=self.remat,
-        attention_impl=self.attention_impl, name=name)
+        attention_impl=self.attention_impl, max_logits=self.max_attention_logits, chunk=chunk, name=name)
     x = x.reshape(b * t, x.shape[2], self.x_dim)
     for i, (num_local, num_global) in enumerate(blocks):
-      x = stack(num_local, self.x_num_heads, f"x_network{i}")(x, None, train)
+      x = stack(num_local, self.x_num_heads, f"x_network{i}", self.chunk_groups)(x, None, train)
       self.sow("intermediates", f"out_x_network{i}", x)
       if num_global == 0:
         continue
       z = latents.reshape(b * t, m, self.latent_dim)
-      z = cross(heads, key_dim, attention_impl=self.attention_impl, name=f"l2x_cross_attn{i}")(z, x, None, train)
+      z = cross(f"l2x_cross_attn{i}", z, x)
       self.sow("intermediates", f"out_l2x_cross_attn{i}", z)
       latents = stack(num_global, self.latent_num_heads, f"l_network{i}")(
           z.reshape(b, t * m, self.latent_dim), latent_mask, train)
       self.sow("intermediates", f"out_l_network{i}", latents)
       if i < len(blocks) - 1:
         z = latents.reshape(b * t, m, self.latent_dim)
-        x = cross(heads, key_dim, attention_impl=self.attention_impl, name=f"x2l_cross_attn{i}")(x, z, None, train)
+        x = cross(f"x2l_cross_attn{i}", x, z)
         self.sow("intermediates", f"out_x2l_cross_attn{i}", x)
     x = nn.LayerNorm(fl.LN_EPS, name="x_output_ln")(x.reshape(b, t, -1, self.x_dim))
     latents = nn.LayerNorm(fl.LN_EPS, name="l_output_ln")(latents.reshape(b, t, m, self.latent_dim))
@@ -129,13 +138,16 @@ class Model(nn.Module):
   drop_units: float = 0.0
   remat: str = "none"
   attention_impl: str = "auto"
+  max_attention_logits: int = 0
+  chunk_groups: int = 0
 
   @nn.compact
   def __call__(self, images, train=False):
     tokens = fit_grouping.images_to_groups(images, self.patch_size, self.group_size, self.grouping)
     encoder = FIT(self.layers, tokens.shape[1], self.latents_per_group, self.x_dim, self.latent_dim,
                   self.x_num_heads, self.latent_num_heads, self.mlp_ratio, self.drop_path, self.drop_units,
-                  remat=self.remat, attention_impl=self.attention_impl, name="encoder")
+                  remat=self.remat, attention_impl=self.attention_impl,
+                  max_attention_logits=self.max_attention_logits, chunk_groups=self.chunk_groups, name="encoder")
     _, latents = encoder(tokens, train=train)
     pooled = latents.mean(axis=(1, 2))
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, name="head")(pooled)

@@ -33,6 +33,7 @@ class Model(nn.Module):
   drop_units: float = 0.0
   remat: str = "none"
   attention_impl: str = "auto"
+  max_attention_logits: int = 0
 
   @nn.compact
   def __call__(self, tokens, train=False):
@@ -53,21 +54,22 @@ class Model(nn.Module):
 
     local_mask, latent_mask = fl.causal_mask(n), fl.chunk_causal_mask(t, m)
     heads, key_dim = fl.cross_heads(self.x_num_heads, self.latent_num_heads, self.x_dim, dl)
-    cross = fl.remat_layer(fl.CrossAttentionLayer, self.remat, 4)
+    cross_layer = fl.remat_layer(fl.CrossAttentionLayer, self.remat, 4)
+    cross = lambda name: cross_layer(heads, key_dim, attention_impl=self.attention_impl,
+                                     max_logits=self.max_attention_logits, name=name)
     stack = lambda num, heads_, name: fl.LayerStack(
         num, heads_, self.mlp_ratio, self.drop_units, self.drop_path, remat=self.remat,
-        attention_impl=self.attention_impl, name=name)
+        attention_impl=self.attention_impl, max_logits=self.max_attention_logits, name=name)
     for i, (num_local, num_global) in enumerate(blocks):
       x = stack(num_local, self.x_num_heads, f"x_network{i}")(x, local_mask, train)
       if num_global == 0:
         continue
-      z = cross(heads, key_dim, attention_impl=self.attention_impl, name=f"l2x_cross_attn{i}")(z, x, None, train)
+      z = cross(f"l2x_cross_attn{i}")(z, x, None, train)
       z = stack(num_global, self.latent_num_heads, f"l_network{i}")(z.reshape(b, t * m, dl), latent_mask, train)
       z = z.reshape(b, t, m, dl)
       if i < len(blocks) - 1:
         shifted = jnp.concatenate([jnp.zeros_like(z[:, :1]), z[:, :-1]], axis=1).reshape(b * t, m, dl)
-        x = cross(heads, key_dim, attention_impl=self.attention_impl, name=f"x2l_cross_attn{i}")(
-            x, shifted, None, train)
+        x = cross(f"x2l_cross_attn{i}")(x, shifted, None, train)
       z = z.reshape(b * t, m, dl)
     x = nn.LayerNorm(fl.LN_EPS, name="x_output_ln")(x.reshape(b, length, self.x_dim))
     bias = self.param("outp_bias", nn.initializers.zeros, (self.vocab_size,))

@@ -60,6 +60,7 @@ class FITDenoiser(nn.Module):
   xattn_enc_ln: bool = True
   remat: str = "none"
   attention_impl: str = "auto"
+  max_attention_logits: int = 0
 
   def __call__(self, x, time, cond=None, latents_prev=None, train=False):
     return self.denoise(x, time, cond, latents_prev, train)
@@ -98,26 +99,26 @@ class FITDenoiser(nn.Module):
     latent_mask = fl.chunk_causal_mask(t, m) if self.mask == "causal" else None
     heads, key_dim = fl.cross_heads(self.x_num_heads, self.latent_num_heads, self.x_dim, dl)
     xattn_mlp = self.mlp_ratio if self.xattn_with_mlp else 0
-    cross = fl.remat_layer(fl.CrossAttentionLayer, self.remat, 4)
+    cross_layer = fl.remat_layer(fl.CrossAttentionLayer, self.remat, 4)
+    cross = lambda heads_, key_dim_, mlp, name: cross_layer(
+        heads_, key_dim_, mlp, self.xattn_enc_ln, self.attention_impl, self.max_attention_logits, name=name)
     stack = lambda num, heads_, name, sa=True: fl.LayerStack(
         num, heads_, self.mlp_ratio, self.drop_units, self.drop_path, sa, self.remat, self.attention_impl,
-        name=name)
+        self.max_attention_logits, name=name)
     x = x.reshape(b * t, n, self.x_dim)
     z = latents.reshape(b * t, m, dl)
     for i, (num_local, num_global) in enumerate(blocks):
       x = stack(num_local, self.x_num_heads, f"x_network{i}", self.x_self_attention)(x, None, train)
       if num_global == 0:
         continue
-      z = cross(heads, key_dim, xattn_mlp, self.xattn_enc_ln, self.attention_impl, name=f"l2x_cross_attn{i}")(
-          z, x, None, train)
+      z = cross(heads, key_dim, xattn_mlp, f"l2x_cross_attn{i}")(z, x, None, train)
       self.sow("intermediates", f"out_l2x_cross_attn{i}", z)
-      z = cross(self.latent_num_heads, dl // self.latent_num_heads, 0, self.xattn_enc_ln, self.attention_impl,
-                name=f"l2c_cross_attn{i}")(z.reshape(b, t * m, dl), context, None, train)
+      z = cross(self.latent_num_heads, dl // self.latent_num_heads, 0, f"l2c_cross_attn{i}")(
+          z.reshape(b, t * m, dl), context, None, train)
       self.sow("intermediates", f"out_l2c_cross_attn{i}", z)
       z = stack(num_global, self.latent_num_heads, f"l_network{i}")(z, latent_mask, train).reshape(b * t, m, dl)
       if i < len(blocks) - 1:
-        x = cross(heads, key_dim, xattn_mlp, self.xattn_enc_ln, self.attention_impl, name=f"x2l_cross_attn{i}")(
-            x, z, None, train)
+        x = cross(heads, key_dim, xattn_mlp, f"x2l_cross_attn{i}")(x, z, None, train)
         self.sow("intermediates", f"out_x2l_cross_attn{i}", x)
     x = nn.LayerNorm(fl.LN_EPS, name="x_output_ln")(x.reshape(b, t, n, self.x_dim))
     x = nn.Dense(self.out_dim or c, kernel_init=fl._dense_init, name="x_output_linear")(x)
