@@ -3,8 +3,8 @@
     O = softmax(Q Kᵀ · scale + bias, restricted to visible pairs) V
 
 Shapes follow Flax: q [batch, q_len, heads, head_dim], k/v [batch, kv_len, heads, head_dim]. Which pairs
-are visible is the AND of a structured `pattern` (full, causal, local windows, dilated groups, FIT groups,
-chunk-causal; see `attention_patterns`), a key padding mask `key_mask` [B, Lk] and an arbitrary dense
+are visible is the AND of a structured `pattern` (full, causal, sliding windows, dilated groups, FIT groups,
+chunk-causal, windows and dilated groups over 2-D/3-D token grids; see `attention_patterns`), a key padding mask `key_mask` [B, Lk] and an arbitrary dense
 `mask`. Query rows that see no key at all return 0.
 
 `impl`:

@@ -12,9 +12,13 @@ Every pattern is one rule on integer token coordinates c_q(i), c_k(j):
 | dilated(stride)         | i mod s, j mod s        | 0, 0            | dilated groups {g·s + r} (D-Former GS-MSA)|
 | grouped(q_size, k_size) | i // q_size, j // k_size| 0, 0            | FIT groups: q group t sees k group t     |
 | chunk_causal(chunk)     | i // c, j // c          | -inf, 0         | same or earlier chunk                    |
+| grid_local(grid, w)     | window id of the token  | 0, 0            | non-overlapping windows of an n-D grid   |
+| grid_dilated(grid, s)   | ravel(index mod s)      | 0, 0            | dilated groups of an n-D grid            |
 
 `local(w, 0)` is causal sliding-window attention; `grouped(w)` is non-overlapping windows (D-Former LS-MSA
-in 1D). Kernels only ever evaluate the comparison above on precomputed coordinates, so they need no
+in 1D). The grid patterns take tokens in row-major order over `grid` (L = prod(grid)); windows and groups
+at the edges of a grid that is not divisible are simply smaller (no padding needed): D-Former's LS-MSA and
+GS-MSA over images and volumes without the reshapes of `grid_attention`. Kernels only ever evaluate the comparison above on precomputed coordinates, so they need no
 integer division, and a token permutation (sorting by coordinate) turns the dilated pattern into a block
 diagonal one. `tile_plan` lists the (q-block, k-block) tiles holding at least one visible pair; kernels run
 their grid over that list only.
@@ -27,7 +31,7 @@ import numpy as np
 UNBOUNDED = 1 << 29          # |lo|, |hi| stand-in for "no bound"; coordinates stay far below it
 PAD_Q = -(3 << 28)           # coordinate of a padded query: c_k - c_q > hi for every key
 PAD_K = 3 << 28              # coordinate of a padded key: c_k - c_q > hi for every query (no int32 overflow)
-KINDS = ("full", "causal", "local", "dilated", "grouped", "chunk_causal")
+KINDS = ("full", "causal", "local", "dilated", "grouped", "chunk_causal", "grid_local", "grid_dilated")
 
 # Tile flags in the plans.
 FIRST, LAST, MASKED = 1, 2, 4
@@ -41,10 +45,22 @@ class Pattern:
   right: int = 0
   size: int = 1
   k_size: int = 1
+  grid: tuple[int, ...] = ()
+  shape: tuple[int, ...] = ()
 
   def coords(self, n: int, side: str) -> np.ndarray:
     """Integer coordinates [n] of the queries (side="q") or keys (side="k")."""
     i = np.arange(n, dtype=np.int64)
+    if self.kind in ("grid_local", "grid_dilated"):
+      if n != int(np.prod(self.grid)):
+        raise ValueError(f"{self.kind} pattern over grid {self.grid} needs {int(np.prod(self.grid))} tokens, got {n}")
+      idx = np.unravel_index(i, self.grid)
+      if self.kind == "grid_local":
+        parts = [x // w for x, w in zip(idx, self.shape)]
+        dims = [-(-g // w) for g, w in zip(self.grid, self.shape)]
+      else:
+        parts, dims = [x % s for x, s in zip(idx, self.shape)], list(self.shape)
+      return np.ravel_multi_index(parts, dims).astype(np.int64)
     if self.kind == "full":
       return np.zeros(n, np.int64)
     if self.kind in ("causal", "local"):
@@ -108,6 +124,26 @@ def chunk_causal(chunk: int):
   return Pattern("chunk_causal", size=chunk)
 
 
+def _grid_args(grid, shape, what):
+  grid, shape = tuple(int(g) for g in grid), tuple(int(s) for s in shape)
+  if len(grid) != len(shape) or not grid or min(grid + shape) < 1:
+    raise ValueError(f"{what} needs positive grid and shape of one rank, got grid {grid}, shape {shape}")
+  return grid, shape
+
+
+def grid_local(grid, window):
+  """Non-overlapping windows of shape `window` over a row-major token grid `grid` (any rank)."""
+  grid, window = _grid_args(grid, window, "grid_local")
+  return Pattern("grid_local", grid=grid, shape=window)
+
+
+def grid_dilated(grid, stride):
+  """Dilated groups over a row-major token grid: tokens attend when their indices agree mod `stride`
+  on every axis (D-Former GS-MSA with stride = grid / members)."""
+  grid, stride = _grid_args(grid, stride, "grid_dilated")
+  return Pattern("grid_dilated", grid=grid, shape=stride)
+
+
 def as_pattern(pattern) -> Pattern:
   """None -> full(); "full"/"causal" -> that pattern; a Pattern passes through."""
   if pattern is None:
@@ -117,7 +153,7 @@ def as_pattern(pattern) -> Pattern:
   if pattern in ("full", "causal"):
     return Pattern(pattern)
   raise ValueError(f"attention pattern {pattern!r} is not a Pattern, 'full' or 'causal'; build others with "
-                   "effjax.kernels.attention_patterns.local/dilated/grouped/chunk_causal")
+                   "effjax.kernels.attention_patterns.local/dilated/grouped/chunk_causal/grid_local/grid_dilated")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -51,6 +51,10 @@ def test_pattern_masks_match_their_definitions():
            ap.dilated(4): i % 4 == j % 4, ap.grouped(5, 7): i // 5 == j // 7, ap.chunk_causal(6): j // 6 <= i // 6}
   for pattern, want in cases.items():
     np.testing.assert_array_equal(pattern.mask(23, 31), want, err_msg=pattern.kind)
+  r, c = np.unravel_index(np.arange(30), (5, 6))
+  same = lambda a: a[:, None] == a[None, :]
+  np.testing.assert_array_equal(ap.grid_local((5, 6), (2, 4)).mask(30, 30), same(r // 2) & same(c // 4))
+  np.testing.assert_array_equal(ap.grid_dilated((5, 6), (2, 3)).mask(30, 30), same(r % 2) & same(c % 3))
 
 
 def test_bad_patterns_and_impls_raise():
@@ -60,6 +64,10 @@ def test_bad_patterns_and_impls_raise():
     ap.dilated(0)
   with pytest.raises(ValueError, match="pattern"):
     ap.as_pattern("sideways")
+  with pytest.raises(ValueError, match="grid"):
+    ap.grid_local((4, 4), (2,))
+  with pytest.raises(ValueError, match="needs 16 tokens"):
+    ap.grid_dilated((4, 4), (2, 2)).mask(15, 15)
   q, k, v, _ = inputs(0, 1, 4, 4, 1, 8, jnp.float32)
   with pytest.raises(ValueError, match="impl"):
     attention(q, k, v, impl="cuda")
@@ -88,6 +96,8 @@ CASES = [  # pattern, Lq, Lk, key padding mask, blocks: ragged lengths everywher
     (ap.chunk_causal(12), 41, 41, True, (16, 16)),
     (ap.grouped(8), 40, 16, False, (8, 8)),      # query groups 2-4 see no key: zero rows, forced visits
     (ap.grouped(8), 16, 40, True, (8, 8)),       # key blocks 2-4 are seen by no query: zero dK / dV
+    (ap.grid_local((5, 6), (2, 4)), 30, 30, True, (8, 8)),    # 2-D windows, smaller at the edges
+    (ap.grid_dilated((3, 4, 4), (1, 2, 2)), 48, 48, False, (8, 8)),  # 3-D dilated groups
 ]
 
 
@@ -133,7 +143,9 @@ def _nonempty_tiles(pattern, length, block, order):
 @pytest.mark.parametrize("pattern,order", [
     (ap.local(16, 16), np.arange(100)),
     (ap.dilated(4), np.concatenate([np.arange(r, 100, 4) for r in range(4)])),  # dilated groups made contiguous
-])
+    (ap.grid_local((10, 10), (5, 5)),  # 2-D windows made contiguous: window-major, row-major inside
+     np.arange(100).reshape(2, 5, 2, 5).transpose(0, 2, 1, 3).ravel()),
+], ids=["local", "dilated", "grid_local"])
 def test_grid_visits_only_nonempty_tiles(pattern, order):
   nonempty, dense = _nonempty_tiles(pattern, 100, 16, order)
   assert nonempty < dense / 2
