@@ -50,7 +50,7 @@ def _pick(size, tiny, small, full):
 
 def _describe(p):
   return {"local": f"local {p.left}+{p.right}", "dilated": f"dilated s={p.size}", "grouped": f"grouped {p.size}",
-          "chunk_causal": f"chunk-causal {p.size}"}.get(p.kind, p.kind)
+          "chunk_causal": f"chunk-causal {p.size}", "grid_local": f"windows {p.shape} of {p.grid}"}.get(p.kind, p.kind)
 
 
 def attention_cases(size):
@@ -58,10 +58,12 @@ def attention_cases(size):
   n = _pick(size, 1 / 32, 1 / 8, 1)
   specs = [(ap.full(), 2048), (ap.causal(), 4096), (ap.local(128, 127), 8192), (ap.dilated(4), 4096),
            (ap.grouped(256), 4096), (ap.chunk_causal(512), 4096)]
+  side = int(64 * n ** 0.5)  # D-Former-like 2-D windows: 8x8 windows of a 64x64 token map at full size
+  specs.append((ap.grid_local((side, side), (8, 8) if size == "full" else (4, 4)), side * side))
   dtype = jnp.bfloat16
   cases = []
   for pattern, length in specs:
-    length = int(length * n)
+    length = int(length * n) if pattern.kind != "grid_local" else length
     if size == "tiny":  # keep the pattern sparse at 64-256 tokens
       pattern = {"local": ap.local(16, 15), "grouped": ap.grouped(32), "chunk_causal": ap.chunk_causal(32)}.get(
           pattern.kind, pattern)
