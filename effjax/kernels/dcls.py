@@ -85,8 +85,7 @@ def construct_kernel_reference(weight, P, sig, dilated_kernel_size, version):
 def _contract_kernel(rows_ref, cols_ref, out_ref):
   """out[n] = rows[n]ᵀ cols[n] for a block of channel pairs: [KC, R]ᵀ [KC, C] -> [R, C]."""
   for n in range(out_ref.shape[0]):
-    out_ref[n] = jax.lax.dot_general(rows_ref[n], cols_ref[n], (((0,), (0,)), ((), ())),
-                                     preferred_element_type=jnp.float32).astype(out_ref.dtype)
+    out_ref[n] = jnp.dot(rows_ref[n].T, cols_ref[n], preferred_element_type=jnp.float32).astype(out_ref.dtype)
 
 
 def _contract_call(rows, cols, block, backend, interpret):

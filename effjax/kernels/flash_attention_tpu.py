@@ -139,10 +139,10 @@ def _dkv_kernel(qi_ref, kj_ref, fl_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, dl
   def tile(masked):
     q, do = q_ref[...], do_ref[...]
     p = _probs(q, k_ref[...], lse_ref[...], qc_ref, kc_ref, km_ref, bounds, scale, masked)
-    dv_sc[...] += jnp.dot(p.astype(do.dtype).T, do, preferred_element_type=jnp.float32)
+    dv_sc[...] += jnp.dot(p.T.astype(do.dtype), do, preferred_element_type=jnp.float32)
     dp = lax.dot_general(do, v_ref[...], NT, preferred_element_type=jnp.float32)
     ds = p * (dp - dl_ref[...]) * scale
-    dk_sc[...] += jnp.dot(ds.astype(q.dtype).T, q, preferred_element_type=jnp.float32)
+    dk_sc[...] += jnp.dot(ds.T.astype(q.dtype), q, preferred_element_type=jnp.float32)
 
   _both_paths(fl_ref, tile, has_km)
 

@@ -28,8 +28,10 @@ from effjax.kernels.depthwise_conv import depthwise_conv
 def _dot(a, b, backend, trans_a=False, trans_b=False):
   if backend == "gpu":
     return plgpu.dot(a, b, trans_a=trans_a, trans_b=trans_b)
-  a = a.T if trans_a else a
-  b = b.T if trans_b else b
+  if trans_b:  # a @ bᵀ is a native MXU form
+    return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+  if trans_a:  # transpose in f32, then cast back for the MXU
+    a = a.astype(jnp.float32).T.astype(a.dtype)
   return jnp.dot(a, b, preferred_element_type=jnp.float32)
 
 

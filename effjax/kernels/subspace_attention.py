@@ -82,13 +82,13 @@ def _bwd_kernel(bi_ref, bj_ref, w_ref, do_ref, lse_c_ref, lse_r_ref, dl_c_ref, d
   p_ji_t = jnp.where(valid, jnp.exp(s - lse_r_ref[:, rj]), 0.0)                     # (query j, key i)ᵀ
   ds_ij = p_ij * (lax.dot_general(doi, wj, NT, preferred_element_type=jnp.float32) - dl_c_ref[ri, :])
   ds_ji_t = p_ji_t * (lax.dot_general(wi, doj, NT, preferred_element_type=jnp.float32) - dl_r_ref[:, rj])
-  e = ((ds_ij + ds_ji_t) * scale).astype(wi.dtype)
+  e = (ds_ij + ds_ji_t) * scale
   dot = functools.partial(jnp.dot, preferred_element_type=jnp.float32)
-  acc_ref[ri, :] += dot(e, wj) + dot(p_ji_t.astype(doj.dtype), doj)
+  acc_ref[ri, :] += dot(e.astype(wj.dtype), wj) + dot(p_ji_t.astype(doj.dtype), doj)
 
   @pl.when(i != j)
-  def _mirror():
-    acc_ref[rj, :] += dot(e.T, wi) + dot(p_ij.astype(doi.dtype).T, doi)
+  def _mirror():  # transposes in f32, then cast for the MXU
+    acc_ref[rj, :] += dot(e.T.astype(wi.dtype), wi) + dot(p_ij.T.astype(doi.dtype), doi)
 
   @pl.when(p == pl.num_programs(2) - 1)
   def _finish():
