@@ -114,11 +114,10 @@ def grid_attention(q, k, v, pattern: str, shape: Sequence[int] = (), *, valid=No
   shape = grid if pattern == "global" else tuple(shape)
   _check(grid, shape, pattern)
   qg, kg, vg = (group_tokens(t, pattern, shape) for t in (q, k, v))
-  mask = None
+  key_mask = None
   if valid is not None:
-    keys = group_tokens(jnp.broadcast_to(valid, (q.shape[0],) + grid), pattern, shape)
-    mask = keys[:, None, None, :]
-  out = attention(qg, kg, vg, mask=mask, scale=scale, impl=impl)
+    key_mask = group_tokens(jnp.broadcast_to(valid, (q.shape[0],) + grid), pattern, shape)
+  out = attention(qg, kg, vg, key_mask=key_mask, scale=scale, impl=impl)
   return ungroup_tokens(out, grid, pattern, shape)
 
 
