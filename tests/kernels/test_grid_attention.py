@@ -103,3 +103,15 @@ def test_gradients_stay_inside_groups_and_stacking_reaches_everything(grid, wind
   np.testing.assert_array_equal(_dependency(dilated, grid), _same_group(grid, "dilated", members))
   assert not _dependency(local, grid).all() and not _dependency(dilated, grid).all()
   assert _dependency(lambda x: dilated(local(x)), grid).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pattern,impl", [("local", "pallas_tpu"), ("dilated", "pallas_gpu")])
+def test_kernel_backends_of_attention_agree(pattern, impl):
+  """The grouped call, with its padding key mask, runs through `attention`'s Pallas kernels (interpreted
+  on CPU) and matches the XLA path."""
+  keys = jax.random.split(jax.random.PRNGKey(3), 3)
+  q, k, v = (jax.random.normal(r, (1, 4, 8, 8, 2, 16)) for r in keys)
+  valid = jnp.ones((4, 8, 8), bool).at[:, -1].set(False)
+  run = lambda impl: grid_attention(q, k, v, pattern, (2, 4, 4), valid=valid, impl=impl)
+  np.testing.assert_allclose(run(impl), run("xla"), atol=2e-5)
