@@ -87,7 +87,7 @@ def test_gradients_finite_and_nonzero_for_every_param():
   model = crate.Model(num_classes=10, patch_size=4, dim=32, depth=2, num_heads=2, pool="mean")
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
   params = model.init(jax.random.PRNGKey(1), images)["params"]
-  grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, images) ** 2))(params)
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, images) ** 2)))(params)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert np.all(np.isfinite(g)) and np.any(g != 0), jax.tree_util.keystr(path)
 

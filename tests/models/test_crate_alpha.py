@@ -68,10 +68,10 @@ def test_layer_scale_and_drop_path():
   images = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 1))
   params = model.init(jax.random.PRNGKey(1), images)["params"]
   assert params["layer1"]["ls1"].shape == (16,) and "pos_embedding" not in params
-  a = model.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
-  b = model.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
-  e1 = model.apply({"params": params}, images)
-  e2 = model.apply({"params": params}, images)
+  train = jax.jit(lambda rng: model.apply({"params": params}, images, train=True, rngs={"dropout": rng}))
+  evaluate = jax.jit(lambda: model.apply({"params": params}, images))
+  a, b = train(jax.random.PRNGKey(2)), train(jax.random.PRNGKey(3))
+  e1, e2 = evaluate(), evaluate()
   assert not np.allclose(a, b) and np.array_equal(e1, e2)
 
 

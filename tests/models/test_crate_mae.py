@@ -75,17 +75,17 @@ def test_task_masking_is_reproducible_from_rng_and_loss_is_on_removed_patches():
   images = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 1))
   batch = {"image": images}
   variables = task.init_variables(model, jax.random.PRNGKey(1), batch)
-  out_a = task.forward(model, variables, images, jax.random.PRNGKey(5))
-  out_b = task.forward(model, variables, images, jax.random.PRNGKey(5))
-  out_c = task.forward(model, variables, images, jax.random.PRNGKey(6))
+  forward = jax.jit(lambda rng: task.forward(model, variables, images, rng))
+  out_a, out_b, out_c = forward(jax.random.PRNGKey(5)), forward(jax.random.PRNGKey(5)), forward(jax.random.PRNGKey(6))
   np.testing.assert_array_equal(out_a["mask"], out_b["mask"])
   assert not np.array_equal(out_a["mask"], out_c["mask"])
   np.testing.assert_array_equal(out_a["mask"].sum(axis=1), 16 - int(16 * 0.25))
-  loss, aux = task.loss(model, variables, batch, jax.random.PRNGKey(5), train=True)
+  loss, aux = jax.jit(lambda: task.loss(model, variables, batch, jax.random.PRNGKey(5), train=True))()
   per_patch = np.mean((np.asarray(out_a["pred"]) - np.asarray(patchify(images, 4))) ** 2, axis=-1)
   np.testing.assert_allclose(loss, (per_patch * out_a["mask"]).sum() / out_a["mask"].sum(), rtol=1e-5)
   assert np.isfinite(aux["metrics"]["mse_visible"])
-  grads = jax.grad(lambda p: task.loss(model, {"params": p}, batch, jax.random.PRNGKey(5), True)[0])(variables["params"])
+  grads = jax.jit(jax.grad(lambda p: task.loss(model, {"params": p}, batch, jax.random.PRNGKey(5), True)[0]))(
+      variables["params"])
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
   with pytest.raises(ValueError, match="unknown config.task option"):
     mae.Task(ml_collections.ConfigDict(dict(model=config.model, task=dict(mask_raito=0.5))))
