@@ -1,11 +1,13 @@
 """Synthetic 3-D segmentation volumes: random overlapping ellipsoids with noise, one class per object.
 
 Offline, deterministic and cheap: volume i of a split is drawn from a generator seeded by (split, i).
-Each volume holds `objects` randomly rotated ellipsoids (semi-axes 15–35 % of each side); each object gets
-a class in 1..classes, and later objects overwrite earlier ones where they overlap (background is 0).
+Each volume holds `objects` randomly rotated ellipsoids (semi-axes 15–35 % of each side). Object j gets class
+perm[j mod classes] + 1 for a random permutation, so with objects ≥ classes every class is in every volume
+(as every organ is in every abdominal scan), and later objects overwrite earlier ones where they overlap
+(background is 0).
 The image is the per-class intensity (class k -> k / classes) blurred by a smooth random bias field plus
 Gaussian noise. Argument (all optional):
-  "ellipsoids:depth=16,height=32,width=32,classes=3,objects=4,noise=0.2,train=64,test=16"
+  "ellipsoids:depth=16,height=32,width=32,classes=3,objects=3,noise=0.1,train=64,test=16"
 Examples: {"image": float32 [D, H, W, 1], "label": int32 [D, H, W]}; info num_classes = classes + 1.
 """
 import numpy as np
@@ -25,11 +27,12 @@ def make_volume(rng, shape, classes, objects, noise):
   shape = np.asarray(shape)
   coords = np.stack(np.meshgrid(*[np.arange(s) + 0.5 for s in shape], indexing="ij"), -1)  # [D, H, W, 3]
   label = np.zeros(tuple(shape), np.int32)
-  for _ in range(objects):
+  order = rng.permutation(classes) + 1
+  for j in range(objects):
     centre = rng.uniform(0.2, 0.8, 3) * shape
     radii = rng.uniform(0.15, 0.35, 3) * shape
     local = (coords - centre) @ _rotation(rng)
-    label[np.sum((local / radii) ** 2, -1) <= 1.0] = rng.integers(1, classes + 1)
+    label[np.sum((local / radii) ** 2, -1) <= 1.0] = order[j % classes]
   slope = rng.normal(0, 0.1, 3) / shape
   bias = (coords - shape / 2) @ slope
   image = label / classes + bias + rng.normal(0, noise, label.shape)
@@ -59,8 +62,8 @@ class EllipsoidSource:
 
 
 def make(split: str, arg: str | None = None):
-  opts = parse_arg((arg or "").replace(";", ","), depth=16, height=32, width=32, classes=3, objects=4,
-                   noise=0.2, train=64, test=16)
+  opts = parse_arg((arg or "").replace(";", ","), depth=16, height=32, width=32, classes=3, objects=3,
+                   noise=0.1, train=64, test=16)
   if split not in SPLIT_SEEDS:
     raise ValueError(f"data source 'ellipsoids' has no split {split!r}; available: {', '.join(SPLIT_SEEDS)}")
   if opts.classes < 1 or opts.objects < 1 or min(opts.depth, opts.height, opts.width) < 1:
