@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effjax.kernels.attention import attention
+from effjax.kernels.subspace_attention import subspace_attention
 from effjax.layers.patches import patchify
 
 VARIANTS = {  # dim, depth, heads (head dim = dim / heads), as in the official CRATE_tiny/small/base/large
@@ -71,7 +71,7 @@ class MSSA(nn.Module):
     inner = self.num_heads * self.head_dim
     w = nn.Dense(inner, use_bias=False, kernel_init=self.kernel_init, name="qkv")(x)
     heads = w.reshape(b, n, self.num_heads, self.head_dim)
-    y = attention(heads, heads, heads, scale=self.head_dim ** -0.5, impl=self.attention_impl)
+    y = subspace_attention(heads, scale=self.head_dim ** -0.5, impl=self.attention_impl)
     y = nn.Dense(d, use_bias=self.out_bias, kernel_init=self.kernel_init, name="out")(y.reshape(b, n, inner))
     return nn.Dropout(self.dropout, deterministic=not train)(y), w
 
