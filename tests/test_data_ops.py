@@ -1,0 +1,131 @@
+"""Image ops: resize, crops, inception crop and RandAugment (effjax/data/ops.py, effjax/data/randaugment.py)."""
+import numpy as np
+import pytest
+
+from effjax.data import ops, randaugment
+
+
+def _op(spec):
+  return ops.parse(spec)[1]
+
+
+def _photo(h=48, w=64, seed=0):
+  """A smooth uint8 RGB test image with structure in every channel."""
+  y, x = np.mgrid[0:h, 0:w]
+  rng = np.random.default_rng(seed)
+  image = np.stack([x * 255 / w, y * 255 / h, 128 + 100 * np.sin(x / 5 + y / 7)], -1) + rng.normal(0, 8, (h, w, 3))
+  return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def test_resize_matches_half_pixel_bilinear_exactly():
+  image = np.array([[0.0, 2.0], [4.0, 6.0]], np.float32)[..., None]
+  out = ops.resize_image(image, 4, 4)
+  expected = np.array([[0, 0.5, 1.5, 2], [1, 1.5, 2.5, 3], [3, 3.5, 4.5, 5], [4, 4.5, 5.5, 6]], np.float32)
+  np.testing.assert_allclose(out[..., 0], expected, atol=1e-6)
+  # Halving with antialias averages 2x2 blocks (triangle of half-width 2 on the half-pixel grid).
+  ramp = np.arange(8, dtype=np.float32)[None, :, None].repeat(2, 0)
+  np.testing.assert_allclose(ops.resize_image(ramp, 2, 4, antialias=False)[0, :, 0], [0.5, 2.5, 4.5, 6.5], atol=1e-6)
+
+
+def test_resize_keeps_dtype_and_constant_images():
+  for dtype in (np.uint8, np.float32):
+    image = np.full((30, 50, 3), 77, dtype)
+    out = _op("resize(size=224)")({"image": image, "label": 3})
+    assert out["image"].shape == (224, 224, 3) and out["image"].dtype == dtype and out["label"] == 3
+    np.testing.assert_array_equal(out["image"], 77)
+  out = _op("resize(size=(10,20))")({"image": _photo()})["image"]
+  assert out.shape == (10, 20, 3)
+  image = _photo()
+  assert _op("resize(size=(48,64))")({"image": image})["image"] is image
+
+
+def test_resize_small_and_center_crop():
+  image = _photo(48, 64)
+  assert _op("resize_small(size=24)")({"image": image})["image"].shape == (24, 32, 3)
+  crop = _op("center_crop(size=32)")({"image": image})["image"]
+  np.testing.assert_array_equal(crop, image[8:40, 16:48])
+  assert _op("center_crop(size=16,resize_small=24)")({"image": image})["image"].shape == (16, 16, 3)
+  with pytest.raises(ValueError, match="center_crop"):
+    _op("center_crop(size=64)")({"image": image})
+
+
+def test_inception_crop_respects_area_and_aspect_bounds(monkeypatch):
+  crops = []
+  original = ops.resize_image
+  monkeypatch.setattr(ops, "resize_image", lambda crop, h, w, antialias=True: crops.append(crop.shape) or original(crop, h, w))
+  image = _photo(120, 160)
+  fn = _op("inception_crop(size=32,area_min=0.2,area_max=0.5)")
+  for seed in range(200):
+    out = fn({"image": image}, np.random.default_rng(seed))["image"]
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+  areas = np.array([h * w for h, w, _ in crops]) / (120 * 160)
+  ratios = np.array([w / h for h, w, _ in crops])
+  # Rounding h and w to integers moves area and ratio by a few percent at these sizes.
+  assert areas.min() >= 0.2 * 0.95 and areas.max() <= 0.5 * 1.05
+  assert ratios.min() >= 0.75 * 0.95 and ratios.max() <= 4 / 3 * 1.05
+  assert areas.max() - areas.min() > 0.2 and ratios.max() - ratios.min() > 0.4  # the whole range is drawn
+  full = _op("inception_crop(size=120,area_min=1.0,area_max=1.0,ratio_min=1.3333333333333333,ratio_max=1.3333333333333333)")
+  np.testing.assert_array_equal(full({"image": image}, np.random.default_rng(0))["image"], original(image, 120, 120))
+
+
+def test_inception_crop_is_deterministic_per_seed():
+  fn = _op("inception_crop(size=24)")
+  a, b, c = (fn({"image": _photo()}, np.random.default_rng(s))["image"] for s in (5, 5, 6))
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, c)
+
+
+def test_randaugment_is_deterministic_and_changes_images():
+  image = _photo()
+  fn = _op("randaugment(num_layers=2,magnitude=9)")
+  a = fn({"image": image}, np.random.default_rng(3))["image"]
+  b = fn({"image": image}, np.random.default_rng(3))["image"]
+  np.testing.assert_array_equal(a, b)
+  assert a.shape == image.shape and a.dtype == np.uint8
+  changed = sum(not np.array_equal(fn({"image": image}, np.random.default_rng(s))["image"], image) for s in range(20))
+  assert changed >= 15
+
+
+@pytest.mark.parametrize("op", [op for op, _ in randaugment.OPS if op.__name__ not in ("autocontrast", "equalize")],
+                         ids=lambda op: op.__name__)
+def test_randaugment_ops_are_identity_at_magnitude_zero_and_change_at_full(op):
+  image = _photo()
+  np.testing.assert_array_equal(op(image, 0.0), image)
+  out = op(image, 1.0)
+  assert out.shape == image.shape and out.dtype == np.uint8
+  if op is not randaugment.identity:
+    assert not np.array_equal(out, image)
+
+
+def test_randaugment_magnitude_zero_only_changes_image_through_autocontrast_and_equalize():
+  image = _photo()
+  fn = _op("randaugment(num_layers=1,magnitude=0)")
+  for seed in range(30):
+    rng = np.random.default_rng(seed)
+    op, _ = randaugment.OPS[np.random.default_rng(seed).integers(len(randaugment.OPS))]
+    out = fn({"image": image}, rng)["image"]
+    if op.__name__ not in ("autocontrast", "equalize"):
+      np.testing.assert_array_equal(out, image)
+
+
+def test_randaugment_op_semantics():
+  image = _photo()
+  np.testing.assert_array_equal(randaugment.posterize(image, 1.0), image & 0xF0)
+  np.testing.assert_array_equal(randaugment.solarize(image, 1.0), 255 - image)
+  np.testing.assert_array_equal(randaugment.brightness(image, -1 / 0.9), 0)
+  half = randaugment.translate_x(image, 0.5)  # (150/331)·0.5·64 = 14.50 px, sampled at round(x − 14.50) = x − 15
+  np.testing.assert_array_equal(half[:, 15:], image[:, :64 - 15])
+  grey = np.repeat(image[..., :1], 3, -1)
+  np.testing.assert_array_equal(randaugment.color(grey, 1.0), grey)
+  eq = randaugment.equalize(image, 0.0)
+  assert eq.min() < 10 and eq.max() > 245  # spread over the full range
+  low = (image // 2 + 40).astype(np.uint8)
+  stretched = randaugment.autocontrast(low, 0.0)
+  assert stretched.min(axis=(0, 1)).tolist() == [0, 0, 0] and stretched.max(axis=(0, 1)).tolist() == [255, 255, 255]
+  rotated = randaugment.rotate(np.pad(np.full((8, 8, 1), 9, np.uint8), 8), 3.0)  # 90 degrees about the centre
+  np.testing.assert_array_equal(rotated, np.pad(np.full((8, 8, 1), 9, np.uint8), 8))
+
+
+def test_randaugment_rejects_float_images():
+  with pytest.raises(ValueError, match="uint8"):
+    _op("randaugment")({"image": np.zeros((8, 8, 3), np.float32)}, np.random.default_rng(0))
