@@ -2,12 +2,14 @@
 
   python -m effjax.main --config configs/crate_finetune.py:variant=B,dataset=tfds:cifar100,num_classes=100,init=runs/crate_b_in1k/checkpoints/<step> --workdir runs/crate_b_cifar100
 
-Arguments: variant (T/S/B/L), dataset, num_classes, init (checkpoint whose params are loaded; the head is
-re-initialised), batch.
+Arguments: variant (T/S/B/L), dataset, num_classes, init (checkpoint whose params are loaded; the head
+and its LayerNorm are re-initialised, as the official finetune.py replaces `mlp_head`), batch.
 Paper settings: AdamW, lr 5e-5, weight decay 0.01, batch 256, 200 epochs, warm-up then cosine, label
-smoothing 0.1. The paper resizes CIFAR images to 224 px and uses RandAugment; effjax.data.ops has neither a
-resize nor RandAugment op, so this config fine-tunes at the native 32 px with patch 16 → 2×2 patches and
-re-initialises the position embedding (its length differs from the 224 px checkpoint's).
+smoothing 0.1. Data as in the official finetune.py (Ma-Lab-Berkeley/CRATE): training images get an
+inception crop to 224 px, a horizontal flip and RandAugment with 2 layers at magnitude 14 of torchvision's
+0-30 scale; evaluation images are resized to 224x224; both are normalised with the ImageNet mean/std of the
+pre-trained model. At 224 px with patch 16 the position embedding has the checkpoint's length and is loaded.
+(The official script itself trains with plain cross-entropy, lr 1e-4, batch 50; the paper's numbers are used.)
 """
 import ml_collections
 
@@ -27,8 +29,9 @@ def get_config(arg=None):
   c.evaluator.coding_rate = ml_collections.ConfigDict(dict(max_examples=256))
   c.data.source = arg.dataset
   c.data.train_split, c.data.eval_split = "train", "test"
-  c.data.augment = ("random_crop(pad=4)", "flip")
-  c.data.preprocess = ("normalize(mean=(0.4914,0.4822,0.4465),std=(0.247,0.2435,0.2616))",)
+  c.data.augment = ("inception_crop(size=224)", "flip", "randaugment(num_layers=2,magnitude=14,max_magnitude=30)")
+  # resize leaves the 224 px training crops unchanged and brings evaluation images to 224x224.
+  c.data.preprocess = ("resize(size=224)", "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))")
   c.batch_size = arg.batch
   c.total_epochs = 200.0
   c.optimizer.name = "adamw"
@@ -36,7 +39,7 @@ def get_config(arg=None):
   c.optimizer.weight_decay = 0.01
   c.optimizer.warmup_epochs = 5.0
   c.init_from.path = arg.init
-  c.init_from.skip = r"^(head|pos_embedding)"
+  c.init_from.skip = r"^head"  # head/ and head_norm/
   c.log_every_steps = 100
   c.eval_every_steps = 2000
   c.checkpoint_every_steps = 2000
