@@ -135,7 +135,7 @@ def inception_crop(example, rng, size=224, area_min=0.08, area_max=1.0, ratio_mi
   with its aspect ratio clipped to [ratio_min, ratio_max] is used.
   """
   if not 0 < area_min <= area_max <= 1 or not 0 < ratio_min <= ratio_max:
-    raise ValueError(f"inception_crop: need 0 < area_min <= area_max <= 1 and 0 < ratio_min <= ratio_max")
+    raise ValueError("inception_crop: need 0 < area_min <= area_max <= 1 and 0 < ratio_min <= ratio_max")
   image = example["image"]
   h, w = image.shape[:2]
   for _ in range(10):
