@@ -47,3 +47,18 @@ def test_paper_settings():
   assert tuple(c.model.dropout) == (0.0, 0.05, 0.05, 0.05, 0.05) and c.model.stats_mode == "batch"
   with pytest.raises(cfg.ConfigError, match="unknown Terminator dataset"):
     cfg.load_config_file(os.path.join(REPO, "configs/terminator.py:dataset=imagenet"))
+
+
+def test_smnist_source_sequences_and_fixed_permutation():
+  from effjax.data.sources import mnist5k, smnist
+  images = mnist5k.make("test")
+  seq, perm_a, perm_train = smnist.make("test"), smnist.make("test", "permuted"), smnist.make("train", "permuted")
+  assert seq.info["image_shape"] == (784, 1) and len(seq) == len(images) == 1000
+  np.testing.assert_array_equal(seq[7]["image"], images[7]["image"].reshape(784, 1))
+  order = smnist.permutation(0)
+  np.testing.assert_array_equal(perm_a[7]["image"], seq[7]["image"][order])
+  np.testing.assert_array_equal(perm_train.order, perm_a.order)          # one permutation for all splits
+  np.testing.assert_array_equal(smnist.make("test", "permuted")[3]["image"], perm_a[3]["image"])
+  assert not np.array_equal(smnist.make("test", "permuted,seed=1").order, order)
+  with pytest.raises(ValueError, match="base"):
+    smnist.make("test", "base=cifar")
