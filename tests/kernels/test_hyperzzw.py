@@ -71,3 +71,16 @@ def test_bad_inputs_raise():
     hyperzzw.global_mix_reference(_rand(0, (1, 4, 5, 2)), _rand(1, (1, 4, 5, 2)))
   with pytest.raises(ValueError, match="odd"):
     hyperzzw.local_conv(_rand(0, (1, 6, 2)), _rand(1, (4, 2)))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 4), (2, 16, 4)])
+def test_ops_and_gradients_lower_for_tpu_and_gpu(shape):
+  ctx, v = jax.ShapeDtypeStruct(shape, jnp.float32), jax.ShapeDtypeStruct(shape, jnp.float32)
+  kernel = jax.ShapeDtypeStruct((5,) * (len(shape) - 2) + (shape[-1],), jnp.float32)
+
+  def f(ctx, v, kernel):
+    out = hyperzzw.global_mix(ctx, v) + hyperzzw.local_conv(v, kernel)
+    return jnp.sum(out ** 2)
+
+  exported = jax.export.export(jax.jit(jax.grad(f, argnums=(0, 1, 2))), platforms=["tpu", "cuda"])(ctx, v, kernel)
+  assert exported.platforms == ("tpu", "cuda")
