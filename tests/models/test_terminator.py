@@ -164,3 +164,20 @@ def test_convert_official_roundtrip():
   assert converted.keys() == flat.keys()
   for k in flat:
     np.testing.assert_array_equal(converted[k], flat[k])
+
+
+@pytest.mark.parametrize("shape", [(2, 49, 1), (2, 8, 8, 3)])
+def test_training_step_lowers_for_tpu_and_gpu(shape):
+  model = one_block("accumulated")
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))
+
+  def grads(variables, x):
+    def loss(params):
+      logits, state = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"],
+                                  rngs={"dropout": jax.random.PRNGKey(0)})
+      return logits.sum(), state
+    return jax.grad(loss, has_aux=True)(variables["params"])
+
+  exported = jax.export.export(jax.jit(grads), platforms=["tpu", "cuda"])(
+      variables, jax.ShapeDtypeStruct(shape, jnp.float32))
+  assert exported.platforms == ("tpu", "cuda")
