@@ -166,7 +166,7 @@ def test_convert_official_roundtrip():
     np.testing.assert_array_equal(converted[k], flat[k])
 
 
-@pytest.mark.parametrize("shape", [(2, 49, 1), (2, 8, 8, 3)])
+@pytest.mark.parametrize("shape", [(2, 49, 3), (2, 8, 8, 3)])
 def test_training_step_lowers_for_tpu_and_gpu(shape):
   model = one_block("accumulated")
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))
