@@ -3,6 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from effjax.layers.transformer import EncoderBlock
 from effjax.models import fit, fit_ar
@@ -106,6 +107,7 @@ def test_ar_decoder_is_causal_across_and_within_groups():
   assert np.abs(far[:, 20:] - logits[:, 20:]).max() > 1e-4  # far-reaching: group 0 reaches group 5
 
 
+@pytest.mark.slow
 def test_group_chunking_and_chunked_attention_are_exact():
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 6, 5))
   probe = jax.random.normal(jax.random.PRNGKey(2), (4, 6, 16))
@@ -124,4 +126,6 @@ def test_group_chunking_and_chunked_attention_are_exact():
   for key in ((2, 0), (1, 20)):
     value, g = grads[key]
     np.testing.assert_allclose(value, ref_value, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g, ref_grads)
+    # float32 re-association only: compare relative to each gradient's scale
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * max(1.0, np.abs(b).max())),
+                 g, ref_grads)
