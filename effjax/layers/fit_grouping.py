@@ -1,4 +1,4 @@
-"""Cutting images into FIT token groups and putting them back.
+"""Cutting images into FIT token groups and putting them back (works on numpy and jax arrays).
 
 Layouts: images [B, H, W, C]; tokens [B, T, N, p·p·C] with T groups of N patches, each patch flattened
 in (p p c) order (as tf.image.extract_patches, which pix2seq uses).
@@ -10,7 +10,6 @@ in (p p c) order (as tf.image.extract_patches, which pix2seq uses).
 * Strided: group (i, j) holds the patches (i + a·g_h, j + b·g_w) for the g_h×g_w group grid, so every
   group is a coarse view of the whole image (a "far-reaching" alternative to local windows).
 """
-import jax.numpy as jnp
 
 GROUPINGS = ("window", "strided")
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from effjax.kernels.attention import attention
 
 LN_EPS = 1e-6
-_dense_init = nn.initializers.xavier_uniform()
+dense_init = nn.initializers.xavier_uniform()
 pos_emb_init = nn.initializers.truncated_normal(0.02)
 
 REMAT_POLICIES = {
@@ -120,11 +120,11 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, q_in, kv_in, mask=None):
-    proj = lambda name: nn.DenseGeneral((self.num_heads, self.key_dim), kernel_init=_dense_init, name=name)
+    proj = lambda name: nn.DenseGeneral((self.num_heads, self.key_dim), kernel_init=dense_init, name=name)
     q, k, v = proj("query")(q_in), proj("key")(kv_in), proj("value")(kv_in)
     y = chunked_attention(q, k, v, mask=mask, scale=self.key_dim ** -0.5, impl=self.attention_impl,
                           max_logits=self.max_logits)
-    return nn.DenseGeneral(q_in.shape[-1], axis=(-2, -1), kernel_init=_dense_init, name="attention_output")(y)
+    return nn.DenseGeneral(q_in.shape[-1], axis=(-2, -1), kernel_init=dense_init, name="attention_output")(y)
 
 
 class DropPath(nn.Module):
@@ -148,9 +148,9 @@ class FeedForward(nn.Module):
   def __call__(self, x, train=False):
     dim = x.shape[-1]
     y = nn.LayerNorm(LN_EPS, name="ln")(x)
-    y = nn.gelu(nn.Dense(dim * self.mlp_ratio, kernel_init=_dense_init, name="dense1")(y), approximate=False)
+    y = nn.gelu(nn.Dense(dim * self.mlp_ratio, kernel_init=dense_init, name="dense1")(y), approximate=False)
     y = nn.Dropout(self.drop_units, deterministic=not train)(y)
-    y = nn.Dense(dim, kernel_init=_dense_init, name="dense2")(y)
+    y = nn.Dense(dim, kernel_init=dense_init, name="dense2")(y)
     return x + DropPath(self.drop_path)(y, train)
 
 

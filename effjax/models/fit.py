@@ -66,10 +66,10 @@ class FIT(nn.Module):
     blocks = fl.parse_layers(self.layers)
     b, t, n, _ = x.shape
     m = self.latents_per_group
-    x = nn.LayerNorm(fl.LN_EPS, name="stem_ln")(nn.Dense(self.x_dim, kernel_init=fl._dense_init, name="stem")(x))
+    x = nn.LayerNorm(fl.LN_EPS, name="stem_ln")(nn.Dense(self.x_dim, kernel_init=fl.dense_init, name="stem")(x))
     x = x + self.param("x_pos_emb", fl.pos_emb_init, (n, self.x_dim)).astype(x.dtype)
     if y is not None:
-      y = nn.Dense(self.x_dim, kernel_init=fl._dense_init, name="stem_y")(y)
+      y = nn.Dense(self.x_dim, kernel_init=fl.dense_init, name="stem_y")(y)
       x = jnp.concatenate([nn.LayerNorm(fl.LN_EPS, name="stem_y_ln")(y), x], axis=2)
     latents = self.param("latent_pos_emb", fl.pos_emb_init, (t * m, self.latent_dim)).astype(x.dtype)
     latents = jnp.broadcast_to(latents.reshape(1, t * m, self.latent_dim), (b, t * m, self.latent_dim))

@@ -36,8 +36,8 @@ class TimeEmbedding(nn.Module):
   def __call__(self, t):
     e = time_encoding(t.astype(jnp.float32), self.dim)
     e = (e - e.mean(-1, keepdims=True)) / e.std(-1, keepdims=True)
-    e = nn.silu(nn.Dense(4 * self.dim, kernel_init=fl._dense_init, name="dense0")(e))
-    return nn.Dense(4 * self.dim, kernel_init=fl._dense_init, name="dense1")(e)
+    e = nn.silu(nn.Dense(4 * self.dim, kernel_init=fl.dense_init, name="dense0")(e))
+    return nn.Dense(4 * self.dim, kernel_init=fl.dense_init, name="dense1")(e)
 
 
 class FITDenoiser(nn.Module):
@@ -78,7 +78,7 @@ class FITDenoiser(nn.Module):
       raise ValueError(f"latent_dim {self.latent_dim} must be divisible by 4 for the time embedding")
     b, t, n, c = x.shape
     m, dl = self.latents_per_group, self.latent_dim
-    x = nn.LayerNorm(fl.LN_EPS, name="stem_ln")(nn.Dense(self.x_dim, kernel_init=fl._dense_init, name="stem")(x))
+    x = nn.LayerNorm(fl.LN_EPS, name="stem_ln")(nn.Dense(self.x_dim, kernel_init=fl.dense_init, name="stem")(x))
     x = x + self.param("x_pos_emb", fl.pos_emb_init, (n, self.x_dim)).astype(x.dtype)
 
     latents = self.param("latent_pos_emb", fl.pos_emb_init, (t * m, dl)).astype(x.dtype)
@@ -92,7 +92,7 @@ class FITDenoiser(nn.Module):
     self.sow("intermediates", "out_time_emb", time_emb)
     context = [time_emb[:, None]]
     if cond is not None:
-      cond = nn.Dense(dl, kernel_init=fl._dense_init, name="cond_proj")(cond.astype(x.dtype))
+      cond = nn.Dense(dl, kernel_init=fl.dense_init, name="cond_proj")(cond.astype(x.dtype))
       context.append(cond[:, None] if cond.ndim == 2 else cond)
     context = jnp.concatenate(context, axis=1)
 
@@ -121,7 +121,7 @@ class FITDenoiser(nn.Module):
         x = cross(heads, key_dim, xattn_mlp, f"x2l_cross_attn{i}")(x, z, None, train)
         self.sow("intermediates", f"out_x2l_cross_attn{i}", x)
     x = nn.LayerNorm(fl.LN_EPS, name="x_output_ln")(x.reshape(b, t, n, self.x_dim))
-    x = nn.Dense(self.out_dim or c, kernel_init=fl._dense_init, name="x_output_linear")(x)
+    x = nn.Dense(self.out_dim or c, kernel_init=fl.dense_init, name="x_output_linear")(x)
     return x, z.reshape(b, t, m, dl)
 
 

@@ -169,8 +169,9 @@ def report():
   for r in rows:
     layers = r["layers"] if r["kind"] == "fit" else f"{r.get('vit_depth')} (plain)"
     fmt = lambda k, f: f.format(r[k]) if r.get(k) is not None else "—"
-    lines.append(f"| {r['suite']} | {r['kind'].upper()} | {r['tokens']:,} | {r['side_px']}² | {r['tokens_per_group']:,} | "
-                 f"{layers} | {r['width']} | {r['params']:,} | {r['compiled_peak_gb']:.2f} | {fmt('rss_gb', '{:.2f}')} | "
+    lines.append(f"| {r['suite']} | {r['kind'].upper()} | {r['tokens']:,} | {r['side_px']}² | "
+                 f"{r['tokens_per_group']:,} | {layers} | {r['width']} | {r['params']:,} | "
+                 f"{r['compiled_peak_gb']:.2f} | {fmt('rss_gb', '{:.2f}')} | "
                  f"{fmt('step_s', '{:.2f}')} | {fmt('step_cpu_s', '{:.2f}')} |")
   lines.append("")
   for kind in ("fit", "vit"):

@@ -1,5 +1,4 @@
 """FIT encoder: golden equivalence with the official pix2seq FIT, layer specs, structural properties."""
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,10 +19,6 @@ def _fit_from_meta(meta, name, **kw):
   c = meta["ctor"][name]
   return fit.FIT(c["layers"], c["num_groups"], c["latents_per_group"], c["x_dim"], c["latent_dim"],
                  c["x_num_heads"], c["latent_num_heads"], c["mlp_ratio"], mask=c["mask"], **kw)
-
-
-def _count_leaves(tree):
-  return len(jax.tree_util.tree_leaves(tree))
 
 
 @pytest.mark.parametrize("spec,expected", [

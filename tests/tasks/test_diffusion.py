@@ -1,5 +1,4 @@
 """Diffusion task: schedules, prediction algebra, self-conditioning loss, DDIM/DDPM sampling, sample PNGs."""
-import os
 
 import jax
 import jax.numpy as jnp
