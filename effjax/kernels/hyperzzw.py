@@ -11,14 +11,16 @@ Step 2 (filtering Z with K):
     context-dependent hyper-kernel [k, (k,) C] shared over the batch.
   * `hyperzzw_2e(W, Z) = (Z ⊙ W) ⊙ Z`, the two-elementwise form used by the hyper-interaction gates.
 
-Each op has a pure-XLA reference and `impl` dispatch ("auto" = XLA on CPU). `global_mix` carries a
+Each op has a pure-XLA reference and `impl` dispatch: "xla"; "pallas" (the kernels of
+`hyperzzw_pallas.py`, interpret mode off TPU/GPU; the 1D FFT global mix has no kernel and stays on XLA);
+"auto" = Pallas on TPU (and on GPU for the 2D global mix), XLA elsewhere. `global_mix` carries a
 custom_vjp whose backward is written out (matrix products in 2D, FFT correlations via the reference's
 VJP in 1D), so a Pallas forward can replace the XLA one without changing the gradient contract.
 """
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("auto", "xla")
+IMPLS = ("auto", "xla", "pallas")
 
 
 def _check_impl(impl):
@@ -76,9 +78,16 @@ def _global_mix_bwd(residuals, g):
 _global_mix_xla.defvjp(_global_mix_fwd, _global_mix_bwd)
 
 
+def _use_pallas(impl, platforms):
+  _check_impl(impl)
+  return impl == "pallas" or (impl == "auto" and jax.default_backend() in platforms)
+
+
 def global_mix(ctx, v, *, impl="auto"):
   """Dispatches the global HyperZ·Z·W product; see `global_mix_reference` for the contract."""
-  _check_impl(impl)
+  if _use_pallas(impl, ("tpu", "gpu")) and ctx.ndim == 4:
+    from effjax.kernels import hyperzzw_pallas
+    return hyperzzw_pallas.global_mix_pallas(ctx, v)
   return _global_mix_xla(ctx, v)
 
 
@@ -107,7 +116,9 @@ def local_conv_reference(x, kernel):
 
 def local_conv(x, kernel, *, impl="auto"):
   """Dispatches the local HyperZ·Z·W convolution; see `local_conv_reference`."""
-  _check_impl(impl)
+  if _use_pallas(impl, ("tpu",)):
+    from effjax.kernels import hyperzzw_pallas
+    return hyperzzw_pallas.local_conv_pallas(x, kernel)
   return local_conv_reference(x, kernel)
 
 

@@ -46,3 +46,19 @@ def test_transformer_attention_with_padding_mask_switches_impl():
   tokens = jnp.asarray(np.random.default_rng(1).normal(size=(2, 21, 16)), jnp.float32)
   mask = jnp.asarray(np.random.default_rng(2).random((2, 1, 1, 21)) > 0.2)  # becomes the kernel's key mask
   assert_close(outputs_and_grads(lambda impl: MultiHeadAttention(num_heads=2, attention_impl=impl), tokens, mask))
+
+
+def test_hyperzzw_ops_switch_impl():
+  from effjax.kernels import hyperzzw
+  rng = np.random.default_rng(3)
+  rand = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  ctx, v, x, k = rand(2, 8, 8, 4), rand(2, 8, 8, 4), rand(2, 8, 8, 4), rand(3, 3, 4)
+  for op, args in [(hyperzzw.global_mix, (ctx, v)), (hyperzzw.local_conv, (x, k))]:
+    results = []
+    for impl in ("xla", "pallas"):
+      f = lambda *a: jnp.sum(op(*a, impl=impl) ** 2)
+      results.append((op(*args, impl=impl), jax.grad(f, argnums=(0, 1))(*args)))
+    (out_x, grads_x), (out_p, grads_p) = results
+    assert rel(out_p, out_x) <= 1e-5
+    for gp, gx in zip(grads_p, grads_x):
+      assert rel(gp, gx) <= 1e-5
