@@ -131,7 +131,6 @@ def base_config() -> ConfigDict:
 
   c.mesh = (("data", -1),)           # (axis name, size) pairs; -1 takes the remaining devices
   c.sharding_rules = ((".*", "replicate"),)  # (param-path regex, "replicate" | "fsdp") first match wins
-  c.remat = "none"                   # rematerialisation policy name, read by models that support it
 
   c.log_every_steps = 10
   c.eval_every_steps = 500           # also evaluates at the end; -1: only at the end
