@@ -8,7 +8,6 @@ import ast
 import difflib
 import os
 
-import ml_collections
 from ml_collections import ConfigDict
 
 

@@ -5,7 +5,6 @@ by name from the config. Params are created already sharded (eval_shape + jit wi
 update step is jitted with explicit shardings and a donated state, and checkpoints hold the train state
 and the data iterator so that a resumed run continues exactly where the interrupted one stopped.
 """
-import functools
 import json
 import math
 import os

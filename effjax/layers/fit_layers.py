@@ -22,17 +22,11 @@ import jax
 import jax.numpy as jnp
 
 from effjax.kernels.attention import attention
+from effjax.layers.remat import remat
 
 LN_EPS = 1e-6
 dense_init = nn.initializers.xavier_uniform()
 pos_emb_init = nn.initializers.truncated_normal(0.02)
-
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
 
 def parse_layers(spec: str) -> list[tuple[int, int]]:
   """Parses a FIT layer specification into (local layers, global layers) per block.
@@ -203,18 +197,6 @@ class CrossAttentionLayer(nn.Module):
     return x
 
 
-def remat_layer(cls, remat: str, train_argnum: int):
-  """`cls` wrapped in nn.remat with the named policy ("none", "full", "dots").
-
-  `train_argnum` is the position of the static `train` argument of `cls.__call__` counting `self`.
-  """
-  if remat not in REMAT_POLICIES:
-    raise ValueError(f"unknown remat policy {remat!r}; expected one of {list(REMAT_POLICIES)}")
-  if remat == "none":
-    return cls
-  return nn.remat(cls, policy=REMAT_POLICIES[remat], static_argnums=(train_argnum,))
-
-
 def run_in_chunks(layer, chunk: int, inputs, *args, initializing: bool = False):
   """`layer(*inputs, *args)` with `inputs` split along dim 0 into chunks of `chunk` rows, run one after
   another under `lax.map` with rematerialisation: exact for layers that treat rows (groups)
@@ -255,7 +237,7 @@ class LayerStack(nn.Module):
     """x [B, L, D]; with chunk > 0 the B sequences (groups) are processed `chunk` at a time."""
     if self.chunk > 0 and train and (self.drop_units > 0 or self.drop_path > 0):
       raise ValueError("dropout / drop-path are not supported together with group chunking")
-    layer = remat_layer(TransformerLayer, self.remat, 3)
+    layer = remat(TransformerLayer, self.remat, 3)
     for i in range(self.num_layers):
       module = layer(self.num_heads, self.mlp_ratio, self.drop_units, self.drop_path, self.self_attention,
                      self.attention_impl, self.max_logits, name=f"layer{i}")

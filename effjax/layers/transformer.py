@@ -1,6 +1,5 @@
 """Shared transformer blocks: multi-head attention through the kernels op, MLP, pre-LN encoder block."""
 import flax.linen as nn
-import jax.numpy as jnp
 
 from effjax.kernels.attention import attention
 

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from effjax.kernels.subspace_attention import subspace_attention
+from effjax.layers import remat as remat_lib
 from effjax.layers.patches import patchify
 
 VARIANTS = {  # dim, depth, heads (head dim = dim / heads), as in the official CRATE_tiny/small/base/large
@@ -32,12 +33,6 @@ VARIANTS = {  # dim, depth, heads (head dim = dim / heads), as in the official C
     "S": (576, 12, 12),
     "B": (768, 12, 12),
     "L": (1024, 24, 16),
-}
-
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
 }
 
 # PyTorch nn.Linear's default weight init: U(±1/√fan_in).
@@ -141,8 +136,7 @@ class Model(nn.Module):
   def __call__(self, images, train=False):
     if self.pool not in ("cls", "mean"):
       raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"unknown remat policy {self.remat!r}; expected one of {list(REMAT_POLICIES)}")
+    remat_lib.check(self.remat)
     head_dim = self.head_dim or self.dim // self.num_heads
     x = patchify(images, self.patch_size)
     x = nn.LayerNorm(1e-5, name="patch_norm")(x)
@@ -156,9 +150,7 @@ class Model(nn.Module):
     x = x + pos.astype(x.dtype)
     self.sow("intermediates", "transformer_input", x)
     x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
-    layer = Layer
-    if self.remat != "none":
-      layer = nn.remat(Layer, policy=REMAT_POLICIES[self.remat], static_argnums=(2,))
+    layer = remat_lib.remat(Layer, self.remat)
     for i in range(self.depth):
       x = layer(self.num_heads, head_dim, self.eta, self.lmbda, self.dropout, self.attention_impl,
                 name=f"layer{i}")(x, train)

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effjax.models.crate import MSSA, REMAT_POLICIES
+from effjax.layers import remat as remat_lib
+from effjax.models.crate import MSSA
 
 VARIANTS = {  # width, depth, heads: the official decode_variant (Ti, S, B, L, H)
     "Ti": (192, 12, 3),
@@ -146,8 +147,7 @@ class Model(nn.Module):
   def __call__(self, images, train=False):
     if images.ndim != 4:
       raise ValueError(f"CRATE-α expects images [B, H, W, C], got shape {images.shape}")
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"unknown remat policy {self.remat!r}; expected one of {list(REMAT_POLICIES)}")
+    remat_lib.check(self.remat)
     p = self.patch_size
     if images.shape[1] % p or images.shape[2] % p:
       raise ValueError(f"image size {images.shape[1]}x{images.shape[2]} is not divisible by patch size {p}")
@@ -167,9 +167,7 @@ class Model(nn.Module):
     x = x + pos.astype(x.dtype)
     self.sow("intermediates", "with_posemb", x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    block = Block
-    if self.remat != "none":
-      block = nn.remat(Block, policy=REMAT_POLICIES[self.remat], static_argnums=(2,))
+    block = remat_lib.remat(Block, self.remat)
     rates = np.linspace(0.0, self.drop_path, self.depth)
     for i in range(self.depth):
       x = block(self.num_heads, self.eta, self.lmbda, self.dropout, float(rates[i]), self.layer_scale,

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from effjax.layers import remat as remat_lib
 from effjax.layers.patches import sincos_2d
 from effjax.models import crate
 
@@ -99,8 +100,7 @@ class Model(nn.Module):
   def __call__(self, images, train=False, mask_ratio=0.75, noise=None):
     if images.ndim != 4:
       raise ValueError(f"CRATE-MAE expects images [B, H, W, C], got shape {images.shape}")
-    if self.remat not in crate.REMAT_POLICIES:
-      raise ValueError(f"unknown remat policy {self.remat!r}; expected one of {list(crate.REMAT_POLICIES)}")
+    remat_lib.check(self.remat)
     b, h, w, c = images.shape
     p = self.patch_size
     if h % p or w % p:
@@ -121,12 +121,8 @@ class Model(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.dim)), x], axis=1)
     x = x + sincos_2d(self.dim, (h // p, w // p), cls_token=True)[None].astype(x.dtype)
 
-    def maybe_remat(module):
-      if self.remat == "none":
-        return module
-      return nn.remat(module, policy=crate.REMAT_POLICIES[self.remat], static_argnums=(2,))
-
-    encoder_layer, decoder_layer = maybe_remat(crate.Layer), maybe_remat(DecoderLayer)
+    encoder_layer = remat_lib.remat(crate.Layer, self.remat)
+    decoder_layer = remat_lib.remat(DecoderLayer, self.remat)
     for i in range(self.depth):
       x = encoder_layer(self.num_heads, self.dim // self.num_heads, self.eta, self.lmbda,
                         attention_impl=self.attention_impl, kernel_init=nn.initializers.xavier_uniform(),

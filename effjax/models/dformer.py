@@ -31,17 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from effjax.kernels.grid_attention import grid_attention, pad_grid
+from effjax.layers import remat as remat_lib
 from effjax.layers.transformer import Mlp
 
 LN_EPS = 1e-5
 FIDELITIES = ("official", "fixed")
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-}
-
-
 def _layer_norm(name):
   return nn.LayerNorm(epsilon=LN_EPS, name=name)
 
@@ -203,11 +197,7 @@ class Stage(nn.Module):
 
   @nn.compact
   def __call__(self, x, train=False):
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"unknown remat policy {self.remat!r}; expected one of {list(REMAT_POLICIES)}")
-    block = DilatedBlock
-    if self.remat != "none":
-      block = nn.remat(DilatedBlock, policy=REMAT_POLICIES[self.remat], static_argnums=(2,))
+    block = remat_lib.remat(DilatedBlock, self.remat)
     x = PositionConv(name="pos_block")(x)
     for i in range(self.depth):
       x = block(self.num_heads, "local" if i % 2 == 0 else "dilated", tuple(self.group_size), self.interval,

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from effjax.layers import fit_grouping
 from effjax.layers import fit_layers as fl
+from effjax.layers.remat import remat
 
 
 class FIT(nn.Module):
@@ -76,7 +77,7 @@ class FIT(nn.Module):
     latent_mask = fl.chunk_causal_mask(t, m) if self.mask == "causal" else None
 
     heads, key_dim = fl.cross_heads(self.x_num_heads, self.latent_num_heads, self.x_dim, self.latent_dim)
-    cross_layer = fl.remat_layer(fl.CrossAttentionLayer, self.remat, 4)
+    cross_layer = remat(fl.CrossAttentionLayer, self.remat, 4)
     cross = lambda name, q, kv: fl.run_in_chunks(
         cross_layer(heads, key_dim, attention_impl=self.attention_impl, max_logits=self.max_attention_logits,
                     name=name), self.chunk_groups, (q, kv), None, train, initializing=self.is_initializing())

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from effjax.layers import fit_layers as fl
+from effjax.layers.remat import remat
 
 
 class Model(nn.Module):
@@ -54,7 +55,7 @@ class Model(nn.Module):
 
     local_mask, latent_mask = fl.causal_mask(n), fl.chunk_causal_mask(t, m)
     heads, key_dim = fl.cross_heads(self.x_num_heads, self.latent_num_heads, self.x_dim, dl)
-    cross_layer = fl.remat_layer(fl.CrossAttentionLayer, self.remat, 4)
+    cross_layer = remat(fl.CrossAttentionLayer, self.remat, 4)
     cross = lambda name: cross_layer(heads, key_dim, attention_impl=self.attention_impl,
                                      max_logits=self.max_attention_logits, name=name)
     stack = lambda num, heads_, name: fl.LayerStack(

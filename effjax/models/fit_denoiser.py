@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from effjax.layers import fit_grouping
 from effjax.layers import fit_layers as fl
+from effjax.layers.remat import remat
 
 
 def time_encoding(t, dim):
@@ -99,7 +100,7 @@ class FITDenoiser(nn.Module):
     latent_mask = fl.chunk_causal_mask(t, m) if self.mask == "causal" else None
     heads, key_dim = fl.cross_heads(self.x_num_heads, self.latent_num_heads, self.x_dim, dl)
     xattn_mlp = self.mlp_ratio if self.xattn_with_mlp else 0
-    cross_layer = fl.remat_layer(fl.CrossAttentionLayer, self.remat, 4)
+    cross_layer = remat(fl.CrossAttentionLayer, self.remat, 4)
     cross = lambda heads_, key_dim_, mlp, name: cross_layer(
         heads_, key_dim_, mlp, self.xattn_enc_ln, self.attention_impl, self.max_attention_logits, name=name)
     stack = lambda num, heads_, name, sa=True: fl.LayerStack(

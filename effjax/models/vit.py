@@ -4,17 +4,10 @@ The baseline that exercises the trainer; small enough to reach >93% on the embed
 minutes on a CPU.
 """
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
+from effjax.layers.remat import remat
 from effjax.layers.transformer import EncoderBlock
-
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-}
-
 
 class Model(nn.Module):
   """ViT classifier.
@@ -51,11 +44,7 @@ class Model(nn.Module):
       cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), jnp.float32).astype(x.dtype)
       x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)), x], axis=1)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    block = EncoderBlock
-    if REMAT_POLICIES.get(self.remat, "missing") == "missing":
-      raise ValueError(f"unknown remat policy {self.remat!r}; expected one of {list(REMAT_POLICIES)}")
-    if self.remat != "none":
-      block = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat], static_argnums=(2,))
+    block = remat(EncoderBlock, self.remat)
     for i in range(self.depth):
       x = block(self.num_heads, self.mlp_dim, self.dropout, self.attention_impl, name=f"block{i}")(x, train)
     x = nn.LayerNorm(name="encoder_norm")(x)

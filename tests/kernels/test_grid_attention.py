@@ -29,7 +29,7 @@ def _same_group(grid, pattern, shape):
 
 
 def _dense(q, k, v, allowed):
-  b, grid, h, d = q.shape[0], q.shape[1:-2], q.shape[-2], q.shape[-1]
+  b, grid, h = q.shape[0], q.shape[1:-2], q.shape[-2]
   flat = lambda t: t.reshape(b, -1, h, t.shape[-1])
   out = attention_reference(flat(q), flat(k), flat(v), mask=allowed[:, None])
   return out.reshape(b, *grid, h, v.shape[-1])

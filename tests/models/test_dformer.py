@@ -1,7 +1,6 @@
 """D-Former: golden vectors from the official PyTorch code, parameter count, block locality, errors."""
 import math
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
