@@ -74,10 +74,6 @@ def _cast_floats(tree, dtype):
   return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-def _norm(tree):
-  return optax.tree.norm(tree)
-
-
 class _Preemption:
   """Turns SIGTERM into a flag the loop checks after every step."""
 
@@ -113,22 +109,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate(config, mesh.size)
   model = components.load("models", config.model_name).Model(**config.model)
   task = components.load("tasks", config.task_name).Task(config)
-  data_info = pipeline.info(config.data)
-  _check_data(config, data_info)
+  batch_sharding = sharding.batch_sharding(mesh)
+  train_data = pipeline.train_data(config.data, config.batch_size, batch_sharding, config.seed)
+  _check_data(config, train_data.info)
+  eval_source = pipeline.make_source(config.data, config.data.eval_split)
 
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
-  batch_sharding = sharding.batch_sharding(mesh)
-  train_data = pipeline.train_data(config.data, config.batch_size, batch_sharding, config.seed)
   num_steps = total_steps(config, train_data.num_examples)
   steps_per_epoch = max(train_data.num_examples // config.batch_size, 1)
   tx, schedule = optim.make_optimizer(config.optimizer, num_steps, steps_per_epoch, seed=config.seed)
   compute_dtype = COMPUTE_DTYPES[config.compute_dtype]
 
-  example_batch = next(pipeline.eval_batches(config.data, mesh.size, batch_sharding))
+  example_batch = next(pipeline.eval_batches(config.data, mesh.size, batch_sharding, eval_source))
   example_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), example_batch)
 
   def init(rng):
@@ -166,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     variables = {"params": _cast_floats(params, compute_dtype), **state["model_state"]}
     results = {}
     for evaluator in evaluators:
-      batches = pipeline.eval_batches(config.data, config.eval_batch_size, batch_sharding)
+      batches = pipeline.eval_batches(config.data, config.eval_batch_size, batch_sharding, eval_source)
       for k, v in evaluator.run(variables, batches, step=step, workdir=workdir).items():
         results[f"eval/{k}"] = float(v)
     return results
@@ -204,7 +200,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         pending.append((step, step_metrics))
         if step == start_step + 1 or step % config.log_every_steps == 0 or step == num_steps:
           flush(step)
-          window_start = time.time()
         progress.update(step, last_train.get("train/loss", float("nan")))
         if preemption.requested:
           flush(step)
@@ -335,8 +330,8 @@ def _make_train_step(config, model, task, tx, schedule, compute_dtype):
     if config.ema_decay > 0:
       d = config.ema_decay
       new_state["ema_params"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state["ema_params"], new_params)
-    step_metrics = {"loss": loss, "learning_rate": schedule(state["step"]), "grad_norm": _norm(grads),
-                    "param_norm": _norm(new_params), "update_norm": _norm(updates),
+    step_metrics = {"loss": loss, "learning_rate": schedule(state["step"]), "grad_norm": optax.tree.norm(grads),
+                    "param_norm": optax.tree.norm(new_params), "update_norm": optax.tree.norm(updates),
                     **{k: v.astype(jnp.float32) for k, v in task_metrics.items()}}
     return new_state, step_metrics
 

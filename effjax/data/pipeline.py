@@ -88,6 +88,7 @@ class TrainData:
   sharding: jax.sharding.NamedSharding
   global_batch_size: int
   num_examples: int
+  info: dict
 
   def __iter__(self):
     return self
@@ -109,12 +110,15 @@ def train_data(data_config, global_batch_size, sharding, seed):
   dataset = grain.MapDataset.source(order).batch(order.local_batch, drop_remainder=True).to_iter_dataset()
   if data_config.worker_count > 0:
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.worker_count))
-  return TrainData(iter(dataset), sharding, global_batch_size, len(source))
+  return TrainData(iter(dataset), sharding, global_batch_size, len(source), source.info)
 
 
-def eval_batches(data_config, global_batch_size, sharding):
-  """One pass over the eval split as global batches with a `mask` (1 = real example, 0 = padding)."""
-  source = make_source(data_config, data_config.eval_split)
+def eval_batches(data_config, global_batch_size, sharding, source=None):
+  """One pass over the eval split as global batches with a `mask` (1 = real example, 0 = padding).
+
+  `source` is the eval split's source when the caller already holds it (made from data_config if None).
+  """
+  source = make_source(data_config, data_config.eval_split) if source is None else source
   count = len(source) if data_config.eval_examples < 0 else min(len(source), data_config.eval_examples)
   process_count, process_index = jax.process_count(), jax.process_index()
   local = global_batch_size // process_count
@@ -135,7 +139,3 @@ def to_global(local_batch, sharding, global_batch_size):
     return jax.make_array_from_process_local_data(sharding, x, (global_batch_size,) + x.shape[1:])
   return jax.tree.map(put, local_batch)
 
-
-def info(data_config):
-  """The train split's info dict (num_classes, image_shape, ...)."""
-  return make_source(data_config, data_config.train_split).info
