@@ -140,7 +140,6 @@ def base_config() -> ConfigDict:
   c.init_from.path = ""              # checkpoint to fine-tune from (params only)
   c.init_from.skip = r"^head/"       # param-path regex left at its fresh init (e.g. a new head)
   c.progress_bar = True
-  c.debug_nan_step = -1              # testing aid: inject a NaN into the loss at this step
   return c
 
 

@@ -150,7 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_step = _make_train_step(config, model, task, tx, schedule, compute_dtype)
   batch_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct((config.batch_size,) + s.shape[1:], s.dtype,
                                                           sharding=batch_sharding),
-                            {k: v for k, v in example_batch.items() if k != "mask"})
+                            {k: v for k, v in example_batch.items() if k != task.padding_key})
   train_step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
                        out_shardings=(state_shardings, repl), donate_argnums=0)
   train_step = train_step.lower(abstract_state, batch_spec).compile()
@@ -286,8 +286,8 @@ def _make_train_step(config, model, task, tx, schedule, compute_dtype):
 
   def loss_fn(params, model_state, batch, rng):
     variables = {"params": _cast_floats(params, compute_dtype), **model_state}
-    batch = {k: v.astype(compute_dtype) if k == "image" and jnp.issubdtype(v.dtype, jnp.floating) else v
-             for k, v in batch.items()}
+    batch = {k: v.astype(compute_dtype) if k in task.compute_inputs and jnp.issubdtype(v.dtype, jnp.floating)
+             else v for k, v in batch.items()}
     loss, aux = task.loss(model, variables, batch, rng, train=True)
     return loss.astype(jnp.float32), aux
 
@@ -320,9 +320,6 @@ def _make_train_step(config, model, task, tx, schedule, compute_dtype):
       loss = loss / accum
       task_metrics = jax.tree.map(lambda m: m / accum, task_metrics)
 
-    if config.debug_nan_step >= 0:  # testing aid for the NaN guard
-      poison = jnp.where(state["step"] + 1 == config.debug_nan_step, jnp.nan, 1.0)
-      loss, grads = loss * poison, jax.tree.map(lambda g: g * poison, grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     new_state = {**state, "step": state["step"] + 1, "params": new_params, "opt_state": opt_state,
