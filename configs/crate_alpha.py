@@ -14,7 +14,7 @@ Mixup/CutMix/RandAugment and the inception crop are not available in effjax.data
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 from effjax.models import crate_alpha
 
 STAGES = {  # data source, classes, base lr, label smoothing
@@ -28,7 +28,7 @@ def get_config(arg=None):
   if arg.stage not in STAGES:
     raise cfg.ConfigError(f"unknown CRATE-α stage {arg.stage!r}; expected one of {list(STAGES)}")
   source, classes, base_lr, smoothing = STAGES[arg.stage]
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "crate_alpha"
   c.model = ml_collections.ConfigDict(dict(
       num_classes=classes, **crate_alpha.variant_kwargs(arg.variant if "/" in arg.variant else arg.variant + "/16"),

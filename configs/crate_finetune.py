@@ -13,13 +13,13 @@ pre-trained model. At 224 px with patch 16 the position embedding has the checkp
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 from effjax.models import crate
 
 
 def get_config(arg=None):
   arg = cfg.parse_arg(arg, variant="B", dataset="tfds:cifar10", num_classes=10, init="", batch=256)
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "crate"
   c.model = ml_collections.ConfigDict(dict(
       num_classes=arg.num_classes, patch_size=16, **crate.variant_kwargs(arg.variant), pool="cls", dropout=0.0,

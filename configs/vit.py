@@ -8,7 +8,7 @@ runlocal (the quick CPU run on the embedded MNIST subset: >93% test accuracy in 
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 
 VARIANTS = {  # width, depth, heads, mlp_dim
     "Ti": (192, 12, 3, 768),
@@ -24,7 +24,7 @@ def get_config(arg=None):
   if arg.variant not in VARIANTS:
     raise cfg.ConfigError(f"unknown ViT variant {arg.variant!r}; expected one of {list(VARIANTS)}")
   width, depth, heads, mlp_dim = VARIANTS[arg.variant]
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "vit"
   c.model = ml_collections.ConfigDict(dict(
       num_classes=arg.num_classes, patch_size=arg.patch, width=width, depth=depth, num_heads=heads,
