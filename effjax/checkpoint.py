@@ -77,7 +77,7 @@ def first_difference(saved, current, allow_config_change=False):
       if a.get(key, "<absent>") != b.get(key, "<absent>"):
         return f"config.{key} is {show(a.get(key, '<absent>'))} there, {show(b.get(key, '<absent>'))} now", True
   a, b = saved["state"], current["state"]
-  for key in sorted(set(a) | set(b)):
+  for key in sorted(set(a) | set(b), key=lambda k: (not k.startswith("['params']"), k)):
     if key not in a:
       return f"state{key} is new (not in the checkpoint)", False
     if key not in b:
