@@ -161,8 +161,9 @@ def test_sigterm_before_the_training_loop_exits_cleanly(tmp_path):
 @pytest.mark.slow
 def test_soak_small(tmp_path):
   """experiments/reliability/soak.py with 3 kills: bit-exact equality with an uninterrupted run."""
-  result = subprocess.run([sys.executable, os.path.join(trainer_utils.REPO, "experiments/reliability/soak.py"),
-                           "--kills=3", "--seed=1", f"--workdir={tmp_path}", f"--out={tmp_path / 'soak.json'}"],
+  script = os.path.join(trainer_utils.REPO, "experiments/reliability/soak.py")
+  result = subprocess.run([sys.executable, script, "--kills=3", "--steps=30", "--seed=1", f"--workdir={tmp_path}",
+                           f"--out={tmp_path / 'soak.json'}"],
                           capture_output=True, text=True, timeout=600, cwd=trainer_utils.REPO)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   summary = json.loads((tmp_path / "soak.json").read_text())
