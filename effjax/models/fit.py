@@ -9,8 +9,8 @@ block b:
     z      <- global_b(z)                     pre-LN layers over all T·M latents      ([B, T·M, D_l])
     x      <- WRITE_b(x, z)   (not after the last block)  tokens attend to their group's latents
 
-followed by output LayerNorms (the loop is `effjax.layers.fit_layers.Interleaved`). Local attention costs O(T·N²) = O(L·N); global O((T·M)²). With
-N ∝ L^{1/3} both terms scale as L^{4/3}.
+followed by output LayerNorms (the loop is `effjax.layers.fit_layers.Interleaved`). Local attention costs
+O(T·N²) = O(L·N); global O((T·M)²). With N ∝ L^{1/3} both terms scale as L^{4/3}.
 
 `FIT` is the official `FIT` layer (pix2seq architectures/transformers.py) on token groups, loadable
 from official weights with `convert_official`. `Model` is an image classifier: images are cut into
