@@ -39,7 +39,7 @@ def assert_close(results):
 def test_crate_switches_impl():
   images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 12, 12, 1)), jnp.float32)
   assert_close(outputs_and_grads(
-      lambda impl: crate.Model(num_classes=3, patch_size=4, dim=16, depth=1, num_heads=2, attention_impl=impl),
+      lambda impl: crate.Model(num_classes=3, patch_size=4, width=16, depth=1, num_heads=2, impl=impl),
       images))
 
 
@@ -48,15 +48,15 @@ def test_dilated_vit_switches_impl():
   """D-Former blocks on an uneven 6x5 token grid: padded local windows and dilated groups with key masks."""
   images = jnp.asarray(np.random.default_rng(4).normal(size=(2, 12, 10, 1)), jnp.float32)
   assert_close(outputs_and_grads(
-      lambda impl: dilated_vit.Model(num_classes=3, patch_size=(2, 2), embed_dim=16, depths=(2,), num_heads=(2,),
-                                     group_size=(2, 2), intervals=(2,), attention_impl=impl), images))
+      lambda impl: dilated_vit.Model(num_classes=3, patch_size=(2, 2), width=16, depths=(2,), num_heads=(2,),
+                                     group_size=(2, 2), intervals=(2,), impl=impl), images))
 
 
 @pytest.mark.slow
 def test_dformer_3d_block_pair_switches_impl():
   volume = jnp.asarray(np.random.default_rng(5).normal(size=(1, 2, 4, 6, 8)), jnp.float32)
   assert_close(outputs_and_grads(
-      lambda impl: dformer.Stage(2, 2, (2, 2, 2), 2, attention_impl=impl), volume))
+      lambda impl: dformer.Stage(2, 2, (2, 2, 2), 2, impl=impl), volume))
 
 
 @pytest.mark.slow
@@ -78,7 +78,7 @@ def test_terminator_branch_switches_impl():
 def test_transformer_attention_with_padding_mask_switches_impl():
   tokens = jnp.asarray(np.random.default_rng(1).normal(size=(2, 21, 16)), jnp.float32)
   mask = jnp.asarray(np.random.default_rng(2).random((2, 1, 1, 21)) > 0.2)  # becomes the kernel's key mask
-  assert_close(outputs_and_grads(lambda impl: MultiHeadAttention(num_heads=2, attention_impl=impl), tokens, mask))
+  assert_close(outputs_and_grads(lambda impl: MultiHeadAttention(num_heads=2, impl=impl), tokens, mask))
 
 
 def test_hyperzzw_ops_switch_impl():
