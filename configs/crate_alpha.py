@@ -1,7 +1,8 @@
 """CRATE-α: the official ImageNet-21K pre-training and ImageNet-1K fine-tuning recipes, and a quick CPU run.
 
   python -m effjax.main --config configs/crate_alpha.py:variant=B/16 --workdir runs/crate_alpha_b16_in21k
-  python -m effjax.main --config configs/crate_alpha.py:variant=B/16,stage=finetune,init=runs/crate_alpha_b16_in21k/checkpoints/... --workdir runs/crate_alpha_b16_in1k
+  python -m effjax.main --workdir runs/crate_alpha_b16_in1k \
+      --config configs/crate_alpha.py:variant=B/16,stage=finetune,init=runs/crate_alpha_b16_in21k/checkpoints/...
   python -m effjax.main --config configs/crate_alpha.py:runlocal --workdir runs/crate_alpha_mnist
 
 Arguments: variant (Ti/S/B/L/H with /patch, e.g. L/14), stage (pretrain on ImageNet-21K or finetune on

@@ -1,6 +1,7 @@
 """CRATE fine-tuning on CIFAR-10/100 from an ImageNet-1K checkpoint (the paper's transfer recipe).
 
-  python -m effjax.main --config configs/crate_finetune.py:variant=B,dataset=tfds:cifar100,num_classes=100,init=runs/crate_b_in1k/checkpoints/<step> --workdir runs/crate_b_cifar100
+  python -m effjax.main --workdir runs/crate_b_cifar100 --config \
+      configs/crate_finetune.py:variant=B,dataset=tfds:cifar100,num_classes=100,init=runs/crate_b_in1k/checkpoints/<step>
 
 Arguments: variant (T/S/B/L), dataset, num_classes, init (checkpoint whose params are loaded; the head
 and its LayerNorm are re-initialised, as the official finetune.py replaces `mlp_head`), batch.

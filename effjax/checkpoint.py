@@ -17,9 +17,9 @@ import os
 import time
 
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from effjax import metrics
 from effjax.config import ConfigError

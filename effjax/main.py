@@ -14,8 +14,7 @@ import sys
 import threading
 import traceback
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import app, flags, logging as absl_logging
 from ml_collections import config_flags
 
 from effjax import config as config_lib, config_overrides, preemption

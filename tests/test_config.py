@@ -2,6 +2,7 @@
 import pytest
 
 from effjax import config as cfg, config_overrides, train
+
 import trainer_utils
 
 

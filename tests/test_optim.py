@@ -5,8 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from effjax import train_config
-from effjax import optim
+from effjax import optim, train_config
 
 
 def _opt(**overrides):

@@ -15,6 +15,7 @@ import pytest
 from effjax import checkpoint, metrics, train
 from effjax.config import ConfigError
 from effjax.data import ops
+
 import trainer_utils
 from trainer_utils import tiny_vit_config
 

@@ -15,6 +15,7 @@ import pytest
 from effjax import checkpoint, metrics, sharding, train
 from effjax.data import pipeline
 from effjax.metrics import NonFiniteError
+
 import trainer_utils
 from trainer_utils import tiny_vit_config
 

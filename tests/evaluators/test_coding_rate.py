@@ -103,7 +103,7 @@ def test_crate_alpha_sparse_code():
 
 def test_runs_the_model_as_the_task_predicts_mae_evaluation_masking():
   """Through mae's predict, the tokens are those of the task's fixed evaluation masking (eval_seed, mask_ratio)."""
-  kwargs = dict(patch_size=4, dim=16, depth=1, num_heads=2, decoder_depth=1)
+  kwargs = dict(patch_size=4, width=16, depth=1, num_heads=2, decoder_depth=1)
   config = _config(kwargs, plot=False, per_head=False)
   config.task = ml_collections.ConfigDict(dict(mask_ratio=0.5, eval_seed=3))
   model, task = crate_mae.Model(**kwargs), mae.Task(config)

@@ -11,6 +11,7 @@ import numpy as np
 
 from effjax.config import parse_nested_arg
 
+
 def permutation(seed: int, length: int = 784) -> np.ndarray:
   """The fixed pMNIST permutation for `seed`."""
   return np.random.default_rng(seed).permutation(length)
