@@ -36,6 +36,16 @@ CASES = {
         "conv_mlp": ("convnext_atto", dict(depths=(1, 2, 1, 1), dims=(8, 16, 16, 24), num_classes=3), 32, ("stages.3",)),
     }, ("convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny", "convnext_small",
         "convnext_base", "convnext_large")),
+    "resnet": ({
+        "ecaresnet26t": ("ecaresnet26t", dict(layers=(1, 1, 1, 1), channels=(8, 16, 24, 32), stem_width=8,
+                                              num_classes=5), 32, ("maxpool", "layer1", "layer3", "layer4")),
+        "ecaresnetlight": ("ecaresnetlight", dict(layers=(1, 2, 1, 1), channels=(8, 8, 16, 16), num_classes=3),
+                           36, ("layer2", "layer4")),
+        "resnetrs50": ("resnetrs50", dict(layers=(1, 2, 1, 1), channels=(8, 16, 16, 24), stem_width=8,
+                                          num_classes=4), 32, ("maxpool", "layer2", "layer4")),
+    }, ("ecaresnet26t", "ecaresnet50d", "ecaresnet50t", "ecaresnetlight", "ecaresnet101d", "ecaresnet200d",
+        "ecaresnet269d", "resnetrs50", "resnetrs101", "resnetrs152", "resnetrs200", "resnetrs270", "resnetrs350",
+        "resnetrs420")),
 }
 
 
