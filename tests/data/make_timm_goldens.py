@@ -93,6 +93,43 @@ def count(timm_name):
   return sum(p.numel() for p in model.parameters())
 
 
+# layer cases: key -> (timm.layers class name, kwargs, train mode); input [2, 8, 5, 6]
+LAYERS = {
+    "evonorm": {
+        "b0": ("EvoNorm2dB0", {}, False), "b0_train": ("EvoNorm2dB0", {}, True),
+        "b0_noact": ("EvoNorm2dB0", dict(apply_act=False), False),
+        "s0": ("EvoNorm2dS0", dict(groups=2), False), "s0_group_size": ("EvoNorm2dS0", dict(group_size=2), False),
+    },
+}
+
+
+def make_layers(case):
+  """Each layer: param/<key>/..., input/<key>, output/<key>/y (and running_var after a training call)."""
+  import timm.layers
+  gen = torch.Generator().manual_seed(SEED)
+  arrays = {}
+  for key, (cls, kwargs, train) in LAYERS[case].items():
+    layer = getattr(timm.layers, cls)(8, **kwargs).train(train)
+    sd = {k: v.clone().numpy() for k, v in perturb(layer, gen).items()}
+    x = torch.randn((2, 8, 5, 6), generator=gen) * 2 + 0.5
+    with torch.no_grad():
+      y = layer(x)
+    arrays.update({f"param/{key}/{k}": v for k, v in sd.items()})
+    arrays[f"input/{key}"] = x.numpy()
+    arrays[f"output/{key}/y"] = y.numpy()
+    if train:
+      arrays[f"output/{key}/running_var"] = layer.running_var.numpy()
+  meta = dict(generator="tests/data/make_timm_goldens.py", seed=SEED,
+              versions=dict(torch=torch.__version__, timm=timm.__version__, numpy=np.__version__),
+              layers={k: dict(timm_class=c, kwargs=kw, train=t) for k, (c, kw, t) in LAYERS[case].items()},
+              init_note="as the model cases; params are the values before the call (a training call updates "
+                        "running_var, saved as output/<key>/running_var)",
+              layout="inputs and outputs NCHW [2, 8, 5, 6]")
+  path = os.path.join(OUT, f"{case}_timm.npz")
+  np.savez_compressed(path, meta=json.dumps(meta), **arrays)
+  print(f"{path}: {os.path.getsize(path) / 1e3:.0f} kB, {len(arrays)} arrays")
+
+
 def make(case):
   models, standard = CASES[case]
   gen = torch.Generator().manual_seed(SEED)
@@ -115,5 +152,5 @@ def make(case):
 
 if __name__ == "__main__":
   torch.set_num_threads(2)
-  for case in sys.argv[1:] or CASES:
-    make(case)
+  for case in sys.argv[1:] or [*CASES, *LAYERS]:
+    make(case) if case in CASES else make_layers(case)
