@@ -46,6 +46,12 @@ CASES = {
     }, ("ecaresnet26t", "ecaresnet50d", "ecaresnet50t", "ecaresnetlight", "ecaresnet101d", "ecaresnet200d",
         "ecaresnet269d", "resnetrs50", "resnetrs101", "resnetrs152", "resnetrs200", "resnetrs270", "resnetrs350",
         "resnetrs420")),
+    "inception_next": ({
+        "tiny": ("inception_next_tiny", dict(depths=(1, 1, 2, 1), dims=(16, 16, 24, 32), num_classes=5), 64,
+                 ("stem", "stages.0", "stages.2", "stages.3")),
+        "atto": ("inception_next_atto", dict(depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), num_classes=3), 32,
+                 ("stages.3",)),
+    }, ("inception_next_atto", "inception_next_tiny", "inception_next_small", "inception_next_base")),
 }
 
 
