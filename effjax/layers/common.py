@@ -38,3 +38,25 @@ class DropPath(nn.Module):
     keep = 1.0 - self.rate
     mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(mask, x / keep, 0).astype(x.dtype)
+
+
+def decode_variant(variant: str | None, table: dict, family: str) -> dict:
+  """big_vision-style variant names: "B" -> table["B"] (a dict of model fields), "B/16" -> that plus
+  patch_size=16; None -> {}."""
+  if variant is None:
+    return {}
+  name, _, patch = str(variant).partition("/")
+  if name not in table or (patch and not patch.isdigit()):
+    raise ValueError(f"unknown {family} variant {variant!r}; expected one of {list(table)}, optionally with "
+                     f"/patch_size, e.g. '{next(iter(table))}/16'")
+  return {**table[name], **({"patch_size": int(patch)} if patch else {})}
+
+
+def with_variants(cls, table: dict, family: str):
+  """The model entry point `Model(*, variant=None, **kw)` of a family (big_vision's `Model(variant="B/16")`):
+  builds `cls` from the named variant's fields of `table`, with `kw` overriding them."""
+  def model(*, variant: str | None = None, **kw):
+    return cls(**{**decode_variant(variant, table, family), **kw})
+  model.__doc__ = (f"{cls.__name__} from a variant ({', '.join(table)}, optionally '/patch_size') and field "
+                   f"overrides; see `{cls.__name__}`.")
+  return model
