@@ -24,7 +24,7 @@ def get_config(arg=None):
   c.model_name = "convnext"
   dcls = dict(kernel_count=arg.kernel_count, dilated_kernel_size=arg.dks, version="gauss") if arg.dcls else None
   c.model = ml_collections.ConfigDict(dict(
-      num_classes=arg.num_classes, **convnext.variant_kwargs(arg.variant), patch_size=4, kernel_size=7,
+      num_classes=arg.num_classes, variant=arg.variant, patch_size=4, kernel_size=7,
       ls_init_value=1e-6, drop_path_rate=0.1, dcls=dcls))
   c.task_name = "classification"
   c.task = ml_collections.ConfigDict(dict(label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0))

@@ -20,7 +20,7 @@ def get_config(arg=None):
   c = cfg.base_config()
   c.model_name = "inception_next"
   c.model = ml_collections.ConfigDict(dict(
-      num_classes=arg.num_classes, **inception_next.variant_kwargs(arg.variant), mlp_ratios=(4, 4, 4, 3),
+      num_classes=arg.num_classes, variant=arg.variant, mlp_ratios=(4, 4, 4, 3),
       ls_init_value=1e-6, drop_path_rate=0.1))
   c.task_name = "classification"
   c.task = ml_collections.ConfigDict(dict(label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0))

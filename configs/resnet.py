@@ -24,9 +24,12 @@ def get_config(arg=None):
     raise cfg.ConfigError(f"unknown gate {arg.gate!r}; expected one of {sorted(GATES)} or 'none'")
   c = cfg.base_config()
   c.model_name = "resnet"
-  model = dict(num_classes=arg.num_classes, channels=(64, 128, 256, 512), stem_width=64, stem_type="",
-               replace_stem_pool=False, avg_down=False, gate="", rd_ratio=1 / 16, drop_path_rate=0.05)
-  model.update(resnet.variant_kwargs(arg.variant))
+  model = dict(num_classes=arg.num_classes, variant=arg.variant, drop_path_rate=0.05)
+  if arg.runlocal:  # a two-stage ECA-ResNet with a deep stem
+    model = dict(num_classes=10, layers=(1, 1), channels=(16, 32), stem_width=16, stem_type="deep",
+                 replace_stem_pool=False, avg_down=True, gate="eca", drop_path_rate=0.0)
+  if arg.gate:
+    model["gate"] = "" if arg.gate == "none" else arg.gate
   c.model = ml_collections.ConfigDict(model)
   c.task_name = "classification"
   c.task = ml_collections.ConfigDict(dict(label_smoothing=0.1))
@@ -46,8 +49,6 @@ def get_config(arg=None):
   c.checkpoint_every_steps = 2000
 
   if arg.runlocal:
-    c.model.update(dict(num_classes=10, layers=(1, 1), channels=(16, 32), stem_width=16, stem_type="deep",
-                        replace_stem_pool=False, avg_down=True, gate="eca", drop_path_rate=0.0))
     c.task.label_smoothing = 0.0
     c.data.source = "mnist5k"
     c.data.train_split, c.data.eval_split = "train", "test"
@@ -65,6 +66,4 @@ def get_config(arg=None):
     c.log_every_steps = 50
     c.eval_every_steps = 500
     c.checkpoint_every_steps = 500
-  if arg.gate:
-    c.model.gate = "" if arg.gate == "none" else arg.gate
   return c

@@ -23,22 +23,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from effjax.kernels.depthwise_conv import depthwise_conv
-from effjax.layers.common import DropPath
+from effjax.layers.common import DropPath, with_variants
 from effjax.layers.dcls import DclsConv
 from effjax.models.crate import OfficialStateDict
 
 LN_EPS = 1e-6  # timm's LayerNorm / LayerNorm2d default
 _trunc02 = nn.initializers.truncated_normal(0.02)
 
-VARIANTS = {  # depths, dims (timm convnext_<name>)
-    "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
-    "femto": ((2, 2, 6, 2), (48, 96, 192, 384)),
-    "pico": ((2, 2, 6, 2), (64, 128, 256, 512)),
-    "nano": ((2, 2, 8, 2), (80, 160, 320, 640)),
-    "tiny": ((3, 3, 9, 3), (96, 192, 384, 768)),
-    "small": ((3, 3, 27, 3), (96, 192, 384, 768)),
-    "base": ((3, 3, 27, 3), (128, 256, 512, 1024)),
-    "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
+VARIANTS = {  # timm convnext_<name>
+    "atto": dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320)),
+    "femto": dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384)),
+    "pico": dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512)),
+    "nano": dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640)),
+    "tiny": dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
+    "small": dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
+    "base": dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
+    "large": dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536)),
 }
 
 
@@ -57,6 +57,7 @@ class Block(nn.Module):
   ls_init_value: float | None = 1e-6
   drop_path: float = 0.0
   dcls: dict | None = None
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -65,7 +66,7 @@ class Block(nn.Module):
     if self.dcls is None:
       k = self.kernel_size
       w = self.param("kernel", _trunc02, (k, k, dim))
-      x = depthwise_conv(x, w.astype(x.dtype)) + self.param("bias", nn.initializers.zeros, (dim,)).astype(x.dtype)
+      x = depthwise_conv(x, w.astype(x.dtype), impl=self.impl) + self.param("bias", nn.initializers.zeros, (dim,)).astype(x.dtype)
     else:
       d = self.dcls["dilated_kernel_size"]
       x = DclsConv(dim, self.dcls["kernel_count"], (d, d), groups=dim, version=self.dcls.get("version", "gauss"),
@@ -78,8 +79,8 @@ class Block(nn.Module):
     return shortcut + DropPath(self.drop_path)(x, train)
 
 
-class Model(nn.Module):
-  """ConvNeXt classifier (see the module docstring); `variant_kwargs(name)` gives timm's depths and dims."""
+class ConvNeXt(nn.Module):
+  """ConvNeXt classifier (see the module docstring); `Model(variant="tiny", ...)` builds timm's variants."""
   num_classes: int
   depths: Sequence[int] = (3, 3, 9, 3)
   dims: Sequence[int] = (96, 192, 384, 768)
@@ -89,6 +90,7 @@ class Model(nn.Module):
   ls_init_value: float | None = 1e-6
   drop_path_rate: float = 0.0
   dcls: dict | None = None
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, images, train=False):
@@ -111,18 +113,13 @@ class Model(nn.Module):
         x = nn.Conv(dim, (2, 2), strides=(2, 2), padding="VALID", kernel_init=_trunc02, name=f"stage{i}_down")(x)
       for j in range(depth):
         x = Block(self.kernel_size, self.mlp_ratio, self.ls_init_value, rates.pop(0), self.dcls,
-                  name=f"stage{i}_block{j}")(x, train)
+                  self.impl, name=f"stage{i}_block{j}")(x, train)
       self.sow("intermediates", f"stage{i}", x)
     x = _layer_norm("head_norm")(jnp.mean(x, axis=(1, 2)))
     return _dense(self.num_classes, "head")(x)
 
 
-def variant_kwargs(name):
-  """{"depths", "dims"} of timm's convnext_<name>."""
-  if name not in VARIANTS:
-    raise ValueError(f"unknown ConvNeXt variant {name!r}; expected one of {list(VARIANTS)}")
-  depths, dims = VARIANTS[name]
-  return dict(depths=depths, dims=dims)
+Model = with_variants(ConvNeXt, VARIANTS, "ConvNeXt")
 
 
 def _linear(sd, prefix):

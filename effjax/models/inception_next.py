@@ -18,16 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from effjax.kernels.depthwise_conv import depthwise_conv
-from effjax.layers.common import DropPath
+from effjax.layers.common import DropPath, with_variants
 from effjax.models.crate import OfficialStateDict
 
 _trunc02 = nn.initializers.truncated_normal(0.02)
 
-VARIANTS = {  # depths, dims, band kernel, branch ratio (timm inception_next_<name>)
-    "atto": ((2, 2, 6, 2), (40, 80, 160, 320), 9, 0.25),
-    "tiny": ((3, 3, 9, 3), (96, 192, 384, 768), 11, 0.125),
-    "small": ((3, 3, 27, 3), (96, 192, 384, 768), 11, 0.125),
-    "base": ((3, 3, 27, 3), (128, 256, 512, 1024), 11, 0.125),
+VARIANTS = {  # timm inception_next_<name>
+    "atto": dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), band_kernel_size=9, branch_ratio=0.25),
+    "tiny": dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), band_kernel_size=11, branch_ratio=0.125),
+    "small": dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), band_kernel_size=11, branch_ratio=0.125),
+    "base": dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), band_kernel_size=11, branch_ratio=0.125),
 }
 
 
@@ -40,6 +40,7 @@ class InceptionDWConv(nn.Module):
   band_kernel_size: int = 11
   branch_ratio: float = 0.125
   square_kernel_size: int = 3
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -52,7 +53,7 @@ class InceptionDWConv(nn.Module):
     for i, (name, k) in enumerate([("dwconv_hw", (s, s)), ("dwconv_w", (1, b)), ("dwconv_h", (b, 1))]):
       xi = x[..., c - 3 * g + i * g: c - 2 * g + i * g]
       w = self.param(f"{name}_kernel", _trunc02, k + (g,))
-      parts.append(depthwise_conv(xi, w.astype(x.dtype)) + self.param(f"{name}_bias", nn.initializers.zeros, (g,)))
+      parts.append(depthwise_conv(xi, w.astype(x.dtype), impl=self.impl) + self.param(f"{name}_bias", nn.initializers.zeros, (g,)))
     return jnp.concatenate(parts, axis=-1)
 
 
@@ -62,11 +63,12 @@ class Block(nn.Module):
   branch_ratio: float = 0.125
   ls_init_value: float | None = 1e-6
   drop_path: float = 0.0
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train=False):
     dim = x.shape[-1]
-    y = InceptionDWConv(self.band_kernel_size, self.branch_ratio, name="mixer")(x)
+    y = InceptionDWConv(self.band_kernel_size, self.branch_ratio, impl=self.impl, name="mixer")(x)
     y = _bn(train, "norm")(y)
     y = nn.Dense(int(self.mlp_ratio * dim), kernel_init=_trunc02, name="fc1")(y)
     y = nn.Dense(dim, kernel_init=_trunc02, name="fc2")(nn.gelu(y, approximate=False))
@@ -75,8 +77,8 @@ class Block(nn.Module):
     return x + DropPath(self.drop_path)(y, train)
 
 
-class Model(nn.Module):
-  """InceptionNeXt classifier; `variant_kwargs(name)` gives timm's inception_next_<name>."""
+class InceptionNeXt(nn.Module):
+  """InceptionNeXt classifier; `Model(variant="tiny", ...)` builds timm's inception_next_<variant>."""
   num_classes: int
   depths: Sequence[int] = (3, 3, 9, 3)
   dims: Sequence[int] = (96, 192, 384, 768)
@@ -86,6 +88,7 @@ class Model(nn.Module):
   head_mlp_ratio: float = 3
   ls_init_value: float | None = 1e-6
   drop_path_rate: float = 0.0
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, images, train=False):
@@ -108,7 +111,7 @@ class Model(nn.Module):
         x = nn.Conv(dim, (2, 2), strides=(2, 2), padding="VALID", kernel_init=_trunc02, name=f"stage{i}_down")(x)
       for j in range(depth):
         x = Block(ratio, self.band_kernel_size, self.branch_ratio, self.ls_init_value, rates.pop(0),
-                  name=f"stage{i}_block{j}")(x, train)
+                  self.impl, name=f"stage{i}_block{j}")(x, train)
       self.sow("intermediates", f"stage{i}", x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.gelu(nn.Dense(int(self.head_mlp_ratio * x.shape[-1]), kernel_init=_trunc02, name="head_fc1")(x),
@@ -117,12 +120,7 @@ class Model(nn.Module):
     return nn.Dense(self.num_classes, kernel_init=_trunc02, name="head_fc2")(x)
 
 
-def variant_kwargs(name):
-  """Model kwargs of timm's inception_next_<name>."""
-  if name not in VARIANTS:
-    raise ValueError(f"unknown InceptionNeXt variant {name!r}; expected one of {list(VARIANTS)}")
-  depths, dims, band, ratio = VARIANTS[name]
-  return dict(depths=depths, dims=dims, band_kernel_size=band, branch_ratio=ratio)
+Model = with_variants(InceptionNeXt, VARIANTS, "InceptionNeXt")
 
 
 def convert_official(state_dict) -> dict:

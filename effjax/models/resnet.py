@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from effjax.layers.common import DropPath, torch_default_bias, torch_default_init
+from effjax.layers.common import DropPath, torch_default_bias, torch_default_init, with_variants
 from effjax.layers.squeeze_excite import make_gate
 from effjax.models.crate import OfficialStateDict
 
@@ -100,8 +100,9 @@ class Bottleneck(nn.Module):
     return nn.relu(shortcut + DropPath(self.drop_path)(y, train))
 
 
-class Model(nn.Module):
-  """timm-style bottleneck ResNet (see the module docstring); `variant_kwargs(name)` for timm's models."""
+class ResNet(nn.Module):
+  """timm-style bottleneck ResNet (see the module docstring); `Model(variant="ecaresnet50d", ...)` builds timm's
+  models of VARIANTS."""
   num_classes: int
   layers: Sequence[int] = (3, 4, 6, 3)
   channels: Sequence[int] = (64, 128, 256, 512)
@@ -148,11 +149,7 @@ class Model(nn.Module):
                     name="fc")(x)
 
 
-def variant_kwargs(name):
-  """Model kwargs of timm's `name` (a key of VARIANTS)."""
-  if name not in VARIANTS:
-    raise ValueError(f"unknown ResNet variant {name!r}; expected one of {sorted(VARIANTS)}")
-  return dict(VARIANTS[name])
+Model = with_variants(ResNet, VARIANTS, "ResNet")
 
 
 def _conv_bn(sd, conv, bn):

@@ -24,7 +24,7 @@ def _count(model, size=224):
 def test_golden_logits_and_intermediates(key):
   sd, images, outputs, meta = timm_golden.load("convnext", key)
   kw = meta["models"][key]["kwargs"]
-  model = convnext.Model(kw["num_classes"], depths=kw["depths"], dims=kw["dims"])
+  model = convnext.Model(num_classes=kw["num_classes"], depths=kw["depths"], dims=kw["dims"])
   apply = jax.jit(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]))
   logits, state = apply(convnext.convert_official(sd), images)
   np.testing.assert_allclose(logits, outputs["logits"], **TOL)
@@ -38,7 +38,7 @@ def test_golden_logits_and_intermediates(key):
 def test_param_counts_equal_timm():
   counts = timm_golden.load("convnext", "linear_mlp")[3]["param_counts"]
   for name in ("convnext_atto", "convnext_tiny", "convnext_base"):
-    assert _count(convnext.Model(1000, **convnext.variant_kwargs(name[len("convnext_"):]))) == counts[name], name
+    assert _count(convnext.Model(num_classes=1000, variant=name[len("convnext_"):])) == counts[name], name
   assert set(counts) == {f"convnext_{v}" for v in convnext.VARIANTS}
 
 
@@ -46,7 +46,7 @@ def test_param_counts_equal_timm():
 def test_param_counts_equal_timm_all_variants():
   counts = timm_golden.load("convnext", "linear_mlp")[3]["param_counts"]
   for name, count in counts.items():
-    assert _count(convnext.Model(1000, **convnext.variant_kwargs(name[len("convnext_"):]))) == count, name
+    assert _count(convnext.Model(num_classes=1000, variant=name[len("convnext_"):])) == count, name
 
 
 def test_convert_official_rejects_missing_and_unexpected_keys():
@@ -64,7 +64,7 @@ TINY = dict(depths=(1, 1), dims=(8, 16), patch_size=2)
 def test_dcls_model_equals_dense_model_with_the_constructed_kernels():
   """ConvNeXt-DCLS is ConvNeXt whose depthwise kernel is K(weight, P, SIG) (effjax.kernels.dcls)."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
-  model = convnext.Model(4, **TINY, dcls=DCLS)
+  model = convnext.Model(num_classes=4, **TINY, dcls=DCLS)
   params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
   assert params["stage1_block0"]["conv_dw"]["P"].shape == (2, 16, 1, 4)
   dense = jax.tree.map(lambda a: a, params)
@@ -72,13 +72,13 @@ def test_dcls_model_equals_dense_model_with_the_constructed_kernels():
     p = dense[name].pop("conv_dw")
     k = dcls.construct_kernel(p["weight"], p["P"], p["SIG"], (5, 5), "gauss")    # [C, 1, 5, 5]
     dense[name].update(kernel=k[:, 0].transpose(1, 2, 0), bias=p["bias"])
-  want = jax.jit(convnext.Model(4, **TINY, kernel_size=5).apply)({"params": dense}, x)
+  want = jax.jit(convnext.Model(num_classes=4, **TINY, kernel_size=5).apply)({"params": dense}, x)
   np.testing.assert_allclose(jax.jit(model.apply)({"params": params}, x), want, rtol=1e-5, atol=1e-5)
 
 
 def test_gradients_finite_and_nonzero_for_every_param():
   """With DCLS (weights, positions and widths); the dense path trains in the trainer test."""
-  model = convnext.Model(3, **TINY, ls_init_value=0.5, dcls=DCLS)
+  model = convnext.Model(num_classes=3, **TINY, ls_init_value=0.5, dcls=DCLS)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
   params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
   grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x) ** 2)))(params)
@@ -88,9 +88,9 @@ def test_gradients_finite_and_nonzero_for_every_param():
 
 def test_bad_input_errors():
   with pytest.raises(ValueError, match="not divisible by the total stride"):
-    convnext.Model(3, **TINY).init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 3)))
+    convnext.Model(num_classes=3, **TINY).init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 3)))
   with pytest.raises(ValueError, match="unknown ConvNeXt variant"):
-    convnext.variant_kwargs("huge")
+    convnext.Model(num_classes=3, variant="huge")
 
 
 @pytest.mark.parametrize("spec", ["runlocal", "runlocal,dcls=True", "variant=tiny", "variant=tiny,dcls=True"])

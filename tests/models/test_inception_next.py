@@ -18,9 +18,7 @@ HOOKS = {"stem": "stem", "stages.0": "stage0", "stages.2": "stage2", "stages.3":
 def test_golden_logits_and_intermediates(key):
   sd, images, outputs, meta = timm_golden.load("inception_next", key)
   kw = meta["models"][key]["kwargs"]
-  variant = inception_next.variant_kwargs(key)
-  variant.update(depths=kw["depths"], dims=kw["dims"])
-  model = inception_next.Model(kw["num_classes"], **variant)
+  model = inception_next.Model(variant=key, num_classes=kw["num_classes"], depths=kw["depths"], dims=kw["dims"])
   apply = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))
   logits, state = apply(inception_next.convert_official(sd), images)
   np.testing.assert_allclose(logits, outputs["logits"], **TOL)
@@ -35,7 +33,7 @@ def test_param_counts_equal_timm():
   counts = timm_golden.load("inception_next", "atto")[3]["param_counts"]
   assert set(counts) == {f"inception_next_{v}" for v in inception_next.VARIANTS}
   for name, count in counts.items():
-    model = inception_next.Model(1000, **inception_next.variant_kwargs(name[len("inception_next_"):]))
+    model = inception_next.Model(num_classes=1000, variant=name[len("inception_next_"):])
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"])) == count, name
 
@@ -49,7 +47,7 @@ def test_convert_official_rejects_missing_and_unexpected_keys():
 
 
 def test_gradients_finite_and_nonzero_for_every_param():
-  model = inception_next.Model(3, depths=(1, 1), dims=(8, 16), mlp_ratios=(2, 2), branch_ratio=0.25,
+  model = inception_next.Model(num_classes=3, depths=(1, 1), dims=(8, 16), mlp_ratios=(2, 2), branch_ratio=0.25,
                                band_kernel_size=5, ls_init_value=0.5)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
   variables = jax.jit(model.init)(jax.random.PRNGKey(1), x)
@@ -63,13 +61,13 @@ def test_gradients_finite_and_nonzero_for_every_param():
 
 def test_bad_input_errors():
   with pytest.raises(ValueError, match="not divisible by the total stride"):
-    jax.eval_shape(inception_next.Model(3, depths=(1, 1), dims=(8, 16), mlp_ratios=(2, 2)).init,
+    jax.eval_shape(inception_next.Model(num_classes=3, depths=(1, 1), dims=(8, 16), mlp_ratios=(2, 2)).init,
                    jax.random.PRNGKey(0), jnp.zeros((1, 12, 12, 3)))
   with pytest.raises(ValueError, match="leave no branch channels"):
-    jax.eval_shape(inception_next.Model(3, depths=(1,), dims=(4,), mlp_ratios=(2,)).init,
+    jax.eval_shape(inception_next.Model(num_classes=3, depths=(1,), dims=(4,), mlp_ratios=(2,)).init,
                    jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
   with pytest.raises(ValueError, match="unknown InceptionNeXt variant"):
-    inception_next.variant_kwargs("huge")
+    inception_next.Model(num_classes=3, variant="huge")
 
 
 @pytest.mark.parametrize("spec", ["runlocal", "variant=tiny", "variant=atto"])

@@ -16,10 +16,9 @@ HOOKS = {"maxpool": "stem", "layer1": "layer1", "layer2": "layer2", "layer3": "l
 
 
 def _golden_model(meta, key):
-  kw = dict(meta["models"][key]["kwargs"])
-  variant = {**resnet.variant_kwargs(meta["models"][key]["timm_name"]), **kw}
-  variant.update(layers=tuple(kw["layers"]), channels=tuple(kw["channels"]))
-  return resnet.Model(**variant)
+  kw = meta["models"][key]["kwargs"]
+  return resnet.Model(variant=meta["models"][key]["timm_name"], **{k: tuple(v) if isinstance(v, list) else v
+                                                                    for k, v in kw.items()})
 
 
 @pytest.mark.parametrize("key", ["ecaresnet26t", "ecaresnetlight", "resnetrs50"])
@@ -37,7 +36,7 @@ def test_golden_logits_and_intermediates(key):
 
 
 def _count(name):
-  model = resnet.Model(1000, **resnet.variant_kwargs(name))
+  model = resnet.Model(num_classes=1000, variant=name)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
 
@@ -68,7 +67,7 @@ TINY = dict(layers=(1, 1), channels=(4, 8), stem_width=8, stem_type="deep", avg_
 
 def test_gradients_finite_and_nonzero_for_every_param():
   """With the scSE gate (cSE + sSE); ECA's gradient flows in the trainer test."""
-  model = resnet.Model(3, **TINY, gate="scse")
+  model = resnet.Model(num_classes=3, **TINY, gate="scse")
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
   variables = jax.jit(model.init)(jax.random.PRNGKey(1), x)
   params = jax.tree.map(lambda p: p + 0.1, variables["params"])   # bn3 starts at scale 0 (zero_init_last)
@@ -122,12 +121,12 @@ def test_eca_kernel_size_and_channel_convolution():
 
 def test_bad_input_errors():
   with pytest.raises(ValueError, match="unknown attention gate"):
-    jax.eval_shape(resnet.Model(3, **TINY, gate="cbam").init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+    jax.eval_shape(resnet.Model(num_classes=3, **TINY, gate="cbam").init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
   with pytest.raises(ValueError, match="unknown stem_type"):
-    jax.eval_shape(resnet.Model(3, layers=(1,), channels=(4,), stem_type="wide").init, jax.random.PRNGKey(0),
+    jax.eval_shape(resnet.Model(num_classes=3, layers=(1,), channels=(4,), stem_type="wide").init, jax.random.PRNGKey(0),
                    jnp.zeros((1, 16, 16, 3)))
   with pytest.raises(ValueError, match="unknown ResNet variant"):
-    resnet.variant_kwargs("resnet50")
+    resnet.Model(num_classes=3, variant="resnet50")
 
 
 @pytest.mark.parametrize("spec", ["runlocal", "variant=ecaresnet50d", "runlocal,gate=se",
