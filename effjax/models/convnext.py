@@ -23,11 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from effjax.kernels.depthwise_conv import depthwise_conv
-from effjax.layers.common import DropPath, with_variants
+from effjax.layers.common import LN_EPS, DropPath, with_variants
 from effjax.layers.dcls import DclsConv
 from effjax.models.crate import OfficialStateDict
 
-LN_EPS = 1e-6  # timm's LayerNorm / LayerNorm2d default
 _trunc02 = nn.initializers.truncated_normal(0.02)
 
 VARIANTS = {  # timm convnext_<name>
@@ -66,7 +65,8 @@ class Block(nn.Module):
     if self.dcls is None:
       k = self.kernel_size
       w = self.param("kernel", _trunc02, (k, k, dim))
-      x = depthwise_conv(x, w.astype(x.dtype), impl=self.impl) + self.param("bias", nn.initializers.zeros, (dim,)).astype(x.dtype)
+      b = self.param("bias", nn.initializers.zeros, (dim,))
+      x = depthwise_conv(x, w.astype(x.dtype), impl=self.impl) + b.astype(x.dtype)
     else:
       d = self.dcls["dilated_kernel_size"]
       x = DclsConv(dim, self.dcls["kernel_count"], (d, d), groups=dim, version=self.dcls.get("version", "gauss"),
@@ -143,7 +143,8 @@ def convert_official(state_dict) -> dict:
   norm = sd.layer_norm
   params = {"stem_conv": _conv(sd, "stem.0"), "stem_norm": norm("stem.1"), "head_norm": norm("head.norm"),
             "head": _linear(sd, "head.fc")}
-  blocks = sorted({tuple(int(n) for n in k.split(".")[1:4:2]) for k in sd if k.startswith("stages.") and ".blocks." in k})
+  blocks = sorted({tuple(int(n) for n in k.split(".")[1:4:2])
+                   for k in sd if k.startswith("stages.") and ".blocks." in k})
   for i in sorted({i for i, _ in blocks}):
     if i > 0:
       params[f"stage{i}_down_norm"] = norm(f"stages.{i}.downsample.0")
@@ -152,7 +153,8 @@ def convert_official(state_dict) -> dict:
     pre = f"stages.{i}.blocks.{j}"
     block = {"norm": norm(f"{pre}.norm"), "fc1": _linear(sd, f"{pre}.mlp.fc1"), "fc2": _linear(sd, f"{pre}.mlp.fc2")}
     if f"{pre}.conv_dw.P" in sd:
-      block["conv_dw"] = {k: sd[f"{pre}.conv_dw.{k}"] for k in ("weight", "P", "SIG", "bias") if f"{pre}.conv_dw.{k}" in sd}
+      block["conv_dw"] = {k: sd[f"{pre}.conv_dw.{k}"] for k in ("weight", "P", "SIG", "bias")
+                          if f"{pre}.conv_dw.{k}" in sd}
     else:
       w = sd[f"{pre}.conv_dw.weight"]
       block["kernel"] = w[:, 0].transpose(1, 2, 0)

@@ -53,7 +53,8 @@ class InceptionDWConv(nn.Module):
     for i, (name, k) in enumerate([("dwconv_hw", (s, s)), ("dwconv_w", (1, b)), ("dwconv_h", (b, 1))]):
       xi = x[..., c - 3 * g + i * g: c - 2 * g + i * g]
       w = self.param(f"{name}_kernel", _trunc02, k + (g,))
-      parts.append(depthwise_conv(xi, w.astype(x.dtype), impl=self.impl) + self.param(f"{name}_bias", nn.initializers.zeros, (g,)))
+      bias = self.param(f"{name}_bias", nn.initializers.zeros, (g,))
+      parts.append(depthwise_conv(xi, w.astype(x.dtype), impl=self.impl) + bias.astype(x.dtype))
     return jnp.concatenate(parts, axis=-1)
 
 

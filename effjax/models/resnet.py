@@ -195,7 +195,8 @@ def convert_official(state_dict) -> dict:
       block[f"conv{c}"], block_stats[f"conv{c}"] = _conv_bn(sd, f"{pre}.conv{c}", f"{pre}.bn{c}")
     if f"{pre}.downsample.1.weight" in sd:
       avg = f"{pre}.downsample.2.weight" in sd   # avg_down: (pool, conv, bn); else (conv, bn)
-      conv, bn = (f"{pre}.downsample.1", f"{pre}.downsample.2") if avg else (f"{pre}.downsample.0", f"{pre}.downsample.1")
+      first = 1 if avg else 0
+      conv, bn = f"{pre}.downsample.{first}", f"{pre}.downsample.{first + 1}"
       block["down"], block_stats["down"] = _conv_bn(sd, conv, bn)
     if any(k.startswith(f"{pre}.se.") for k in sd):
       block["se"] = _gate(sd, f"{pre}.se")

@@ -33,7 +33,8 @@ CASES = {
     "convnext": ({
         "linear_mlp": ("convnext_tiny", dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), num_classes=5), 64,
                        ("stem", "stages.0", "stages.2", "stages.3")),
-        "conv_mlp": ("convnext_atto", dict(depths=(1, 2, 1, 1), dims=(8, 16, 16, 24), num_classes=3), 32, ("stages.3",)),
+        "conv_mlp": ("convnext_atto", dict(depths=(1, 2, 1, 1), dims=(8, 16, 16, 24), num_classes=3), 32,
+                     ("stages.3",)),
     }, ("convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny", "convnext_small",
         "convnext_base", "convnext_large")),
     "resnet": ({

@@ -50,6 +50,7 @@ def test_b0_gradients_reach_every_param():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 3, 4, 6))
   variables = EvoNormB0().init(jax.random.PRNGKey(1), x)
   params = jax.tree.map(lambda p: p * 0.5 + 0.1, variables["params"])
-  loss = lambda p: jnp.sum(EvoNormB0().apply({**variables, "params": p}, x, train=True, mutable=["batch_stats"])[0] ** 3)
+  def loss(p):
+    return jnp.sum(EvoNormB0().apply({**variables, "params": p}, x, train=True, mutable=["batch_stats"])[0] ** 3)
   for path, g in jax.tree_util.tree_leaves_with_path(jax.grad(loss)(params)):
     assert np.all(np.isfinite(g)) and np.any(g != 0), jax.tree_util.keystr(path)

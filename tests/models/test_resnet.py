@@ -121,10 +121,11 @@ def test_eca_kernel_size_and_channel_convolution():
 
 def test_bad_input_errors():
   with pytest.raises(ValueError, match="unknown attention gate"):
-    jax.eval_shape(resnet.Model(num_classes=3, **TINY, gate="cbam").init, jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
-  with pytest.raises(ValueError, match="unknown stem_type"):
-    jax.eval_shape(resnet.Model(num_classes=3, layers=(1,), channels=(4,), stem_type="wide").init, jax.random.PRNGKey(0),
+    jax.eval_shape(resnet.Model(num_classes=3, **TINY, gate="cbam").init, jax.random.PRNGKey(0),
                    jnp.zeros((1, 16, 16, 3)))
+  with pytest.raises(ValueError, match="unknown stem_type"):
+    jax.eval_shape(resnet.Model(num_classes=3, layers=(1,), channels=(4,), stem_type="wide").init,
+                   jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
   with pytest.raises(ValueError, match="unknown ResNet variant"):
     resnet.Model(num_classes=3, variant="resnet50")
 
