@@ -53,6 +53,12 @@ CASES = {
         "atto": ("inception_next_atto", dict(depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), num_classes=3), 32,
                  ("stages.3",)),
     }, ("inception_next_atto", "inception_next_tiny", "inception_next_small", "inception_next_base")),
+    "fasternet": ({
+        "t0": ("fasternet_t0", dict(embed_dim=8, depths=(1, 2, 1, 1), feature_dim=32, num_classes=5), 64,
+               ("patch_embed", "stages.0", "stages.2", "stages.3")),
+        "t2": ("fasternet_t2", dict(embed_dim=8, depths=(1, 1, 1, 1), feature_dim=16, num_classes=3,
+                                    layer_scale_init_value=0.5), 32, ("stages.3",)),
+    }, ("fasternet_t0", "fasternet_t1", "fasternet_t2", "fasternet_s", "fasternet_m", "fasternet_l")),
 }
 
 
