@@ -20,7 +20,6 @@ its timings mean nothing and it never writes the committed record.
 """
 import argparse
 import json
-import math
 import pathlib
 import time
 
