@@ -28,8 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from effjax.kernels import attention_patterns as ap
-from effjax.kernels import dcls, dispatch, hyperzzw
+from effjax.kernels import attention_patterns as ap, dcls, dispatch, hyperzzw
 from effjax.kernels.attention import attention, attention_reference
 from effjax.kernels.depthwise_conv import depthwise_conv, depthwise_conv_reference
 from effjax.kernels.subspace_attention import subspace_attention, subspace_attention_reference
@@ -69,8 +68,9 @@ def _attention_cases(big, dtype):
   km = jnp.asarray(np.random.default_rng(3).random((b, n)) > 0.1)
   grid = (20, 50) if big else (5, 8)
   window = max(n // 8, 1)
-  patterns = [("full+keymask", ap.full(), km), ("causal", ap.causal(), None), (f"local({window})", ap.local(window), km),
-              ("dilated(4)", ap.dilated(4), None), (f"grid_local{grid}", ap.grid_local(grid, (4, 4)), km)]
+  patterns = [("full+keymask", ap.full(), km), ("causal", ap.causal(), None),
+              (f"local({window})", ap.local(window), km), ("dilated(4)", ap.dilated(4), None),
+              (f"grid_local{grid}", ap.grid_local(grid, (4, 4)), km)]
   return [("attention", f"{name} L={n} {dtype.__name__}", (q, k, v),
            lambda q, k, v, p=p, m=m: attention(q, k, v, pattern=p, key_mask=m, impl="pallas"),
            lambda q, k, v, p=p, m=m: attention_reference(q, k, v, pattern=p, key_mask=m))

@@ -196,7 +196,8 @@ def test_impl_switch_keeps_outputs_and_converts_key_masks():
 
 
 @pytest.mark.parametrize("pattern,length", [
-    (ap.grid_local((6, 8), (2, 4)), 48), (ap.grid_dilated((6, 8), (3, 2)), 48), (ap.grid_dilated((2, 4, 4), (1, 2, 2)), 32),
+    (ap.grid_local((6, 8), (2, 4)), 48), (ap.grid_dilated((6, 8), (3, 2)), 48),
+    (ap.grid_dilated((2, 4, 4), (1, 2, 2)), 32),
     (ap.dilated(4), 40), (ap.grouped(5), 40), (ap.grid_local((5, 7), (2, 4)), 35)])
 def test_xla_path_gathers_equal_groups_and_matches_the_dense_reference(pattern, length):
   """The "xla" impl runs equal-group patterns as dense attention per group (no [L, L] logits); uneven
