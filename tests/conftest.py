@@ -18,6 +18,7 @@ DATA = os.path.join(REPO, "tests", "data")
 def golden():
   """Loads a golden file copied from ../shared/reference into tests/data: golden("crate_small")."""
   import json
+
   import numpy as np
 
   def load(name):
