@@ -137,7 +137,7 @@ def base_config() -> ConfigDict:
   c.keep_checkpoints = 3
   c.resume = ""                      # checkpoint dir to resume from when the workdir has none
   c.init_from = ConfigDict()
-  c.init_from.path = ""              # checkpoint to fine-tune from (params only)
+  c.init_from.path = ""              # effjax checkpoint dir or official weights file (effjax.weights) to fine-tune from
   c.init_from.skip = r"^head/"       # param-path regex left at its fresh init (e.g. a new head)
   c.progress_bar = True
   c.debug_nan_step = -1              # testing aid: inject a NaN into the loss at this step
