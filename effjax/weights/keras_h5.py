@@ -45,10 +45,10 @@ def write(path, weights: dict) -> None:
   for name in weights:
     layers.setdefault(name.split("/")[0], []).append(name)
   with _h5py().File(path, "w") as f:
-    f.attrs["layer_names"] = [n.encode() for n in layers]
+    f.attrs["layer_names"] = np.asarray([n.encode() for n in layers])  # fixed-length bytes, as Keras writes
     f.attrs["backend"] = b"tensorflow"
     for layer, names in layers.items():
       group = f.create_group(layer)
-      group.attrs["weight_names"] = [n.encode() for n in names]
+      group.attrs["weight_names"] = np.asarray([n.encode() for n in names])
       for name in names:
         group.create_dataset(name, data=np.asarray(weights[name]))

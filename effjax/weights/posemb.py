@@ -32,9 +32,15 @@ def resample(posemb, num_tokens: int, old_grid=None, new_grid=None):
   """[..., n, d] -> [..., num_tokens, d]. Grids (gh, gw) are inferred as squares unless given."""
   posemb = np.asarray(posemb)
   n, d = posemb.shape[-2:]
-  if old_grid is None or new_grid is None:
-    k, inferred_old, inferred_new = infer_grids(n, num_tokens)
-    old_grid, new_grid = old_grid or inferred_old, new_grid or inferred_new
+  if old_grid is None and new_grid is None:
+    _, old_grid, new_grid = infer_grids(n, num_tokens)
+  elif old_grid is None or new_grid is None:  # the given grid fixes the prefix; the other grid is square
+    k = n - old_grid[0] * old_grid[1] if old_grid else num_tokens - new_grid[0] * new_grid[1]
+    other = _square((num_tokens if old_grid else n) - k) if k >= 0 else None
+    if other is None:
+      raise ValueError(f"cannot resample {n} -> {num_tokens} tokens with grid {old_grid or new_grid}: the other "
+                       f"grid is not square")
+    old_grid, new_grid = old_grid or other, new_grid or other
   k = n - old_grid[0] * old_grid[1]
   if k < 0 or num_tokens - new_grid[0] * new_grid[1] != k:
     raise ValueError(f"grids {old_grid} -> {new_grid} do not fit {n} -> {num_tokens} tokens with the same prefix")
