@@ -30,21 +30,21 @@ def _flat_params(tree):
   return {sharding.path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _tags(module, template, fill, fixed):
+def _tags(convert_official, template, fill, fixed):
   """Flat effjax params of convert_official(template with each element replaced by fill(key_id, index));
   keys in `fixed` keep their template values."""
   tagged = {k: v if k in fixed else fill(i, np.arange(v.size).reshape(v.shape)).astype(np.float32)
             for i, (k, v) in enumerate(template.items())}
-  return _flat_params(module.convert_official(tagged))
+  return _flat_params(convert_official(tagged))
 
 
-def _tag_all(module, template, fill):
+def _tag_all(convert_official, template, fill):
   """_tags, keeping at their template values the keys that the converter validates (e.g. fixed sin-cos
   buffers, which it checks and drops): a ValueError naming a key marks that key fixed and retries."""
   fixed = set()
   while True:
     try:
-      return _tags(module, template, fill, fixed)
+      return _tags(convert_official, template, fill, fixed)
     except ValueError as e:
       named = [k for k in template if k not in fixed and k in str(e)]
       if not named:
@@ -54,13 +54,13 @@ def _tag_all(module, template, fill):
 
 def inverse_map(model_name, template):
   """{effjax param path: (key ids, element indices)} locating each effjax element in the official template."""
-  module = weights.model_module(model_name)
+  convert_official = weights.converter(model_name)
   if any(v.size >= _DIGIT ** 2 for v in template.values()):
     raise ValueError(f"template tensors of {_DIGIT ** 2} or more elements are not supported")
   try:
-    keys = _tag_all(module, template, lambda i, idx: np.full(idx.shape, i))
-    high = _tag_all(module, template, lambda i, idx: idx // _DIGIT)
-    low = _tag_all(module, template, lambda i, idx: idx % _DIGIT)
+    keys = _tag_all(convert_official, template, lambda i, idx: np.full(idx.shape, i))
+    high = _tag_all(convert_official, template, lambda i, idx: idx // _DIGIT)
+    low = _tag_all(convert_official, template, lambda i, idx: idx % _DIGIT)
   except (ValueError, KeyError) as e:
     raise ValueError(f"cannot invert convert_official of {model_name} on this template: {e}") from None
   out = {}
@@ -114,8 +114,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   try:
     if os.path.isfile(args.input):
-      module = weights.model_module(args.model)
-      params = module.convert_official(_select(weights.read(args.input), args.select))
+      params = weights.converter(args.model)(_select(weights.read(args.input), args.select))
       ckpt = checkpoint.Checkpointer(args.output, keep=1, async_save=False)
       ckpt.save(0, {"params": params}, None, force=True)
       ckpt.wait()

@@ -11,12 +11,12 @@ A checkpoint that wraps its weights ({"model": ...}, {"state_dict": ...}, {"para
 unwrapped; a golden file's "param/" or a Flax checkpoint's "params/" prefix is stripped. `load_official`
 then converts with the family module's `convert_official`.
 """
-import importlib
 import os
 
 import flax.serialization
 import numpy as np
 
+from effjax import components
 from effjax.weights import keras_h5, safetensors_file, torch_file
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
@@ -104,17 +104,14 @@ def write(path, flat: dict) -> None:
     keras_h5.write(path, flat)
 
 
-def model_module(model_name: str):
-  """effjax.models.<model_name>, with a clear error for an unknown name."""
-  try:
-    return importlib.import_module(f"effjax.models.{model_name}")
-  except ModuleNotFoundError:
-    raise ValueError(f"unknown model {model_name!r}: no module effjax.models.{model_name}") from None
+def converter(model_name: str):
+  """`convert_official` of effjax.models.<model_name> (ValueError for an unknown model or one without it)."""
+  module = components.load("models", model_name)
+  if not hasattr(module, "convert_official"):
+    raise ValueError(f"effjax.models.{model_name} has no convert_official: no official weights to load")
+  return module.convert_official
 
 
 def load_official(path, model_name: str) -> dict:
   """Params of effjax.models.<model_name> from an official weights file, via its `convert_official`."""
-  module = model_module(model_name)
-  if not hasattr(module, "convert_official"):
-    raise ValueError(f"effjax.models.{model_name} has no convert_official: no official weights to load")
-  return module.convert_official(read(path))
+  return converter(model_name)(read(path))
