@@ -8,13 +8,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from effjax.kernels import hyperzzw
+from effjax.layers.common import torch_kaiming_normal
 from effjax.layers.hyperzzw_norms import BatchStd, GroupIBS, instance_std
 from effjax.layers.slow_net import KAIMING_LINEAR, LocalSlowNet, SlowNet
 
-KAIMING_NORMAL = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # torch kaiming_normal_
 
 
-def _dense(features, name, init=KAIMING_NORMAL):
+def _dense(features, name, init=torch_kaiming_normal):
   return nn.Dense(features, kernel_init=init, bias_init=nn.initializers.zeros, name=name)
 
 

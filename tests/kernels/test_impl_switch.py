@@ -38,14 +38,14 @@ def assert_close(results):
 def test_crate_switches_impl():
   images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 12, 12, 1)), jnp.float32)
   assert_close(outputs_and_grads(
-      lambda impl: crate.Model(num_classes=3, patch_size=4, dim=16, depth=1, num_heads=2, attention_impl=impl),
+      lambda impl: crate.Model(num_classes=3, patch_size=4, width=16, depth=1, num_heads=2, impl=impl),
       images))
 
 
 def test_transformer_attention_with_padding_mask_switches_impl():
   tokens = jnp.asarray(np.random.default_rng(1).normal(size=(2, 21, 16)), jnp.float32)
   mask = jnp.asarray(np.random.default_rng(2).random((2, 1, 1, 21)) > 0.2)  # becomes the kernel's key mask
-  assert_close(outputs_and_grads(lambda impl: MultiHeadAttention(num_heads=2, attention_impl=impl), tokens, mask))
+  assert_close(outputs_and_grads(lambda impl: MultiHeadAttention(num_heads=2, impl=impl), tokens, mask))
 
 
 def test_hyperzzw_ops_switch_impl():
