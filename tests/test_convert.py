@@ -100,7 +100,7 @@ def test_finetune_from_official_file_at_another_resolution(tmp_path):
   weights.write(pth, official)
   workdir = tmp_path / "ft"
   args = ["--config", "configs/crate.py:runlocal", "--workdir", str(workdir),
-          "--config.model.patch_size=8", "--config.model.dim=64", "--config.model.depth=2",
+          "--config.model.patch_size=8", "--config.model.width=64", "--config.model.depth=2",
           "--config.model.num_heads=4", "--config.model.num_classes=5",
           "--config.data.source=synthetic:size=48,channels=3,num_classes=5,examples=64",
           "--config.data.augment=()", "--config.batch_size=16", "--config.eval_batch_size=16",
