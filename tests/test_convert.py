@@ -1,6 +1,5 @@
 """effjax.convert: official -> effjax -> official is exact on the golden files; the command writes both
 directions; fine-tuning from an official-format file through the CLI at another resolution."""
-import os
 import subprocess
 import sys
 from unittest import mock
@@ -15,11 +14,11 @@ from effjax.weights import posemb
 
 import trainer_utils
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+from conftest import golden_path
 
 
 def _golden(name, keep=lambda k: True):
-  return {k: v for k, v in weights.read(os.path.join(DATA, f"{name}.npz")).items() if keep(k)}
+  return {k: v for k, v in weights.read(golden_path(name)).items() if keep(k)}
 
 
 CASES = {  # model module -> official weights of one model in a golden file
@@ -87,7 +86,7 @@ def test_command_errors_are_one_line(tmp_path):
   result = _convert_cli("--model", "crate", "--input", str(tmp_path), "--output", str(tmp_path / "x.pth"))
   assert result.returncode == 1 and result.stderr.strip() == (
       "error: effjax -> official needs --template (an official file of the same architecture)")
-  npz = os.path.join(DATA, "crate_small.npz")
+  npz = golden_path("crate_small")
   result = _convert_cli("--model", "crate_alpha", "--input", npz, "--output", str(tmp_path / "c"))
   assert result.returncode == 1 and result.stderr.strip().startswith("error: official CRATE-α params are missing")
 

@@ -1,7 +1,6 @@
 """Official configurations beyond the golden ones convert and run, or fail with a one-line message: CRATE with
 one head of width d (no output projection), non-square patches, CRATE-α without embedding/head biases, with
 input normalisation, without a head (pre-logits) and with final dropout, another resolution."""
-import os
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,8 @@ from effjax.weights import posemb
 from effjax.layers.patches import patchify
 from effjax.models import crate, crate_alpha
 
-from test_weights import DATA, _golden
+from conftest import golden_path
+from test_weights import _golden
 
 
 
@@ -51,7 +51,7 @@ def _alpha(**kw):
 def test_crate_alpha_without_embedding_and_head_biases():
   official = _golden("crate_alpha_small")
   no_bias = {k: v for k, v in official.items() if k not in ("embedding/bias", "head/bias")}
-  zero_bias = dict(official, **{"embedding/bias": 0 * official["embedding/bias"], "head/bias": 0 * official["head/bias"]})
+  zero_bias = dict(official, **{k: 0 * official[k] for k in ("embedding/bias", "head/bias")})
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   ours = _alpha(emb_head_bias=False).apply({"params": crate_alpha.convert_official(no_bias)}, x)
   reference = _alpha().apply({"params": crate_alpha.convert_official(zero_bias)}, x)
@@ -60,7 +60,7 @@ def test_crate_alpha_without_embedding_and_head_biases():
 
 def test_crate_alpha_pre_logits_post_norm_and_final_drop():
   official = _golden("crate_alpha_small")
-  arrays = np.load(os.path.join(DATA, "crate_alpha_small.npz"))
+  arrays = np.load(golden_path("crate_alpha_small"))
   image = jnp.asarray(arrays["input/image"])
   headless = crate_alpha.convert_official({k: v for k, v in official.items() if not k.startswith("head/")})
   pre = _alpha(num_classes=None).apply({"params": headless}, image)
@@ -81,7 +81,7 @@ def test_crate_alpha_pre_logits_post_norm_and_final_drop():
     ("crate_alpha", _alpha())])
 def test_another_resolution_fails_in_one_line_and_runs_after_resampling(name, model):
   golden = "crate_small" if name == "crate" else "crate_alpha_small"
-  params = weights.load_official(os.path.join(DATA, f"{golden}.npz"), name)
+  params = weights.load_official(golden_path(golden), name)
   x = jax.random.normal(jax.random.key(0), (1, 48, 48, 3))
   with pytest.raises(ValueError, match=r"pos_embedding has 17 tokens but this input gives 37: resample") as e:
     model.apply({"params": params}, x)

@@ -15,11 +15,11 @@ from effjax import weights
 from effjax.models import crate, crate_alpha, fit
 from effjax.weights import posemb, safetensors_file, torch_file
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+from conftest import golden_path
 
 
 def _golden(name):
-  return weights.read(os.path.join(DATA, f"{name}.npz"))
+  return weights.read(golden_path(name))
 
 
 def _assert_trees_equal(a, b):
@@ -135,7 +135,8 @@ def test_keras_h5_fit_weights_load(tmp_path):
   weights.write(path, flat)
   with h5py.File(path) as f:  # the Keras 2 layout: layer groups named in layer_names, variables by full name
     assert list(f.attrs["layer_names"]) == [b"fit"]
-    assert f["fit"]["fit/x_pos_emb/kernel/vis_pos_embedding:0"].shape == flat["fit/x_pos_emb/kernel/vis_pos_embedding:0"].shape
+    name = "fit/x_pos_emb/kernel/vis_pos_embedding:0"
+    assert f["fit"][name].shape == flat[name].shape
   assert weights.read(path).keys() == flat.keys()
   _assert_trees_equal(weights.load_official(path, "fit"), fit.convert_official(flat))
 
@@ -146,7 +147,7 @@ def test_bad_inputs_fail_clearly(tmp_path):
   with pytest.raises(ValueError, match="does not exist"):
     weights.read(str(tmp_path / "x.pth"))
   with pytest.raises(ValueError, match="unknown model 'nope'"):
-    weights.load_official(os.path.join(DATA, "crate_small.npz"), "nope")
+    weights.load_official(golden_path("crate_small"), "nope")
 
 
 def test_resample_to_the_same_grid_is_the_identity():

@@ -67,8 +67,9 @@ def test_padding_modes_match_torch(mode):
   y = conv.apply({"params": params}, jnp.asarray(x))
   kernel = dcls.construct_kernel_reference(params["weight"], params["P"], params["SIG"], (5, 5), "gauss")
   xt = torch.from_numpy(x.transpose(0, 3, 1, 2))
+  bias = torch.from_numpy(np.array(params["bias"]))
   expected = torch.nn.functional.conv2d(torch.nn.functional.pad(xt, (1, 1, 2, 2), mode=mode),
-                                        torch.from_numpy(np.asarray(kernel)), torch.from_numpy(np.asarray(params["bias"])))
+                                        torch.from_numpy(np.array(kernel)), bias)
   np.testing.assert_allclose(np.asarray(y), expected.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="unknown padding_mode 'mirror'"):
     DclsConv(4, 3, (5, 5), padding_mode="mirror").init(jax.random.key(0), jnp.asarray(x))

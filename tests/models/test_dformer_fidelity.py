@@ -2,7 +2,6 @@
 fallback on H alone, so with H >= group_size[1] a grid with D < group_size[0] or W < group_size[2] is
 attended in padded windows/groups instead of globally; and GS-MSA padding along D alone is left unmasked."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
