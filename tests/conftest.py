@@ -31,6 +31,7 @@ def golden_path(name):
 
 def load_golden(name):
   import json
+
   import numpy as np
   d = np.load(golden_path(name))
   return {k: d[k] for k in d.files if k != "meta"}, json.loads(str(d["meta"]))

@@ -19,8 +19,7 @@ groups of patches, encoded by FIT and classified from the mean of the latents.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from effjax.layers import fit_grouping
-from effjax.layers import fit_layers as fl
+from effjax.layers import fit_grouping, fit_layers as fl
 
 
 class FIT(fl.Interleaved, kw_only=True):

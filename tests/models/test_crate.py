@@ -103,6 +103,7 @@ def test_bad_input_errors():
 @pytest.mark.slow
 def test_runlocal_config_trains_through_the_trainer_on_8_devices(tmp_path):
   import os
+
   from effjax import config as cfg, metrics, train
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   c = cfg.load_config_file(os.path.join(repo, "configs/crate.py:runlocal"))
@@ -125,6 +126,7 @@ def test_runlocal_config_trains_through_the_trainer_on_8_devices(tmp_path):
                                   "crate_mae.py:variant=S", "crate_mae.py:runlocal"])
 def test_configs_build_their_models(spec):
   import os
+
   from effjax import components, config as cfg
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   c = cfg.load_config_file(os.path.join(repo, "configs", spec))
