@@ -17,9 +17,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from effjax import checkpoint, components, metrics as metrics_lib, optim, preemption, sharding
+from effjax import checkpoint, components, metrics as metrics_lib, optim, preemption, sharding, weights
 from effjax.config import ConfigError
 from effjax.data import pipeline
+from effjax.weights import posemb
 
 log = metrics_lib.logger()
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -276,16 +277,24 @@ def _initial_state(config, ckpt, abstract_state, state_shardings, init, rng, tra
     log.warning("no readable checkpoint is left in %s; starting from scratch", ckpt.directory)
   state = jax.jit(init, out_shardings=state_shardings)(rng)
   if config.init_from.path:
-    state["params"] = _merge_init_params(config.init_from, state["params"], state_shardings["params"])
+    state["params"] = _merge_init_params(config.init_from, state["params"], state_shardings["params"],
+                                         config.model_name)
     if config.ema_decay > 0:
       state["ema_params"] = state["params"]
     log.info("initialised params from %s (kept fresh: %s)", config.init_from.path, config.init_from.skip)
   return state
 
 
-def _merge_init_params(init_from, fresh, shardings):
-  """Loaded params where the path does not match init_from.skip and shapes agree; fresh ones elsewhere."""
-  loaded = checkpoint.restore_params(init_from.path)
+def _merge_init_params(init_from, fresh, shardings, model_name):
+  """Loaded params where the path does not match init_from.skip and shapes agree; fresh ones elsewhere.
+
+  init_from.path is an effjax checkpoint directory or an official weights file (effjax.weights); a learned
+  position embedding of another token grid is resampled (effjax.weights.posemb).
+  """
+  if os.path.isfile(init_from.path):
+    loaded = weights.load_official(init_from.path, model_name)
+  else:
+    loaded = checkpoint.restore_params(init_from.path)
   flat_loaded = {sharding.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(loaded)}
   skip = re.compile(init_from.skip) if init_from.skip else None
 
@@ -296,6 +305,8 @@ def _merge_init_params(init_from, fresh, shardings):
     if name not in flat_loaded:
       raise ConfigError(f"init_from {init_from.path}: param {name} is missing; add it to init_from.skip")
     new = np.asarray(flat_loaded[name])
+    if new.shape != value.shape and re.search(posemb.NAME, name) and new.shape[-1] == value.shape[-1]:
+      new = posemb.resample(new, value.shape[-2])
     if new.shape != value.shape:
       raise ConfigError(f"init_from {init_from.path}: param {name} has shape {new.shape}, the model "
                         f"needs {value.shape}; add it to init_from.skip")

@@ -61,7 +61,7 @@ def base_config() -> ConfigDict:
   c.resume = ""                      # checkpoint dir to resume from when the workdir has none
   c.allow_config_change = False      # resume a checkpoint made with other config values (same state shapes)
   c.init_from = ConfigDict()
-  c.init_from.path = ""              # checkpoint to fine-tune from (params only)
+  c.init_from.path = ""              # effjax checkpoint dir or official weights file (effjax.weights) to fine-tune from
   c.init_from.skip = r"^head/"       # param-path regex left at its fresh init (e.g. a new head)
   c.progress_bar = True
   return c
