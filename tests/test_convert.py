@@ -13,7 +13,6 @@ from effjax.models import crate
 from effjax.weights import posemb
 
 import trainer_utils
-
 from conftest import golden_path
 
 
