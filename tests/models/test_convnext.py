@@ -5,10 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import timm_golden
 
 from effjax.kernels import dcls
 from effjax.models import convnext
-import timm_golden
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -3,9 +3,10 @@ import os
 
 import numpy as np
 import pytest
-import trainer_utils
 
 from effjax import config as cfg, metrics, train
+
+import trainer_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

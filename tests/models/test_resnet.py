@@ -5,8 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import timm_golden
+
 from effjax.layers import squeeze_excite as se
 from effjax.models import resnet
 
