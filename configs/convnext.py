@@ -46,7 +46,7 @@ def get_config(arg=None):
   if arg.runlocal:
     dcls = dict(kernel_count=8, dilated_kernel_size=7, version="gauss") if arg.dcls else None
     c.model = ml_collections.ConfigDict(dict(
-        num_classes=10, depths=(2, 2), dims=(32, 64), patch_size=2, kernel_size=7, ls_init_value=1e-6,
+        num_classes=10, depths=(2, 2), widths=(32, 64), patch_size=2, kernel_size=7, ls_init_value=1e-6,
         drop_path_rate=0.0, dcls=dcls))
     c.task = ml_collections.ConfigDict(dict(label_smoothing=0.0))
     c.data.source = "mnist5k"

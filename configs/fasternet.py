@@ -40,7 +40,7 @@ def get_config(arg=None):
 
   if arg.runlocal:
     c.model = ml_collections.ConfigDict(dict(
-        num_classes=10, depths=(2, 2), embed_dim=32, feature_dim=256, act="gelu", drop_path_rate=0.0))
+        num_classes=10, depths=(2, 2), width=32, feature_dim=256, act="gelu", drop_path_rate=0.0))
     c.task = ml_collections.ConfigDict(dict(label_smoothing=0.0))
     c.data.source = "mnist5k"
     c.data.train_split, c.data.eval_split = "train", "test"

@@ -41,7 +41,7 @@ def get_config(arg=None):
 
   if arg.runlocal:
     c.model = ml_collections.ConfigDict(dict(
-        num_classes=10, depths=(2, 2), dims=(32, 64), mlp_ratios=(4, 4), band_kernel_size=7, branch_ratio=0.125,
+        num_classes=10, depths=(2, 2), widths=(32, 64), mlp_ratios=(4, 4), band_kernel_size=7, branch_ratio=0.125,
         ls_init_value=1e-6, drop_path_rate=0.0))
     c.task = ml_collections.ConfigDict(dict(label_smoothing=0.0))
     c.data.source = "mnist5k"

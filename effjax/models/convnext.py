@@ -3,7 +3,7 @@
 Images [B, H, W, C] -> logits [B, num_classes]; as timm's `convnext_*`:
 
   stem      = LayerNorm(Conv_{p×p, stride p}(x))                                   (p = patch_size = 4)
-  stage i   = [LayerNorm -> Conv_{2×2, stride 2}] (i > 0), then depths[i] blocks of width dims[i]
+  stage i   = [LayerNorm -> Conv_{2×2, stride 2}] (i > 0), then depths[i] blocks of width widths[i]
   block(x)  = x + DropPath(γ ⊙ Linear(GELU(Linear(LayerNorm(DWConv_{k×k}(x))))))   (hidden 4·dim)
   head      = Linear(LayerNorm(mean_{H,W} x))
 
@@ -30,14 +30,14 @@ from effjax.models.crate import OfficialStateDict
 _trunc02 = nn.initializers.truncated_normal(0.02)
 
 VARIANTS = {  # timm convnext_<name>
-    "atto": dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320)),
-    "femto": dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384)),
-    "pico": dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512)),
-    "nano": dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640)),
-    "tiny": dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
-    "small": dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
-    "base": dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
-    "large": dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536)),
+    "atto": dict(depths=(2, 2, 6, 2), widths=(40, 80, 160, 320)),
+    "femto": dict(depths=(2, 2, 6, 2), widths=(48, 96, 192, 384)),
+    "pico": dict(depths=(2, 2, 6, 2), widths=(64, 128, 256, 512)),
+    "nano": dict(depths=(2, 2, 8, 2), widths=(80, 160, 320, 640)),
+    "tiny": dict(depths=(3, 3, 9, 3), widths=(96, 192, 384, 768)),
+    "small": dict(depths=(3, 3, 27, 3), widths=(96, 192, 384, 768)),
+    "base": dict(depths=(3, 3, 27, 3), widths=(128, 256, 512, 1024)),
+    "large": dict(depths=(3, 3, 27, 3), widths=(192, 384, 768, 1536)),
 }
 
 
@@ -54,7 +54,7 @@ class Block(nn.Module):
   kernel_size: int = 7
   mlp_ratio: int = 4
   ls_init_value: float | None = 1e-6
-  drop_path: float = 0.0
+  drop_path_rate: float = 0.0
   dcls: dict | None = None
   impl: str = "auto"
 
@@ -76,14 +76,14 @@ class Block(nn.Module):
     x = _dense(dim, "fc2")(nn.gelu(x, approximate=False))
     if self.ls_init_value is not None:
       x = x * self.param("gamma", nn.initializers.constant(self.ls_init_value), (dim,)).astype(x.dtype)
-    return shortcut + DropPath(self.drop_path)(x, train)
+    return shortcut + DropPath(self.drop_path_rate)(x, train)
 
 
 class ConvNeXt(nn.Module):
   """ConvNeXt classifier (see the module docstring); `Model(variant="tiny", ...)` builds timm's variants."""
   num_classes: int
   depths: Sequence[int] = (3, 3, 9, 3)
-  dims: Sequence[int] = (96, 192, 384, 768)
+  widths: Sequence[int] = (96, 192, 384, 768)
   patch_size: int = 4
   kernel_size: int = 7
   mlp_ratio: int = 4
@@ -96,18 +96,18 @@ class ConvNeXt(nn.Module):
   def __call__(self, images, train=False):
     if images.ndim != 4:
       raise ValueError(f"ConvNeXt expects images [B, H, W, C], got shape {images.shape}")
-    if len(self.depths) != len(self.dims):
-      raise ValueError(f"depths {tuple(self.depths)} and dims {tuple(self.dims)} must have the same length")
-    reduction = self.patch_size * 2 ** (len(self.dims) - 1)
+    if len(self.depths) != len(self.widths):
+      raise ValueError(f"depths {tuple(self.depths)} and widths {tuple(self.widths)} must have the same length")
+    reduction = self.patch_size * 2 ** (len(self.widths) - 1)
     if images.shape[1] % reduction or images.shape[2] % reduction:
       raise ValueError(f"image size {images.shape[1]}x{images.shape[2]} is not divisible by the total stride "
                        f"{reduction}")
     p = self.patch_size
-    x = nn.Conv(self.dims[0], (p, p), strides=(p, p), padding="VALID", kernel_init=_trunc02, name="stem_conv")(images)
+    x = nn.Conv(self.widths[0], (p, p), strides=(p, p), padding="VALID", kernel_init=_trunc02, name="stem_conv")(images)
     x = _layer_norm("stem_norm")(x)
     self.sow("intermediates", "stem", x)
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
-    for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
+    for i, (depth, dim) in enumerate(zip(self.depths, self.widths)):
       if i > 0:
         x = _layer_norm(f"stage{i}_down_norm")(x)
         x = nn.Conv(dim, (2, 2), strides=(2, 2), padding="VALID", kernel_init=_trunc02, name=f"stage{i}_down")(x)

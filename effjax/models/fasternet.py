@@ -1,7 +1,7 @@
 """FasterNet (Chen et al., 2023): PConv + pointwise MLP blocks, as timm's `fasternet_*`.
 Images [B, H, W, C] -> logits [B, num_classes].
 
-  stem      = BN(Conv_{4×4, stride 4}(x))                     (bias-free, width = embed_dim)
+  stem      = BN(Conv_{4×4, stride 4}(x))                     (bias-free, width = width)
   stage i   = [BN(Conv_{2×2, stride 2}(x)), doubling the width] (i > 0), then depths[i] blocks
   block(x)  = x + DropPath(γ ⊙ Conv1×1(act(BN(Conv1×1(PConv(x))))))     hidden mlp_ratio·C, bias-free;
               γ only when layer_scale_init_value > 0
@@ -24,12 +24,12 @@ from effjax.models.crate import OfficialStateDict
 _trunc02 = nn.initializers.truncated_normal(0.02)
 
 VARIANTS = {  # timm fasternet_<name>
-    "t0": dict(embed_dim=40, depths=(1, 2, 8, 2), act="gelu"),
-    "t1": dict(embed_dim=64, depths=(1, 2, 8, 2), act="gelu"),
-    "t2": dict(embed_dim=96, depths=(1, 2, 8, 2)),
-    "s": dict(embed_dim=128, depths=(1, 2, 13, 2)),
-    "m": dict(embed_dim=144, depths=(3, 4, 18, 3)),
-    "l": dict(embed_dim=192, depths=(3, 4, 18, 3)),
+    "t0": dict(width=40, depths=(1, 2, 8, 2), act="gelu"),
+    "t1": dict(width=64, depths=(1, 2, 8, 2), act="gelu"),
+    "t2": dict(width=96, depths=(1, 2, 8, 2)),
+    "s": dict(width=128, depths=(1, 2, 13, 2)),
+    "m": dict(width=144, depths=(3, 4, 18, 3)),
+    "l": dict(width=192, depths=(3, 4, 18, 3)),
 }
 ACTS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False)}
 
@@ -47,7 +47,7 @@ class Block(nn.Module):
   mlp_ratio: float = 2.0
   act: str = "relu"
   layer_scale_init_value: float = 0.0
-  drop_path: float = 0.0
+  drop_path_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -57,13 +57,13 @@ class Block(nn.Module):
     y = _conv(dim, 1, "fc2")(ACTS[self.act](_bn(train, "norm")(y)))
     if self.layer_scale_init_value > 0:
       y = y * self.param("layer_scale", nn.initializers.constant(self.layer_scale_init_value), (dim,))
-    return x + DropPath(self.drop_path)(y, train)
+    return x + DropPath(self.drop_path_rate)(y, train)
 
 
 class FasterNet(nn.Module):
   """FasterNet classifier; `Model(variant="t0", ...)` builds timm's fasternet_<variant>."""
   num_classes: int
-  embed_dim: int = 40
+  width: int = 40
   depths: Sequence[int] = (1, 2, 8, 2)
   mlp_ratio: float = 2.0
   n_div: int = 4
@@ -82,7 +82,7 @@ class FasterNet(nn.Module):
     if images.shape[1] % reduction or images.shape[2] % reduction:
       raise ValueError(f"image size {images.shape[1]}x{images.shape[2]} is not divisible by the total stride "
                        f"{reduction}")
-    x = _bn(train, "stem_norm")(_conv(self.embed_dim, 4, "stem_conv")(images))
+    x = _bn(train, "stem_norm")(_conv(self.width, 4, "stem_conv")(images))
     self.sow("intermediates", "stem", x)
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
     for i, depth in enumerate(self.depths):

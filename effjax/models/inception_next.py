@@ -24,10 +24,10 @@ from effjax.models.crate import OfficialStateDict
 _trunc02 = nn.initializers.truncated_normal(0.02)
 
 VARIANTS = {  # timm inception_next_<name>
-    "atto": dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), band_kernel_size=9, branch_ratio=0.25),
-    "tiny": dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), band_kernel_size=11, branch_ratio=0.125),
-    "small": dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), band_kernel_size=11, branch_ratio=0.125),
-    "base": dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), band_kernel_size=11, branch_ratio=0.125),
+    "atto": dict(depths=(2, 2, 6, 2), widths=(40, 80, 160, 320), band_kernel_size=9, branch_ratio=0.25),
+    "tiny": dict(depths=(3, 3, 9, 3), widths=(96, 192, 384, 768), band_kernel_size=11, branch_ratio=0.125),
+    "small": dict(depths=(3, 3, 27, 3), widths=(96, 192, 384, 768), band_kernel_size=11, branch_ratio=0.125),
+    "base": dict(depths=(3, 3, 27, 3), widths=(128, 256, 512, 1024), band_kernel_size=11, branch_ratio=0.125),
 }
 
 
@@ -63,7 +63,7 @@ class Block(nn.Module):
   band_kernel_size: int = 11
   branch_ratio: float = 0.125
   ls_init_value: float | None = 1e-6
-  drop_path: float = 0.0
+  drop_path_rate: float = 0.0
   impl: str = "auto"
 
   @nn.compact
@@ -75,14 +75,14 @@ class Block(nn.Module):
     y = nn.Dense(dim, kernel_init=_trunc02, name="fc2")(nn.gelu(y, approximate=False))
     if self.ls_init_value:
       y = y * self.param("gamma", nn.initializers.constant(self.ls_init_value), (dim,)).astype(y.dtype)
-    return x + DropPath(self.drop_path)(y, train)
+    return x + DropPath(self.drop_path_rate)(y, train)
 
 
 class InceptionNeXt(nn.Module):
   """InceptionNeXt classifier; `Model(variant="tiny", ...)` builds timm's inception_next_<variant>."""
   num_classes: int
   depths: Sequence[int] = (3, 3, 9, 3)
-  dims: Sequence[int] = (96, 192, 384, 768)
+  widths: Sequence[int] = (96, 192, 384, 768)
   mlp_ratios: Sequence[float] = (4, 4, 4, 3)
   band_kernel_size: int = 11
   branch_ratio: float = 0.125
@@ -95,18 +95,18 @@ class InceptionNeXt(nn.Module):
   def __call__(self, images, train=False):
     if images.ndim != 4:
       raise ValueError(f"InceptionNeXt expects images [B, H, W, C], got shape {images.shape}")
-    if not len(self.depths) == len(self.dims) == len(self.mlp_ratios):
-      raise ValueError(f"depths {tuple(self.depths)}, dims {tuple(self.dims)} and mlp_ratios "
+    if not len(self.depths) == len(self.widths) == len(self.mlp_ratios):
+      raise ValueError(f"depths {tuple(self.depths)}, widths {tuple(self.widths)} and mlp_ratios "
                        f"{tuple(self.mlp_ratios)} must have the same length")
-    reduction = 4 * 2 ** (len(self.dims) - 1)
+    reduction = 4 * 2 ** (len(self.widths) - 1)
     if images.shape[1] % reduction or images.shape[2] % reduction:
       raise ValueError(f"image size {images.shape[1]}x{images.shape[2]} is not divisible by the total stride "
                        f"{reduction}")
-    x = nn.Conv(self.dims[0], (4, 4), strides=(4, 4), padding="VALID", kernel_init=_trunc02, name="stem_conv")(images)
+    x = nn.Conv(self.widths[0], (4, 4), strides=(4, 4), padding="VALID", kernel_init=_trunc02, name="stem_conv")(images)
     x = _bn(train, "stem_norm")(x)
     self.sow("intermediates", "stem", x)
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
-    for i, (depth, dim, ratio) in enumerate(zip(self.depths, self.dims, self.mlp_ratios)):
+    for i, (depth, dim, ratio) in enumerate(zip(self.depths, self.widths, self.mlp_ratios)):
       if i > 0:
         x = _bn(train, f"stage{i}_down_norm")(x)
         x = nn.Conv(dim, (2, 2), strides=(2, 2), padding="VALID", kernel_init=_trunc02, name=f"stage{i}_down")(x)

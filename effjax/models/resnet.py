@@ -80,7 +80,7 @@ class Bottleneck(nn.Module):
   avg_down: bool = False
   gate: str = ""
   rd_ratio: float = 1 / 16
-  drop_path: float = 0.0
+  drop_path_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -97,7 +97,7 @@ class Bottleneck(nn.Module):
         shortcut = ConvBN(out, 1, relu=False, name="down")(_avg_pool_ceil(x) if self.stride > 1 else x, train)
       else:
         shortcut = ConvBN(out, 1, self.stride, relu=False, name="down")(x, train)
-    return nn.relu(shortcut + DropPath(self.drop_path)(y, train))
+    return nn.relu(shortcut + DropPath(self.drop_path_rate)(y, train))
 
 
 class ResNet(nn.Module):

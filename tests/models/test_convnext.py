@@ -25,7 +25,7 @@ def _count(model, size=224):
 def test_golden_logits_and_intermediates(key):
   sd, images, outputs, meta = timm_golden.load("convnext", key)
   kw = meta["models"][key]["kwargs"]
-  model = convnext.Model(num_classes=kw["num_classes"], depths=kw["depths"], dims=kw["dims"])
+  model = convnext.Model(num_classes=kw["num_classes"], depths=kw["depths"], widths=kw["dims"])
   apply = jax.jit(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]))
   logits, state = apply(convnext.convert_official(sd), images)
   np.testing.assert_allclose(logits, outputs["logits"], **TOL)
@@ -59,7 +59,7 @@ def test_convert_official_rejects_missing_and_unexpected_keys():
 
 
 DCLS = dict(kernel_count=4, dilated_kernel_size=5, version="gauss")
-TINY = dict(depths=(1, 1), dims=(8, 16), patch_size=2)
+TINY = dict(depths=(1, 1), widths=(8, 16), patch_size=2)
 
 
 def test_dcls_model_equals_dense_model_with_the_constructed_kernels():
@@ -106,7 +106,7 @@ def test_configs_build_their_models(spec):
 def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
   from effjax import config as cfg, train
   c = cfg.load_config_file(os.path.join(REPO, "configs/convnext.py:runlocal"))
-  c.model.update(dict(depths=(1, 1), dims=(8, 16)))
+  c.model.update(dict(depths=(1, 1), widths=(8, 16)))
   c.batch_size, c.eval_batch_size, c.data.eval_examples = 16, 16, 32
   c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 1, -1, 2
   c.optimizer.warmup_steps, c.progress_bar = 1, False

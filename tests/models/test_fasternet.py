@@ -19,7 +19,9 @@ HOOKS = {"patch_embed": "stem", "stages.0": "stage0", "stages.2": "stage2", "sta
 def test_golden_logits_and_intermediates(key):
   sd, images, outputs, meta = timm_golden.load("fasternet", key)
   kw = meta["models"][key]["kwargs"]
-  model = fasternet.Model(variant=key, **{k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()})
+  names = {"embed_dim": "width"}  # timm's constructor names -> ours
+  model = fasternet.Model(variant=key, **{names.get(k, k): tuple(v) if isinstance(v, list) else v
+                                          for k, v in kw.items()})
   apply = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))
   logits, state = apply(fasternet.convert_official(sd), images)
   np.testing.assert_allclose(logits, outputs["logits"], **TOL)
@@ -48,7 +50,7 @@ def test_convert_official_rejects_missing_and_unexpected_keys():
 
 
 def test_gradients_finite_and_nonzero_for_every_param():
-  model = fasternet.Model(num_classes=3, depths=(1, 1), embed_dim=8, feature_dim=16, layer_scale_init_value=0.5)
+  model = fasternet.Model(num_classes=3, depths=(1, 1), width=8, feature_dim=16, layer_scale_init_value=0.5)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
   variables = jax.jit(model.init)(jax.random.PRNGKey(1), x)
 
@@ -61,10 +63,10 @@ def test_gradients_finite_and_nonzero_for_every_param():
 
 def test_bad_input_errors():
   with pytest.raises(ValueError, match="not divisible by the total stride"):
-    jax.eval_shape(fasternet.Model(num_classes=3, depths=(1, 1), embed_dim=8).init,
+    jax.eval_shape(fasternet.Model(num_classes=3, depths=(1, 1), width=8).init,
                    jax.random.PRNGKey(0), jnp.zeros((1, 12, 12, 3)))
   with pytest.raises(ValueError, match="leave no channel"):
-    jax.eval_shape(fasternet.Model(num_classes=3, depths=(1,), embed_dim=3).init,
+    jax.eval_shape(fasternet.Model(num_classes=3, depths=(1,), width=3).init,
                    jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
   with pytest.raises(ValueError, match="unknown FasterNet variant"):
     fasternet.Model(num_classes=3, variant="huge")
@@ -81,7 +83,7 @@ def test_configs_build_their_models(spec):
 def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
   from effjax import config as cfg, train
   c = cfg.load_config_file(os.path.join(REPO, "configs/fasternet.py:runlocal"))
-  c.model.update(dict(depths=(1, 1), embed_dim=8, feature_dim=16))
+  c.model.update(dict(depths=(1, 1), width=8, feature_dim=16))
   c.batch_size, c.eval_batch_size, c.data.eval_examples = 16, 16, 32
   c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 1, -1, 2
   c.optimizer.warmup_steps, c.progress_bar = 1, False

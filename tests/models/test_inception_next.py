@@ -19,7 +19,7 @@ HOOKS = {"stem": "stem", "stages.0": "stage0", "stages.2": "stage2", "stages.3":
 def test_golden_logits_and_intermediates(key):
   sd, images, outputs, meta = timm_golden.load("inception_next", key)
   kw = meta["models"][key]["kwargs"]
-  model = inception_next.Model(variant=key, num_classes=kw["num_classes"], depths=kw["depths"], dims=kw["dims"])
+  model = inception_next.Model(variant=key, num_classes=kw["num_classes"], depths=kw["depths"], widths=kw["dims"])
   apply = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))
   logits, state = apply(inception_next.convert_official(sd), images)
   np.testing.assert_allclose(logits, outputs["logits"], **TOL)
@@ -48,7 +48,7 @@ def test_convert_official_rejects_missing_and_unexpected_keys():
 
 
 def test_gradients_finite_and_nonzero_for_every_param():
-  model = inception_next.Model(num_classes=3, depths=(1, 1), dims=(8, 16), mlp_ratios=(2, 2), branch_ratio=0.25,
+  model = inception_next.Model(num_classes=3, depths=(1, 1), widths=(8, 16), mlp_ratios=(2, 2), branch_ratio=0.25,
                                band_kernel_size=5, ls_init_value=0.5)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
   variables = jax.jit(model.init)(jax.random.PRNGKey(1), x)
@@ -62,10 +62,10 @@ def test_gradients_finite_and_nonzero_for_every_param():
 
 def test_bad_input_errors():
   with pytest.raises(ValueError, match="not divisible by the total stride"):
-    jax.eval_shape(inception_next.Model(num_classes=3, depths=(1, 1), dims=(8, 16), mlp_ratios=(2, 2)).init,
+    jax.eval_shape(inception_next.Model(num_classes=3, depths=(1, 1), widths=(8, 16), mlp_ratios=(2, 2)).init,
                    jax.random.PRNGKey(0), jnp.zeros((1, 12, 12, 3)))
   with pytest.raises(ValueError, match="leave no branch channels"):
-    jax.eval_shape(inception_next.Model(num_classes=3, depths=(1,), dims=(4,), mlp_ratios=(2,)).init,
+    jax.eval_shape(inception_next.Model(num_classes=3, depths=(1,), widths=(4,), mlp_ratios=(2,)).init,
                    jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))
   with pytest.raises(ValueError, match="unknown InceptionNeXt variant"):
     inception_next.Model(num_classes=3, variant="huge")
@@ -82,7 +82,7 @@ def test_configs_build_their_models(spec):
 def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
   from effjax import config as cfg, train
   c = cfg.load_config_file(os.path.join(REPO, "configs/inception_next.py:runlocal"))
-  c.model.update(dict(depths=(1, 1), dims=(8, 16)))
+  c.model.update(dict(depths=(1, 1), widths=(8, 16)))
   c.batch_size, c.eval_batch_size, c.data.eval_examples = 16, 16, 32
   c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 1, -1, 2
   c.optimizer.warmup_steps, c.progress_bar = 1, False
