@@ -29,7 +29,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from effjax.kernels.grid_attention import grid_attention, pad_grid
+from effjax.kernels import attention_patterns as ap
+from effjax.kernels.attention import attention
 from effjax.layers import remat as remat_lib
 from effjax.layers.common import TORCH_LN_EPS, DropPath
 from effjax.layers.transformer import Mlp
@@ -51,19 +52,36 @@ def depth_to_space(x, factors):
 
 
 class GroupAttention(nn.Module):
-  """Multi-head self-attention within groups: [B, S_1..S_n, C] -> same; qkv split as (3, heads, C/heads)."""
+  """Multi-head self-attention under a grid pattern: [B, S_1..S_n, C] -> same; qkv split as (3, heads, C/heads).
+
+  `pattern` is an `attention_patterns` pattern over the row-major token grid (grid_local, grid_dilated or
+  full); `valid` [B|1, S_1..S_n] marks the keys that may be attended to.
+  """
   num_heads: int
   impl: str = "auto"
 
   @nn.compact
-  def __call__(self, x, pattern, shape, valid=None):
-    c = x.shape[-1]
+  def __call__(self, x, pattern, valid=None):
+    b, c = x.shape[0], x.shape[-1]
     if c % self.num_heads:
       raise ValueError(f"width {c} is not divisible by num_heads {self.num_heads}")
-    qkv = nn.Dense(3 * c, name="qkv")(x).reshape(*x.shape[:-1], 3, self.num_heads, c // self.num_heads)
-    y = grid_attention(qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :], pattern, shape, valid=valid,
-                       impl=self.impl)
-    return nn.Dense(c, name="proj")(y.reshape(*x.shape[:-1], c))
+    qkv = nn.Dense(3 * c, name="qkv")(x).reshape(b, -1, 3, self.num_heads, c // self.num_heads)
+    key_mask = None if valid is None else jnp.broadcast_to(valid, x.shape[:-1]).reshape(b, -1)
+    y = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], pattern=pattern, key_mask=key_mask,
+                  impl=self.impl)
+    return nn.Dense(c, name="proj")(y.reshape(x.shape))
+
+
+def pad_grid(x, multiple):
+  """Zero-pads the grid axes of x [B, S_1..S_n, C] at the end up to multiples of `multiple`.
+
+  Returns (x_padded [B, P_1..P_n, C], valid bool [P_1..P_n]) with valid True on the original tokens.
+  """
+  extra = [(-s) % m for s, m in zip(x.shape[1:-1], multiple)]
+  valid = jnp.ones(x.shape[1:-1], bool)
+  if not any(extra):
+    return x, valid
+  return jnp.pad(x, [(0, 0)] + [(0, e) for e in extra] + [(0, 0)]), jnp.pad(valid, [(0, e) for e in extra])
 
 
 class DilatedBlock(nn.Module):
@@ -88,15 +106,15 @@ class DilatedBlock(nn.Module):
   impl: str = "auto"
 
   def _layout(self, grid):
-    """(pattern, group shape, pad multiple) for this grid."""
+    """(pattern maker: padded grid -> attention pattern, pad multiple) for this grid."""
     n = len(grid)
     if len(self.group_size) != n:
       raise ValueError(f"group_size {tuple(self.group_size)} does not match the token grid {tuple(grid)}")
     axes = range(n) if self.fallback_axes is None else self.fallback_axes
     if any(grid[a] < self.group_size[a] for a in axes):
-      return "global", grid, (1,) * n
+      return lambda padded: ap.full(), (1,) * n
     if self.pattern == "local":
-      return "local", tuple(self.group_size), tuple(self.group_size)
+      return lambda padded: ap.grid_local(padded, self.group_size), tuple(self.group_size)
     if self.pattern != "dilated":
       raise ValueError(f"unknown block pattern {self.pattern!r}; expected 'local' or 'dilated'")
     padded = [-(-s // self.interval) * self.interval for s in grid]
@@ -104,17 +122,19 @@ class DilatedBlock(nn.Module):
     if any(i == 0 or p % i for p, i in zip(padded, strides)):
       raise ValueError(f"dilated groups {tuple(self.group_size)} do not tile the grid {tuple(grid)} padded to "
                        f"a multiple of interval {self.interval}")
-    return "dilated", tuple(p // i for p, i in zip(padded, strides)), (self.interval,) * n
+    return lambda padded: ap.grid_dilated(padded, strides), (self.interval,) * n
 
   @nn.compact
   def __call__(self, x, train=False):
     grid, width = x.shape[1:-1], x.shape[-1]
-    pattern, shape, multiple = self._layout(grid)
+    make_pattern, multiple = self._layout(grid)
     y, valid = pad_grid(_layer_norm("norm1")(x), multiple)
+    pattern = make_pattern(y.shape[1:-1])
     padded_axes = [p != s for p, s in zip(y.shape[1:-1], grid)]
-    if not any(padded_axes) or (pattern == "dilated" and self.official_padding_mask and not any(padded_axes[1:])):
+    dilated = pattern.kind == "grid_dilated"
+    if not any(padded_axes) or (dilated and self.official_padding_mask and not any(padded_axes[1:])):
       valid = None
-    y = GroupAttention(self.num_heads, self.impl, name="attn")(y, pattern, shape, valid)
+    y = GroupAttention(self.num_heads, self.impl, name="attn")(y, pattern, valid)
     y = y[(slice(None),) + tuple(slice(0, s) for s in grid)]
     x = x + DropPath(self.drop_path_rate)(y, train)
     y = Mlp(int(width * self.mlp_ratio), name="mlp")(_layer_norm("norm2")(x))
@@ -207,7 +227,8 @@ class Model(nn.Module):
   full resolution first, then 1/2, 1/4, ... per axis.
   fidelity "official" reproduces the reference's behaviour where it is a bug (global fallback decided
   by H alone; GS-MSA padding along D alone left unmasked); "fixed" checks every axis and masks all padding.
-  Both agree whenever no GS-MSA block pads D alone and D is not the only axis below group_size.
+  They differ whenever a block sees H >= group_size[1] while D < group_size[0] or W < group_size[2], or a
+  GS-MSA block pads D alone (tests/models/test_dformer_fidelity.py); they agree everywhere else.
   """
   num_classes: int = 14
   in_channels: int = 1
