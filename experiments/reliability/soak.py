@@ -5,7 +5,8 @@
 A reference run of the tiny ViT (the tests' config, `--steps` steps, a checkpoint every 2 steps) runs
 uninterrupted first; it takes S seconds to start (imports, compilation). Then the same command runs in
 another workdir and is killed N times; each life is killed, at random, one of three ways:
-  - startup: U(0, S) seconds after its start (imports, compilation, restore, or early training);
+  - startup: U(0, S) seconds after its start (imports, compilation, restore), or once it has logged
+    k ~ U{1..steps/N} more steps if that comes first;
   - training: once it has logged k ~ U{1..steps/N} more steps, plus U(0, 50 ms);
   - during save: once it has logged k more steps, at the first moment a new checkpoint is being written
     (a new orbax temporary directory exists: the asynchronous save is in flight);
@@ -79,8 +80,8 @@ def one_life(workdir, steps, mode, delay, more_steps):
   def wait(done):
     while proc.poll() is None and not done():
       time.sleep(0.002)
-  if mode == "startup":
-    wait(lambda: time.time() >= began + delay)
+  if mode == "startup":  # (or, on a fast start, once it has logged `more_steps` steps)
+    wait(lambda: time.time() >= began + delay or logged(workdir) >= rows + more_steps)
   else:
     wait(lambda: logged(workdir) >= rows + more_steps)
     if mode == "training":
