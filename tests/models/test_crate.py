@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effjax.models import crate
+from effjax.models import crate, crate_mae
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # reference README section 1
 
@@ -72,6 +72,14 @@ def _count(model, image_size, channels=3):
 def test_param_counts_official_variants(variant, count):
   model = crate.Model(num_classes=1000, patch_size=16, variant=variant)
   assert _count(model, 224) == count
+
+
+def test_variant_fields_and_overrides():
+  """A variant fills the family's table fields ("/8" the patch size); explicit fields override them."""
+  model = crate.Model(num_classes=10, variant="B/8", depth=2)
+  assert (model.width, model.num_heads, model.patch_size, model.depth) == (768, 12, 8, 2)
+  mae = crate_mae.Model(variant="S")
+  assert (mae.width, mae.depth, mae.num_heads, mae.decoder_depth) == (576, 12, 12, 12)
 
 
 def test_ista_step_equals_official_three_matmul_form():
