@@ -7,14 +7,13 @@ from unittest import mock
 import jax
 import numpy as np
 import pytest
+from conftest import golden_path
 
 from effjax import checkpoint, convert, metrics, weights
 from effjax.models import crate
 from effjax.weights import posemb
 
 import trainer_utils
-
-from conftest import golden_path
 
 
 def _golden(name, keep=lambda k: True):

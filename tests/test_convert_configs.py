@@ -6,16 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from effjax import weights
-from effjax.weights import posemb
-from effjax.layers.patches import patchify
-from effjax.models import crate, crate_alpha
-
 from conftest import golden_path
 from test_weights import _golden
 
-
+from effjax import weights
+from effjax.layers.patches import patchify
+from effjax.models import crate, crate_alpha
+from effjax.weights import posemb
 
 
 def test_crate_one_head_of_width_d_has_no_output_projection():

@@ -14,8 +14,8 @@ over the leading axes whose last axis is learnable) and `Dcls2dK1d` (a 1-D DCLS 
 1×W 2-D kernel). Every module takes the official `padding_mode` ("zeros", "reflect", "replicate",
 "circular": the input is padded that way, then convolved without padding).
 """
-from collections.abc import Sequence
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
