@@ -116,7 +116,8 @@ def main(argv=None):
     if os.path.isfile(args.input):
       params = weights.converter(args.model)(_select(weights.read(args.input), args.select))
       ckpt = checkpoint.Checkpointer(args.output, keep=1, async_save=False)
-      ckpt.save(0, {"params": params}, None, force=True)
+      ckpt.save(0, {"params": params}, {}, {"model_name": args.model, "converted_from": os.path.abspath(args.input)},
+                force=True)
       ckpt.wait()
       ckpt.close()
       print(f"wrote {len(_flat_params(params))} params to {os.path.abspath(args.output)}/0")
