@@ -7,7 +7,6 @@ from unittest import mock
 import jax
 import numpy as np
 import pytest
-from conftest import golden_path
 
 from effjax import checkpoint, convert, metrics, weights
 from effjax.models import crate

@@ -10,11 +10,12 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
-from conftest import golden_path
 
 from effjax import weights
 from effjax.models import crate, crate_alpha, fit
 from effjax.weights import posemb, safetensors_file, torch_file
+
+from conftest import golden_path
 
 
 def _golden(name):
