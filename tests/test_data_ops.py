@@ -190,19 +190,20 @@ def test_randaugment_rejects_float_images():
 @pytest.mark.parametrize("spec, train_shape, eval_shape", [
     ("crate_finetune.py:variant=S", (32, 32), (32, 32)),          # CIFAR images
     ("crate.py:variant=T", (375, 500), (500, 333)),               # ImageNet-like images
+    ("crate_alpha.py:variant=B/16", (375, 500), (500, 333)),
+    ("vit.py:variant=S", (375, 500), (500, 333)),
 ])
-def test_crate_paper_configs_produce_224px_images(spec, train_shape, eval_shape):
-  import os
+def test_imagenet_scale_configs_produce_224px_images(spec, train_shape, eval_shape):
   from effjax import config as cfg
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   c = cfg.load_config_file(os.path.join(repo, "configs", spec))
   rng = np.random.default_rng(0)
   example = {"image": _photo(*train_shape), "label": 1}
-  for _, fn, is_random in (ops.parse(s) for s in list(c.data.augment) + list(c.data.preprocess)):
+  for _, fn, is_random in (ops.parse(s) for s in c.data.pp_train):
     example = fn(example, rng) if is_random else fn(example)
   assert example["image"].shape == (224, 224, 3) and example["image"].dtype == np.float32
   example = {"image": _photo(*eval_shape), "label": 1}
-  for _, fn, is_random in (ops.parse(s) for s in c.data.preprocess):
+  for _, fn, is_random in (ops.parse(s) for s in c.data.pp_eval):
     assert not is_random
     example = fn(example)
-  assert example["image"].shape == (224, 224, 3)
+  assert example["image"].shape == (224, 224, 3) and example["image"].dtype == np.float32

@@ -3,18 +3,34 @@
 Training: a grain dataset over `GlobalOrder` (seeded shuffling over endless epochs; each process reads
 its own slice of every global batch; per-example augmentation seeds), batched per process, with a
 checkpointable iterator whose state is saved with every checkpoint, so resume is exact.
+Prefetch: a background thread takes the next batches from grain, assembles them into global device
+arrays (host-to-device transfer included) and queues `data.prefetch` of them, so that they are ready
+while the current step runs; the state it reports to checkpoints is that after the last batch handed
+out, so resume stays exact.
 Evaluation: one deterministic pass; the last batch is padded with `mask = 0` examples so that every
-process runs the same number of equally shaped batches.
+process runs the same number of equally shaped batches. Each evaluation may name its own data and
+cadence in `config.evals.<name>` (EVAL_KEYS).
 """
+import copy
 import dataclasses
+import json
+import queue
 import sys
+import threading
 
 import grain
 import jax
 import numpy as np
 
 from effjax import components
+from effjax.config import ConfigError
 from effjax.data import ops
+
+# config.evals.<name> keys -> the config.data key each replaces (None: not a data key). Missing keys take
+# the defaults: type = the evaluation's name (effjax/evaluators/<type>.py), the config.data values, and
+# every_steps = config.eval_every_steps (-1: only at the end).
+EVAL_KEYS = {"type": None, "source": "source", "split": "eval_split", "pp": "pp_eval", "examples": "eval_examples",
+             "every_steps": None}
 
 
 def make_source(data_config, split):
@@ -81,12 +97,71 @@ class GlobalOrder:
     return _finalize(example)
 
 
+class Prefetcher:
+  """Iterator of converted batches from a grain iterator, `depth` batches ahead in a background thread.
+
+  get_state/set_state (JSON bytes, the form grain's checkpoint handler uses for non-grain iterators) are
+  the grain iterator's state after the last batch handed out: batches waiting in the queue do not count.
+  """
+
+  def __init__(self, iterator, convert, depth):
+    self.iterator, self.convert, self.depth = iterator, convert, depth
+    self._thread = self._queue = self._stop = self._state = None
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self.depth == 0:
+      return self.convert(next(self.iterator))
+    if self._thread is None:
+      self._state = self.iterator.get_state()
+      self._queue, self._stop = queue.Queue(self.depth), threading.Event()
+      self._thread = threading.Thread(target=self._fill, daemon=True, name="effjax-prefetch")
+      self._thread.start()
+    batch, state, error = self._queue.get()
+    if error is not None:
+      raise error
+    self._state = state
+    return batch
+
+  def _fill(self):
+    error = None
+    while not self._stop.is_set() and error is None:
+      try:
+        item = (self.convert(next(self.iterator)), self.iterator.get_state(), None)
+      except Exception as e:  # raised in the consumer
+        item = error = (None, None, e)
+      while not self._stop.is_set():
+        try:
+          self._queue.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          continue
+
+  def get_state(self):
+    return json.dumps(self.iterator.get_state() if self._thread is None else self._state).encode()
+
+  def set_state(self, state):
+    self.close()
+    self.iterator.set_state(json.loads(state))
+
+  def start_prefetch(self):
+    """Called by grain's checkpoint handler after a restore; the thread starts at the first batch."""
+
+  def close(self):
+    """Stops the thread and rewinds the grain iterator to the last batch handed out (queued ones are dropped)."""
+    if self._thread is not None:
+      self._stop.set()
+      self._thread.join()
+      self._thread = None
+      self.iterator.set_state(self._state)
+
+
 @dataclasses.dataclass
 class TrainData:
   """An endless iterator of global training batches; `loader_iterator` is what checkpoints save."""
-  loader_iterator: object
-  sharding: jax.sharding.NamedSharding
-  global_batch_size: int
+  loader_iterator: Prefetcher
   num_examples: int
   info: dict
 
@@ -94,7 +169,10 @@ class TrainData:
     return self
 
   def __next__(self):
-    return to_global(next(self.loader_iterator), self.sharding, self.global_batch_size)
+    return next(self.loader_iterator)
+
+  def close(self):
+    self.loader_iterator.close()
 
 
 def train_data(data_config, global_batch_size, sharding, seed):
@@ -105,12 +183,13 @@ def train_data(data_config, global_batch_size, sharding, seed):
     raise ValueError(f"batch_size {global_batch_size} is not divisible by the {process_count} processes")
   if len(source) < global_batch_size:
     raise ValueError(f"batch_size {global_batch_size} exceeds the {len(source)} training examples")
-  ops_list = [ops.parse(s) for s in list(data_config.augment) + list(data_config.preprocess)]
+  ops_list = [ops.parse(s) for s in data_config.pp_train]
   order = GlobalOrder(source, ops_list, seed, global_batch_size, process_index, process_count)
   dataset = grain.MapDataset.source(order).batch(order.local_batch, drop_remainder=True).to_iter_dataset()
   if data_config.worker_count > 0:
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.worker_count))
-  return TrainData(iter(dataset), sharding, global_batch_size, len(source), source.info)
+  convert = lambda batch: to_global(batch, sharding, global_batch_size)
+  return TrainData(Prefetcher(iter(dataset), convert, data_config.prefetch), len(source), source.info)
 
 
 def eval_batches(data_config, global_batch_size, sharding, source=None):
@@ -122,14 +201,30 @@ def eval_batches(data_config, global_batch_size, sharding, source=None):
   count = len(source) if data_config.eval_examples < 0 else min(len(source), data_config.eval_examples)
   process_count, process_index = jax.process_count(), jax.process_index()
   local = global_batch_size // process_count
-  fns = [fn for _, fn, is_random in (ops.parse(s) for s in data_config.preprocess) if not is_random]
-  prepare = _Deterministic(fns)
+  parsed = [ops.parse(s) for s in data_config.pp_eval]
+  random = [name for name, _, is_random in parsed if is_random]
+  if random:
+    raise ConfigError(f"evaluation preprocessing must be deterministic; {random} are random (move them to pp_train)")
+  prepare = _Deterministic([fn for _, fn, _ in parsed])
   for start in range(0, count, global_batch_size):
     indices = start + process_index * local + np.arange(local)
     examples = [prepare(source[int(i) if i < count else 0]) for i in indices]
     batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
     batch["mask"] = (indices < count).astype(np.float32)
     yield to_global(batch, sharding, global_batch_size)
+
+
+def eval_spec(config, name):
+  """(evaluator type, data config, every_steps) of evaluation `name`: config.evals.<name> over the defaults."""
+  spec = dict(config.evals.get(name, {}))
+  unknown = sorted(set(spec) - set(EVAL_KEYS))
+  if unknown:
+    raise ConfigError(f"config.evals.{name}: unknown key(s) {unknown}; valid: {sorted(EVAL_KEYS)}")
+  data = copy.deepcopy(config.data)
+  for key, data_key in EVAL_KEYS.items():
+    if data_key and key in spec:
+      data[data_key] = spec[key]
+  return spec.get("type", name), data, spec.get("every_steps", config.eval_every_steps)
 
 
 def to_global(local_batch, sharding, global_batch_size):
