@@ -12,12 +12,17 @@ from PIL import Image
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
-def decode(data: bytes) -> np.ndarray:
-  """Encoded image bytes (JPEG, PNG, ...) -> uint8 [H, W, 3] RGB (greyscale and CMYK are converted)."""
+def decode(data: bytes, channels: int | None = 3) -> np.ndarray:
+  """Encoded image bytes (JPEG, PNG, ...) -> uint8 [H, W, channels] (1: greyscale, 3: RGB, 4: RGBA;
+  None: as stored); other colour modes (CMYK, palette, ...) are converted."""
   image = Image.open(io.BytesIO(data))
-  if image.mode != "RGB":
-    image = image.convert("RGB")
-  return np.asarray(image)
+  if channels is None:
+    channels = 1 if image.mode in ("L", "1") else 4 if image.mode in ("RGBA", "LA", "PA") else 3
+  if channels not in _MODES:
+    raise ValueError(f"decode: channels must be 1, 3 or 4, got {channels}")
+  if image.mode != _MODES[channels]:
+    image = image.convert(_MODES[channels])
+  return from_pil(image)
 
 
 def to_pil(image: np.ndarray) -> Image.Image:

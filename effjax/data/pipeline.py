@@ -185,11 +185,17 @@ def train_data(data_config, global_batch_size, sharding, seed):
     raise ValueError(f"batch_size {global_batch_size} exceeds the {len(source)} training examples")
   ops_list = [ops.parse(s) for s in data_config.pp_train]
   order = GlobalOrder(source, ops_list, seed, global_batch_size, process_index, process_count)
-  dataset = grain.MapDataset.source(order).batch(order.local_batch, drop_remainder=True).to_iter_dataset()
-  if data_config.worker_count > 0:
-    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.worker_count))
   convert = lambda batch: to_global(batch, sharding, global_batch_size)
-  return TrainData(Prefetcher(iter(dataset), convert, data_config.prefetch), len(source), source.info)
+  return TrainData(Prefetcher(loader(order, data_config.worker_count), convert, data_config.prefetch),
+                   len(source), source.info)
+
+
+def loader(order, worker_count):
+  """grain iterator of this process's numpy batches of `order` (0 workers: in this process)."""
+  dataset = grain.MapDataset.source(order).batch(order.local_batch, drop_remainder=True).to_iter_dataset()
+  if worker_count > 0:
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return iter(dataset)
 
 
 def eval_batches(data_config, global_batch_size, sharding, source=None):
