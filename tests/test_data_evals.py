@@ -39,6 +39,7 @@ def test_eval_config_errors():
     next(pipeline.eval_batches(data, 8, None))
 
 
+@pytest.mark.slow
 def test_two_evaluations_with_their_own_split_size_and_cadence(tmp_path):
   result = train.train_and_evaluate(_with_train_subset(), str(tmp_path))
   rows = metrics.read_jsonl(str(tmp_path))

@@ -207,3 +207,13 @@ def test_imagenet_scale_configs_produce_224px_images(spec, train_shape, eval_sha
     assert not is_random
     example = fn(example)
   assert example["image"].shape == (224, 224, 3) and example["image"].dtype == np.float32
+
+
+def test_normalize_table_equals_the_arithmetic():
+  image = _photo()
+  mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+  want = (image.astype(np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  np.testing.assert_array_equal(ops.normalize({"image": image}, mean=mean, std=std)["image"], want)
+  flipped = image[:, ::-1]  # a view, as flip returns
+  np.testing.assert_array_equal(ops.normalize({"image": flipped}, mean=0.5, std=0.5)["image"],
+                                (flipped.astype(np.float32) / 255.0 - 0.5) / 0.5)

@@ -7,8 +7,9 @@ Images: four scikit-image photographs resized to 375×500 (landscape) and 500×3
 Recipes (the ops of configs/crate.py and crate_finetune.py; normalisation to float32 included):
   train: decode, inception_crop(224), flip, randaugment(2, 9), normalize
   eval:  decode, center_crop(224, resize_small=256), normalize
-"Per core" runs the recipe in this process pinned to one CPU; "N grain workers" reads batches of 32 through
-effjax.data.pipeline's loader (GlobalOrder + grain mp_prefetch), the path the trainer uses.
+"Per core" runs the recipe in this process pinned to one CPU and counts examples per CPU-second; "N grain
+workers" counts examples per wall-clock second read in batches of 32 through effjax.data.pipeline's loader
+(GlobalOrder + grain mp_prefetch), the path the trainer uses, so it depends on how busy the machine is.
 """
 import argparse
 import io
@@ -51,13 +52,14 @@ class JpegSource:
 
 
 def per_core(source, recipe, count):
-  """Examples/s of the recipe in this process, pinned to one CPU."""
+  """Examples per CPU-second of the recipe in this process, pinned to one CPU (CPU time, so that other
+  processes sharing the CPU do not count)."""
   order = pipeline.GlobalOrder(source, [ops.parse(s) for s in recipe], 0, 32, 0, 1)
   order[0]
-  start = time.perf_counter()
+  start = time.process_time()
   for j in range(count):
     order[j]
-  return count / (time.perf_counter() - start)
+  return count / (time.process_time() - start)
 
 
 def with_workers(source, recipe, count, workers):
@@ -83,7 +85,8 @@ def main():
   source = JpegSource(64)
   workers = [int(w) for w in args.workers.split(",") if w]
   affinity = os.sched_getaffinity(0)
-  print(f"| recipe | per core | {' | '.join(f'{w} grain worker{"s" * (w > 1)}' for w in workers)} |")
+  columns = [f"{w} grain worker" + "s" * (w > 1) for w in workers]
+  print(f"| recipe | per core | {' | '.join(columns)} |")
   print(f"|---|---|{'---|' * len(workers)}")
   for name, recipe in RECIPES.items():
     os.sched_setaffinity(0, {min(affinity)})
