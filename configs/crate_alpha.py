@@ -16,7 +16,6 @@ for evaluation; pixel values in [-1, 1] (Mixup/CutMix and RandAugment of the off
 import ml_collections
 
 from effjax import config as cfg
-from effjax.models import crate_alpha
 
 STAGES = {  # data source, classes, base lr, label smoothing
     "pretrain": ("tfds:imagenet21k", 19167, 5e-5, 0.0),
@@ -32,8 +31,8 @@ def get_config(arg=None):
   c = cfg.base_config()
   c.model_name = "crate_alpha"
   c.model = ml_collections.ConfigDict(dict(
-      num_classes=classes, **crate_alpha.variant_kwargs(arg.variant if "/" in arg.variant else arg.variant + "/16"),
-      posemb="learn", dropout=0.0, drop_path=0.0, layer_scale=None, remat="none"))
+      num_classes=classes, variant=arg.variant if "/" in arg.variant else arg.variant + "/16", posemb="learn",
+      dropout=0.0, drop_path_rate=0.0, layer_scale=None, remat="none"))
   c.task = ml_collections.ConfigDict(dict(label_smoothing=smoothing))
   c.evaluators = ("classification", "coding_rate")
   c.evaluator.coding_rate = ml_collections.ConfigDict(dict(max_examples=256, per_head=False))
@@ -58,7 +57,7 @@ def get_config(arg=None):
 
   if arg.runlocal:  # small CRATE-α on the embedded MNIST subset
     c.model = ml_collections.ConfigDict(dict(
-        num_classes=10, patch_size=7, width=96, depth=4, num_heads=4, posemb="learn", dropout=0.0, drop_path=0.0,
+        num_classes=10, patch_size=7, width=96, depth=4, num_heads=4, posemb="learn", dropout=0.0, drop_path_rate=0.0,
         layer_scale=None, remat="none"))
     c.task.label_smoothing = 0.0
     c.data.source = "mnist5k"

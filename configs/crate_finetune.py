@@ -14,7 +14,6 @@ pre-trained model. At 224 px with patch 16 the position embedding has the checkp
 import ml_collections
 
 from effjax import config as cfg
-from effjax.models import crate
 
 
 def get_config(arg=None):
@@ -22,8 +21,8 @@ def get_config(arg=None):
   c = cfg.base_config()
   c.model_name = "crate"
   c.model = ml_collections.ConfigDict(dict(
-      num_classes=arg.num_classes, patch_size=16, **crate.variant_kwargs(arg.variant), pool="cls", dropout=0.0,
-      emb_dropout=0.0, remat="none"))
+      num_classes=arg.num_classes, variant=arg.variant, patch_size=16, pool="cls", dropout=0.0, emb_dropout=0.0,
+      remat="none"))
   c.task = ml_collections.ConfigDict(dict(label_smoothing=0.1))
   c.evaluators = ("classification", "coding_rate")
   c.evaluator.coding_rate = ml_collections.ConfigDict(dict(max_examples=256))

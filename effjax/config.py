@@ -139,6 +139,7 @@ def base_config() -> ConfigDict:
   c.checkpoint_every_steps = 500     # also saves at the end
   c.keep_checkpoints = 3
   c.resume = ""                      # checkpoint dir to resume from when the workdir has none
+  c.allow_config_change = False      # resume a checkpoint made with other config values (same state shapes)
   c.init_from = ConfigDict()
   c.init_from.path = ""              # checkpoint to fine-tune from (params only)
   c.init_from.skip = r"^head/"       # param-path regex left at its fresh init (e.g. a new head)

@@ -93,10 +93,10 @@ def test_train_iterator_state_resumes_exactly():
   data = pipeline.train_data(_data_config(pp_train=("random_crop(pad=2)",)), 16, spec, seed=3)
   for _ in range(3):
     next(data)
-  state = data.loader_iterator.get_state()
+  state = data.get_state()
   expected = [np.asarray(next(data)["image"]) for _ in range(2)]
   fresh = pipeline.train_data(_data_config(pp_train=("random_crop(pad=2)",)), 16, spec, seed=3)
-  fresh.loader_iterator.set_state(state)
+  fresh.set_state(state)
   for want in expected:
     np.testing.assert_array_equal(np.asarray(next(fresh)["image"]), want)
 

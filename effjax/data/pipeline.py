@@ -1,19 +1,16 @@
 """Input pipeline: a data source (by name) -> grain -> global batches sharded over the device mesh.
 
 Training: a grain dataset over `GlobalOrder` (seeded shuffling over endless epochs; each process reads
-its own slice of every global batch; per-example augmentation seeds), batched per process, with a
-checkpointable iterator whose state is saved with every checkpoint, so resume is exact.
+its own slice of every global batch; per-example augmentation seeds), batched per process. Its state (the
+number of global batches consumed) is saved with every checkpoint, so resume is exact on any process count.
 Prefetch: a background thread takes the next batches from grain, assembles them into global device
-arrays (host-to-device transfer included) and queues `data.prefetch` of them, so that they are ready
-while the current step runs; the state it reports to checkpoints is that after the last batch handed
-out, so resume stays exact.
+arrays (host-to-device transfer included) and keeps `data.prefetch` of them ready while the current step
+runs; batches waiting in the queue are not counted as consumed, so resume stays exact.
 Evaluation: one deterministic pass; the last batch is padded with `mask = 0` examples so that every
 process runs the same number of equally shaped batches. Each evaluation may name its own data and
 cadence in `config.evals.<name>` (EVAL_KEYS).
 """
 import copy
-import dataclasses
-import json
 import queue
 import sys
 import threading
@@ -97,41 +94,47 @@ class GlobalOrder:
     return _finalize(example)
 
 
-class Prefetcher:
-  """Iterator of converted batches from a grain iterator, `depth` batches ahead in a background thread.
+class TrainData:
+  """An endless iterator of global training batches with a global, process-count-free state.
 
-  get_state/set_state (JSON bytes, the form grain's checkpoint handler uses for non-grain iterators) are
-  the grain iterator's state after the last batch handed out: batches waiting in the queue do not count.
+  The state is {"next_batch": n}: the number of global batches consumed. Batch n is the same global batch
+  for any number of processes (see GlobalOrder), so a state saved by P processes resumes on any other P.
+  With prefetch > 0 a background thread prepares the next `prefetch` batches (grain + device transfer).
   """
 
-  def __init__(self, iterator, convert, depth):
-    self.iterator, self.convert, self.depth = iterator, convert, depth
-    self._thread = self._queue = self._stop = self._state = None
+  def __init__(self, make_iterator, sharding, global_batch_size, num_examples, info, prefetch=0):
+    self.make_iterator, self.sharding, self.prefetch = make_iterator, sharding, prefetch
+    self.global_batch_size, self.num_examples, self.info = global_batch_size, num_examples, info
+    self.next_batch, self.loader_iterator = 0, make_iterator(0)
+    self._thread = self._queue = self._stop = None
 
   def __iter__(self):
     return self
 
   def __next__(self):
-    if self.depth == 0:
-      return self.convert(next(self.iterator))
-    if self._thread is None:
-      self._state = self.iterator.get_state()
-      self._queue, self._stop = queue.Queue(self.depth), threading.Event()
-      self._thread = threading.Thread(target=self._fill, daemon=True, name="effjax-prefetch")
-      self._thread.start()
-    batch, state, error = self._queue.get()
-    if error is not None:
-      raise error
-    self._state = state
+    if self.prefetch == 0:
+      batch = self._convert(next(self.loader_iterator))
+    else:
+      if self._thread is None:
+        self._queue, self._stop = queue.Queue(self.prefetch), threading.Event()
+        self._thread = threading.Thread(target=self._fill, daemon=True, name="effjax-prefetch")
+        self._thread.start()
+      batch, error = self._queue.get()
+      if error is not None:
+        raise error
+    self.next_batch += 1
     return batch
+
+  def _convert(self, batch):
+    return to_global(batch, self.sharding, self.global_batch_size)
 
   def _fill(self):
     error = None
     while not self._stop.is_set() and error is None:
       try:
-        item = (self.convert(next(self.iterator)), self.iterator.get_state(), None)
+        item = (self._convert(next(self.loader_iterator)), None)
       except Exception as e:  # raised in the consumer
-        item = error = (None, None, e)
+        item = error = (None, e)
       while not self._stop.is_set():
         try:
           self._queue.put(item, timeout=0.1)
@@ -140,43 +143,25 @@ class Prefetcher:
           continue
 
   def get_state(self):
-    return json.dumps(self.iterator.get_state() if self._thread is None else self._state).encode()
+    return {"next_batch": self.next_batch}
 
   def set_state(self, state):
+    """Continues at global batch state["next_batch"] (a fresh grain iterator starting there)."""
     self.close()
-    self.iterator.set_state(json.loads(state))
-
-  def start_prefetch(self):
-    """Called by grain's checkpoint handler after a restore; the thread starts at the first batch."""
+    self.next_batch = int(state["next_batch"])
+    self.loader_iterator = self.make_iterator(self.next_batch)
 
   def close(self):
-    """Stops the thread and rewinds the grain iterator to the last batch handed out (queued ones are dropped)."""
+    """Stops the prefetch thread; the batches it prepared are dropped and iteration continues at next_batch."""
     if self._thread is not None:
       self._stop.set()
       self._thread.join()
       self._thread = None
-      self.iterator.set_state(self._state)
-
-
-@dataclasses.dataclass
-class TrainData:
-  """An endless iterator of global training batches; `loader_iterator` is what checkpoints save."""
-  loader_iterator: Prefetcher
-  num_examples: int
-  info: dict
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    return next(self.loader_iterator)
-
-  def close(self):
-    self.loader_iterator.close()
+      self.loader_iterator = self.make_iterator(self.next_batch)
 
 
 def train_data(data_config, global_batch_size, sharding, seed):
-  """Endless shuffled training batches: seeded, per-process, checkpointable (see GlobalOrder)."""
+  """Endless shuffled training batches: seeded, per-process, resumable at any batch (see GlobalOrder)."""
   source = make_source(data_config, data_config.train_split)
   process_count, process_index = jax.process_count(), jax.process_index()
   if global_batch_size % process_count:
@@ -185,14 +170,14 @@ def train_data(data_config, global_batch_size, sharding, seed):
     raise ValueError(f"batch_size {global_batch_size} exceeds the {len(source)} training examples")
   ops_list = [ops.parse(s) for s in data_config.pp_train]
   order = GlobalOrder(source, ops_list, seed, global_batch_size, process_index, process_count)
-  convert = lambda batch: to_global(batch, sharding, global_batch_size)
-  return TrainData(Prefetcher(loader(order, data_config.worker_count), convert, data_config.prefetch),
-                   len(source), source.info)
+  batches = grain.MapDataset.source(order).batch(order.local_batch, drop_remainder=True)
+  make_iterator = lambda start: loader(batches[start:], data_config.worker_count)
+  return TrainData(make_iterator, sharding, global_batch_size, len(source), source.info, data_config.prefetch)
 
 
-def loader(order, worker_count):
-  """grain iterator of this process's numpy batches of `order` (0 workers: in this process)."""
-  dataset = grain.MapDataset.source(order).batch(order.local_batch, drop_remainder=True).to_iter_dataset()
+def loader(batches, worker_count):
+  """grain iterator over a MapDataset of this process's numpy batches (0 workers: in this process)."""
+  dataset = batches.to_iter_dataset()
   if worker_count > 0:
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return iter(dataset)

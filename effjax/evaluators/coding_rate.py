@@ -15,7 +15,7 @@ evaluator also captures the outputs of modules whose path matches (e.g. `attn/qu
 whose query projection gives [B, N, heads, head_dim]). Options in config.evaluator.coding_rate:
   eps (0.01), subspace (r"(^|/)layer\\d+/qkv$"), sparse (r"(^|/)layer\\d+/(after_ista|ista/sparse_code)$":
   the CRATE ISTA output or the CRATE-α sparse code z₂; "" to skip),
-  num_heads (default config.model.num_heads), max_examples (256), per_head (True), plot (True).
+  num_heads (default the model's num_heads), max_examples (256), per_head (True), plot (True).
 PNG curves over depth are written to <workdir>/coding_rate/step_<step>.png.
 """
 import os
@@ -87,7 +87,7 @@ class Evaluator:
       raise ValueError(f"unknown config.evaluator.coding_rate option(s) {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
     opts.update(dict(config.evaluator.get("coding_rate", {})))
     self.opts = opts
-    self.num_heads = opts["num_heads"] or config.model.get("num_heads", 0)
+    self.num_heads = opts["num_heads"] or getattr(model, "num_heads", 0)
     patterns = [re.compile(p) for p in (opts["subspace"], opts["sparse"]) if p]
 
     def capture(module, method_name):

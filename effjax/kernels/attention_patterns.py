@@ -156,6 +156,20 @@ def as_pattern(pattern) -> Pattern:
                    "effjax.kernels.attention_patterns.local/dilated/grouped/chunk_causal/grid_local/grid_dilated")
 
 
+@functools.lru_cache(maxsize=128)
+def groups(pattern: Pattern, lq: int, lk: int):
+  """(q_order [Lq], k_order [Lk], G) when `pattern` splits the queries and the keys into G groups of equal
+  sizes, query group g seeing exactly key group g (dilated, grouped and grid patterns on divisible sizes);
+  None otherwise. Gathering by the orders and reshaping gives [G, Lq / G] x [G, Lk / G] dense blocks."""
+  if pattern.kind == "full" or pattern.bounds() != (0, 0):
+    return None
+  qc, kc = pattern.coords(lq, "q"), pattern.coords(lk, "k")
+  (qv, qn), (kv, kn) = np.unique(qc, return_counts=True), np.unique(kc, return_counts=True)
+  if not (np.array_equal(qv, kv) and np.all(qn == qn[0]) and np.all(kn == kn[0])):
+    return None
+  return np.argsort(qc, kind="stable"), np.argsort(kc, kind="stable"), len(qv)
+
+
 @dataclasses.dataclass(frozen=True)
 class TilePlan:
   """Everything static a block-sparse kernel needs, for one pattern and padded problem size.

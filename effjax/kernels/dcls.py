@@ -30,8 +30,9 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from effjax.kernels import dispatch
+
 VERSIONS = ("v1", "gauss", "max")
-IMPLS = ("auto", "xla", "pallas")
 
 
 def _axis_factors(P, sig, dks, version):
@@ -123,14 +124,13 @@ def construct_kernel_pallas(weight, P, sig, dilated_kernel_size, version, *, blo
                             interpret=None):
   """`construct_kernel_reference` with the tap contraction in a Pallas kernel (2-D kernels).
 
-  backend: "tpu" (Mosaic) or "gpu" (Triton), default from the platform; interpret: default True on CPU.
+  backend: "tpu" (Mosaic) or "gpu" (Triton), default from the platform; interpret: default True off it.
   """
   dks = tuple(dilated_kernel_size)
   _check(weight, P, sig, dks, version)
   if len(dks) != 2:
     raise ValueError(f"the Pallas DCLS kernel builds 2-D kernels, got dilated_kernel_size {dks}")
-  interpret = jax.default_backend() == "cpu" if interpret is None else interpret
-  backend = backend or ("gpu" if jax.default_backend() == "gpu" else "tpu")
+  kernel = dispatch.resolve("dcls", "pallas", backend=backend, interpret=interpret)
   rows, cols = _scaled_factors(weight, P, sig, dks, version)      # [O, I, KC, R], [O, I, KC, C]
   o, i, kc = weight.shape
   n = o * i
@@ -138,19 +138,17 @@ def construct_kernel_pallas(weight, P, sig, dilated_kernel_size, version, *, blo
   pow2 = lambda x: max(16, pl.next_power_of_2(x))   # Triton tiles; Mosaic takes them as full dims
   flat = lambda f: jnp.pad(f.reshape(n, kc, f.shape[-1]),
                            ((0, n_pad - n), (0, pow2(kc) - kc), (0, pow2(f.shape[-1]) - f.shape[-1])))
-  out = _contract(flat(rows), flat(cols), block, backend, interpret)
+  out = _contract(flat(rows), flat(cols), block, kernel.backend, kernel.interpret)
   return out[:n, :dks[0], :dks[1]].reshape(o, i, *dks)
 
 
 def construct_kernel(weight, P, sig, dilated_kernel_size, version, *, impl="auto"):
-  """Dispatch: "xla" (any rank), "pallas" (2-D), "auto" = Pallas for 2-D kernels on TPU/GPU, else XLA."""
-  if impl not in IMPLS:
-    raise ValueError(f"unknown DCLS impl {impl!r}; expected one of {IMPLS}")
-  use_pallas = impl == "pallas" or (impl == "auto" and jax.default_backend() in ("tpu", "gpu")
-                                    and len(dilated_kernel_size) == 2)
-  if use_pallas:
-    return construct_kernel_pallas(weight, P, sig, dilated_kernel_size, version)
-  return construct_kernel_reference(weight, P, sig, dilated_kernel_size, version)
+  """Dispatch (`dispatch.resolve`): "xla" (any rank), "pallas" (2-D kernels only), "auto"."""
+  dks = tuple(dilated_kernel_size)
+  unsupported = None if len(dks) == 2 else f"the Pallas DCLS kernel builds 2-D kernels, got {dks}"
+  if dispatch.resolve("dcls", impl, unsupported=unsupported) is not None:
+    return construct_kernel_pallas(weight, P, sig, dks, version)
+  return construct_kernel_reference(weight, P, sig, dks, version)
 
 
 def clamp_positions(P, dilated_kernel_size):

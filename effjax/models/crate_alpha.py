@@ -21,24 +21,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from effjax.layers import remat as remat_lib
+from effjax.layers.common import LN_EPS, DropPath, with_variants
 from effjax.models.crate import MSSA
 
-VARIANTS = {  # width, depth, heads: the official decode_variant (Ti, S, B, L, H)
-    "Ti": (192, 12, 3),
-    "S": (576, 12, 12),
-    "B": (768, 12, 12),
-    "L": (1024, 24, 16),
-    "H": (1280, 32, 16),
+VARIANTS = {  # the official decode_variant
+    "Ti": dict(width=192, depth=12, num_heads=3),
+    "S": dict(width=576, depth=12, num_heads=12),
+    "B": dict(width=768, depth=12, num_heads=12),
+    "L": dict(width=1024, depth=24, num_heads=16),
+    "H": dict(width=1280, depth=32, num_heads=16),
 }
-
-
-def variant_kwargs(variant: str) -> dict:
-  """Model kwargs of "B" or "B/16": {"width", "depth", "num_heads"[, "patch_size"]}."""
-  name, _, patch = variant.partition("/")
-  if name not in VARIANTS:
-    raise ValueError(f"unknown CRATE-α variant {variant!r}; expected one of {list(VARIANTS)} (optionally /patch)")
-  width, depth, heads = VARIANTS[name]
-  return dict(width=width, depth=depth, num_heads=heads, **({"patch_size": int(patch)} if patch else {}))
 
 
 def posemb_sincos_2d(h: int, w: int, width: int):
@@ -75,28 +67,15 @@ class OvercompleteISTA(nn.Module):
     return z2 @ decoder.T
 
 
-class DropPath(nn.Module):
-  """Stochastic depth: zeroes whole samples with probability `rate` in training, scales the rest by 1/(1−rate)."""
-  rate: float = 0.0
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    if not train or self.rate == 0.0:
-      return x
-    keep = 1.0 - self.rate
-    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(mask, x / keep, 0).astype(x.dtype)
-
-
 class Block(nn.Module):
   """One CRATE-α block; see the module docstring. [B, N, d] -> [B, N, d]."""
   num_heads: int
   eta: float = 0.1
   lmbda: float = 0.1
   dropout: float = 0.0
-  drop_path: float = 0.0
+  drop_path_rate: float = 0.0
   layer_scale: float | None = None
-  attention_impl: str = "auto"
+  impl: str = "auto"
 
   def _scale(self, name, y):
     if self.layer_scale is None:
@@ -109,24 +88,24 @@ class Block(nn.Module):
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
     y, w = MSSA(self.num_heads, d // self.num_heads, out_bias=False, dropout=self.dropout,
-                attention_impl=self.attention_impl, kernel_init=nn.initializers.normal(0.02),
-                name="mssa")(nn.LayerNorm(1e-6, name="norm1")(x), train)
+                impl=self.impl, kernel_init=nn.initializers.normal(0.02),
+                name="mssa")(nn.LayerNorm(LN_EPS, name="norm1")(x), train)
     self.sow("intermediates", "qkv", w)
     self.sow("intermediates", "attn_out", y)
-    x = x + DropPath(self.drop_path)(self._scale("ls1", y), train)
+    x = x + DropPath(self.drop_path_rate)(self._scale("ls1", y), train)
     self.sow("intermediates", "after_attn_residual", x)
-    y = OvercompleteISTA(self.eta, self.lmbda, name="ista")(nn.LayerNorm(1e-6, name="norm2")(x))
+    y = OvercompleteISTA(self.eta, self.lmbda, name="ista")(nn.LayerNorm(LN_EPS, name="norm2")(x))
     self.sow("intermediates", "ista_out", y)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    x = x + DropPath(self.drop_path)(self._scale("ls2", y), train)
+    x = x + DropPath(self.drop_path_rate)(self._scale("ls2", y), train)
     self.sow("intermediates", "output", x)
     return x
 
 
-class Model(nn.Module):
-  """CRATE-α classifier: images [B, H, W, C] -> logits [B, num_classes].
+class CRATEAlpha(nn.Module):
+  """CRATE-α classifier: images [B, H, W, C] -> logits [B, num_classes]; build it with `Model(variant=...)`.
 
-  drop_path is the stochastic-depth rate of the last block (linearly increasing from 0 over depth);
+  drop_path_rate is the stochastic-depth rate of the last block (linearly increasing from 0 over depth);
   layer_scale is the LayerScale init value (None: no LayerScale); remat is "none", "full" or "dots".
   """
   num_classes: int
@@ -138,10 +117,10 @@ class Model(nn.Module):
   lmbda: float = 0.1
   posemb: str = "learn"
   dropout: float = 0.0
-  drop_path: float = 0.0
+  drop_path_rate: float = 0.0
   layer_scale: float | None = None
   remat: str = "none"
-  attention_impl: str = "auto"
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, images, train=False):
@@ -168,14 +147,17 @@ class Model(nn.Module):
     self.sow("intermediates", "with_posemb", x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     block = remat_lib.remat(Block, self.remat)
-    rates = np.linspace(0.0, self.drop_path, self.depth)
+    rates = np.linspace(0.0, self.drop_path_rate, self.depth)
     for i in range(self.depth):
       x = block(self.num_heads, self.eta, self.lmbda, self.dropout, float(rates[i]), self.layer_scale,
-                self.attention_impl, name=f"layer{i}")(x, train)
+                self.impl, name=f"layer{i}")(x, train)
     self.sow("intermediates", "encoded", x)
-    x = nn.LayerNorm(1e-6, name="encoder_norm")(x)[:, 0]
+    x = nn.LayerNorm(LN_EPS, name="encoder_norm")(x)[:, 0]
     self.sow("intermediates", "head_input", x)
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.02), name="head")(x)
+
+
+Model = with_variants(CRATEAlpha, VARIANTS, "CRATE-α")
 
 
 def _flatten(tree, prefix=""):
@@ -187,15 +169,15 @@ def _flatten(tree, prefix=""):
   return out
 
 
-def convert_official(params) -> dict:
-  """Official CRATE-α Flax params (nested dict, or flat {"a/b/c": array}) -> params of `Model`.
+def convert_official(state_dict) -> dict:
+  """Official CRATE-α Flax params `state_dict` (nested dict, or flat {"a/b/c": array}) -> params of `Model`.
 
   The official tree: embedding, cls, pos_embedding (absent with posemb="sincos2d"),
   Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductSubspaceAttention_0/{proj, out}, LayerNorm_1,
   OvercompleteISTABlock_0/{D, D1}, ls1/ls1, ls2/ls2}, encoder_norm, head. Projections [d, H, p] and
   [H, p, d] are reshaped to [d, H·p] and [H·p, d]. Missing or unexpected keys raise ValueError.
   """
-  flat = _flatten(params)
+  flat = _flatten(state_dict)
   used = set()
 
   def get(key):

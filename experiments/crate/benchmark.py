@@ -71,7 +71,7 @@ class Runner:
   """A compiled train step of one CRATE variant with its state; `run()` times one step (wall and CPU s)."""
 
   def __init__(self, variant, batch=64, image=32, patch=4, classes=10):
-    model = crate.Model(num_classes=classes, patch_size=patch, **crate.variant_kwargs(variant))
+    model = crate.Model(num_classes=classes, patch_size=patch, variant=variant)
     self.images = jax.random.normal(jax.random.PRNGKey(0), (batch, image, image, 3), jnp.float32)
     self.labels = jax.random.randint(jax.random.PRNGKey(1), (batch,), 0, classes)
     params = model.init(jax.random.PRNGKey(2), self.images[:1])["params"]

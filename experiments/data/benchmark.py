@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-import numpy as np
+import grain
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -65,7 +65,7 @@ def per_core(source, recipe, count):
 def with_workers(source, recipe, count, workers):
   """Examples/s through the trainer's grain loader with `workers` processes (batches of 32)."""
   order = pipeline.GlobalOrder(source, [ops.parse(s) for s in recipe], 0, 32, 0, 1)
-  iterator = pipeline.loader(order, workers)
+  iterator = pipeline.loader(grain.MapDataset.source(order).batch(32, drop_remainder=True), workers)
   for _ in range(2 * max(workers, 1)):  # start-up: workers spawn and fill their buffers
     next(iterator)
   batches = max(count // 32, 1)

@@ -21,7 +21,7 @@ def _config(model_kwargs, **opts):
 def _golden_setup(golden):
   arrays, meta = golden("crate_small")
   k = meta["ctor"]
-  kwargs = dict(num_classes=k["num_classes"], patch_size=k["patch_size"], dim=k["dim"], depth=k["depth"],
+  kwargs = dict(num_classes=k["num_classes"], patch_size=k["patch_size"], width=k["dim"], depth=k["depth"],
                 num_heads=k["heads"], head_dim=k["dim_head"])
   params = crate.convert_official({n[len("param/"):]: v for n, v in arrays.items() if n.startswith("param/")})
   images = jnp.asarray(arrays["input/img"].transpose(0, 2, 3, 1))
