@@ -21,7 +21,8 @@ def test_eval_spec_defaults_and_overrides():
   assert (kind, data.eval_split, data.eval_examples, every) == ("classification", "test", 64, -1)
   assert data.pp_eval == c.data.pp_eval
   kind, data, every = pipeline.eval_spec(c, "train_subset")
-  assert (kind, data.source, data.eval_split, data.eval_examples, every) == ("classification", "mnist5k", "train", 32, 5)
+  assert (kind, data.source, data.eval_split, data.eval_examples, every) == (
+      "classification", "mnist5k", "train", 32, 5)
   assert tuple(data.pp_eval) == ("normalize(mean=0.5,std=0.5)",) and c.data.eval_split == "test"
 
 

@@ -42,7 +42,8 @@ def _reference_cases():
   cases = {"resize_small_96": lambda: ops.resize_small({"image": image}, size=96)["image"],
            "resize_64": lambda: ops.resize({"image": image}, size=64)["image"],
            "resize_200x180": lambda: ops.resize({"image": image}, size=(200, 180))["image"],
-           "center_crop_80_resize_small_96": lambda: ops.center_crop({"image": image}, size=80, resize_small=96)["image"]}
+           "center_crop_80_resize_small_96":
+               lambda: ops.center_crop({"image": image}, size=80, resize_small=96)["image"]}
   for s in range(3):
     cases[f"inception_crop_64_seed{s}"] = (
         lambda s=s: ops.inception_crop({"image": image}, np.random.default_rng(s), size=64)["image"])
