@@ -16,13 +16,13 @@ Every evaluation also measures the per-layer coding rate and sparsity (effjax/ev
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 
 
 def get_config(arg=None):
   arg = cfg.parse_arg(arg, variant="B", patch=16, dataset="tfds:imagenet2012", num_classes=1000, mixup=0.0,
                       cutmix=0.0, runlocal=False)
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "crate"
   c.model = ml_collections.ConfigDict(dict(
       num_classes=arg.num_classes, variant=arg.variant, patch_size=arg.patch, pool="cls", dropout=0.0,

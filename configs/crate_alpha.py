@@ -1,7 +1,8 @@
 """CRATE-α: the official ImageNet-21K pre-training and ImageNet-1K fine-tuning recipes, and a quick CPU run.
 
   python -m effjax.main --config configs/crate_alpha.py:variant=B/16 --workdir runs/crate_alpha_b16_in21k
-  python -m effjax.main --config configs/crate_alpha.py:variant=B/16,stage=finetune,init=runs/crate_alpha_b16_in21k/checkpoints/... --workdir runs/crate_alpha_b16_in1k
+  python -m effjax.main --workdir runs/crate_alpha_b16_in1k \
+      --config configs/crate_alpha.py:variant=B/16,stage=finetune,init=runs/crate_alpha_b16_in21k/checkpoints/...
   python -m effjax.main --config configs/crate_alpha.py:runlocal --workdir runs/crate_alpha_mnist
 
 Arguments: variant (Ti/S/B/L/H with /patch, e.g. L/14), stage (pretrain on ImageNet-21K or finetune on
@@ -15,7 +16,7 @@ for evaluation; pixel values in [-1, 1] (Mixup/CutMix and RandAugment of the off
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 
 STAGES = {  # data source, classes, base lr, label smoothing
     "pretrain": ("tfds:imagenet21k", 19167, 5e-5, 0.0),
@@ -28,7 +29,7 @@ def get_config(arg=None):
   if arg.stage not in STAGES:
     raise cfg.ConfigError(f"unknown CRATE-α stage {arg.stage!r}; expected one of {list(STAGES)}")
   source, classes, base_lr, smoothing = STAGES[arg.stage]
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "crate_alpha"
   c.model = ml_collections.ConfigDict(dict(
       num_classes=classes, variant=arg.variant if "/" in arg.variant else arg.variant + "/16", posemb="learn",

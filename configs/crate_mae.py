@@ -11,12 +11,12 @@ Optimiser: the MAE pre-training recipe the official CRATE-MAE code builds on (Ad
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 
 
 def get_config(arg=None):
   arg = cfg.parse_arg(arg, variant="B", patch=16, dataset="tfds:imagenet2012", batch=4096, runlocal=False)
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "crate_mae"
   c.model = ml_collections.ConfigDict(dict(variant=arg.variant, patch_size=arg.patch, lmbda=0.5, remat="none"))
   c.task_name = "mae"

@@ -14,7 +14,7 @@ against the paper's text, and the crop sizes are the ones commonly used with the
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 
 DATASETS = {  # crop [D, H, W], classes incl. background, intensity normalisation of the NIfTI source
     "synapse": ((64, 128, 128), 14, "ct"),
@@ -27,7 +27,7 @@ def get_config(arg=None):
   if arg.dataset not in DATASETS:
     raise cfg.ConfigError(f"unknown D-Former dataset {arg.dataset!r}; expected one of {list(DATASETS)}")
   crop, num_classes, norm = DATASETS[arg.dataset]
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "dformer"
   c.model = ml_collections.ConfigDict(dict(
       num_classes=num_classes, in_channels=1, width=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),

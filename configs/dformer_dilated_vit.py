@@ -9,12 +9,12 @@ members with stride 2, then patch merging to 7×7 tokens where both patterns cov
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 
 
 def get_config(arg=None):
   arg = cfg.parse_arg(arg, dataset="tfds:cifar10", image=32, num_classes=10, runlocal=False)
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "dilated_vit"
   c.model = ml_collections.ConfigDict(dict(
       num_classes=arg.num_classes, patch_size=(2, 2), width=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),

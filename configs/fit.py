@@ -9,7 +9,7 @@ grouping ("window" or "strided"), dataset, runlocal (embedded MNIST subset: 28×
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 
 
 def get_config(arg=None):
@@ -17,7 +17,7 @@ def get_config(arg=None):
                       num_classes=1000, remat="none", runlocal=False)
   if arg.res % 112:
     raise cfg.ConfigError(f"res={arg.res} must be a multiple of 112 (patch 16 x window 7)")
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "fit"
   c.model = ml_collections.ConfigDict(dict(
       num_classes=arg.num_classes, layers=arg.layers, patch_size=16, group_size=7, grouping=arg.grouping,

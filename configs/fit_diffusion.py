@@ -12,7 +12,7 @@ group, (local)global layer specs); they are not the paper's exact checkpoints.
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 
 RESOLUTIONS = {  # patch, group_size (patches per window side), layers, latents/group, width, latent_width
     64: (4, 4, "(2)2(2)2(2)2(2)2(2)2(2)", 32, 512, 768),
@@ -26,7 +26,7 @@ def get_config(arg=None):
   if arg.res not in RESOLUTIONS:
     raise cfg.ConfigError(f"unknown resolution {arg.res}; expected one of {sorted(RESOLUTIONS)}")
   patch, group, layers, latents, width, latent_width = RESOLUTIONS[arg.res]
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "fit_denoiser"
   c.model = ml_collections.ConfigDict(dict(
       layers=layers, latents_per_group=latents, width=width, latent_width=latent_width, num_heads=8,

@@ -10,12 +10,12 @@ model, 256-byte context in 16 groups of 16, a few minutes on a CPU). Metric: eva
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 
 
 def get_config(arg=None):
   arg = cfg.parse_arg(arg, seq_len=1024, group_size=32, runlocal=False)
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "fit_ar"
   c.model = ml_collections.ConfigDict(dict(
       vocab_size=256, seq_len=arg.seq_len, layers="(2)2(2)2(2)", group_size=arg.group_size,

@@ -8,13 +8,13 @@ runlocal (the quick CPU run on the embedded MNIST subset: >93% test accuracy in 
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 
 
 def get_config(arg=None):
   arg = cfg.parse_arg(arg, variant="Ti", patch=16, dataset="tfds:imagenet2012", num_classes=1000,
                       runlocal=False)
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "vit"
   c.model = ml_collections.ConfigDict(dict(
       num_classes=arg.num_classes, variant=arg.variant, patch_size=arg.patch, dropout=0.0, pool="cls",

@@ -17,9 +17,9 @@ import os
 import time
 
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from effjax import metrics
 from effjax.config import ConfigError
@@ -29,7 +29,7 @@ from effjax.config import ConfigError
 RESUMABLE_CHANGES = ("total_steps", "total_epochs", "log_every_steps", "eval_every_steps",
                      "checkpoint_every_steps", "keep_checkpoints", "progress_bar", "resume", "init_from",
                      "evaluators", "evaluator", "eval_batch_size", "data.eval_split", "data.eval_examples",
-                     "data.worker_count", "mesh", "sharding_rules", "debug_nan_step", "allow_config_change")
+                     "data.worker_count", "mesh", "sharding_rules", "allow_config_change")
 OVERRIDE_KEY = "allow_config_change"
 
 

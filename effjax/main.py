@@ -14,12 +14,10 @@ import sys
 import threading
 import traceback
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import app, flags, logging as absl_logging
 from ml_collections import config_flags
 
-from effjax import config as config_lib
-from effjax import preemption
+from effjax import config as config_lib, config_overrides, preemption
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<file>.py[:key=value,...]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for config.json, metrics, checkpoints")
@@ -130,7 +128,7 @@ def run():
   with preemption.Sigterm():  # from the first moment; main() installs its own
     try:
       try:
-        error = config_lib.check_overrides(sys.argv[1:])
+        error = config_overrides.check_overrides(sys.argv[1:])
       except preemption.Terminated:
         raise
       except Exception as e:  # e.g. a syntax error in the config file

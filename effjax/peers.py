@@ -18,8 +18,8 @@ class Watchdog:
   """Starts watching at construction (a collective: every process must construct it)."""
 
   def __init__(self, process_index, process_count, coordinator_host, timeout, on_lost):
-    from jax.experimental import multihost_utils
     import numpy as np
+    from jax.experimental import multihost_utils
     self.index, self.count, self.timeout, self.on_lost = process_index, process_count, timeout, on_lost
     self.peers, self.lock, self.closing = {}, threading.Lock(), False
     server = None

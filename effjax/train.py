@@ -18,9 +18,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from effjax import checkpoint, components, metrics as metrics_lib, optim, preemption, sharding
+from effjax import checkpoint, components, metrics as metrics_lib, optim, preemption, sharding, weights
 from effjax.config import ConfigError
 from effjax.data import pipeline
+from effjax.weights import posemb
 
 log = metrics_lib.logger()
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -168,7 +169,7 @@ def _train_and_evaluate(config, workdir, sigterm):
   train_step = _make_train_step(config, model, task, tx, schedule, compute_dtype)
   batch_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct((config.batch_size,) + s.shape[1:], s.dtype,
                                                           sharding=batch_sharding),
-                            {k: v for k, v in example_batch.items() if k != "mask"})
+                            {k: v for k, v in example_batch.items() if k != task.padding_key})
   train_step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
                        out_shardings=(state_shardings, repl), donate_argnums=0)
   train_step = train_step.lower(abstract_state, batch_spec).compile()
@@ -318,16 +319,24 @@ def _initial_state(config, ckpt, abstract_state, state_shardings, init, rng, tra
     log.warning("no readable checkpoint is left in %s; starting from scratch", ckpt.directory)
   state = jax.jit(init, out_shardings=state_shardings)(rng)
   if config.init_from.path:
-    state["params"] = _merge_init_params(config.init_from, state["params"], state_shardings["params"])
+    state["params"] = _merge_init_params(config.init_from, state["params"], state_shardings["params"],
+                                         config.model_name)
     if config.ema_decay > 0:
       state["ema_params"] = state["params"]
     log.info("initialised params from %s (kept fresh: %s)", config.init_from.path, config.init_from.skip)
   return state
 
 
-def _merge_init_params(init_from, fresh, shardings):
-  """Loaded params where the path does not match init_from.skip and shapes agree; fresh ones elsewhere."""
-  loaded = checkpoint.restore_params(init_from.path)
+def _merge_init_params(init_from, fresh, shardings, model_name):
+  """Loaded params where the path does not match init_from.skip and shapes agree; fresh ones elsewhere.
+
+  init_from.path is an effjax checkpoint directory or an official weights file (effjax.weights); a learned
+  position embedding of another token grid is resampled (effjax.weights.posemb).
+  """
+  if os.path.isfile(init_from.path):
+    loaded = weights.load_official(init_from.path, model_name)
+  else:
+    loaded = checkpoint.restore_params(init_from.path)
   flat_loaded = {sharding.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(loaded)}
   skip = re.compile(init_from.skip) if init_from.skip else None
 
@@ -338,6 +347,8 @@ def _merge_init_params(init_from, fresh, shardings):
     if name not in flat_loaded:
       raise ConfigError(f"init_from {init_from.path}: param {name} is missing; add it to init_from.skip")
     new = np.asarray(flat_loaded[name])
+    if new.shape != value.shape and re.search(posemb.NAME, name) and new.shape[-1] == value.shape[-1]:
+      new = posemb.resample(new, value.shape[-2])
     if new.shape != value.shape:
       raise ConfigError(f"init_from {init_from.path}: param {name} has shape {new.shape}, the model "
                         f"needs {value.shape}; add it to init_from.skip")
@@ -361,8 +372,8 @@ def _make_train_step(config, model, task, tx, schedule, compute_dtype):
 
   def loss_fn(params, model_state, batch, rng):
     variables = {"params": _cast_floats(params, compute_dtype), **model_state}
-    batch = {k: v.astype(compute_dtype) if k == "image" and jnp.issubdtype(v.dtype, jnp.floating) else v
-             for k, v in batch.items()}
+    batch = {k: v.astype(compute_dtype) if k in task.compute_inputs and jnp.issubdtype(v.dtype, jnp.floating)
+             else v for k, v in batch.items()}
     loss, aux = task.loss(model, variables, batch, rng, train=True)
     return loss.astype(jnp.float32), aux
 
@@ -395,9 +406,6 @@ def _make_train_step(config, model, task, tx, schedule, compute_dtype):
       loss = loss / accum
       task_metrics = jax.tree.map(lambda m: m / accum, task_metrics)
 
-    if config.debug_nan_step >= 0:  # testing aid for the NaN guard
-      poison = jnp.where(state["step"] + 1 == config.debug_nan_step, jnp.nan, 1.0)
-      loss, grads = loss * poison, jax.tree.map(lambda g: g * poison, grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     new_state = {**state, "step": state["step"] + 1, "params": new_params, "opt_state": opt_state,

@@ -3,12 +3,12 @@ import jax
 import numpy as np
 import pytest
 
-from effjax import config as cfg, sharding
+from effjax import sharding, train_config
 from effjax.data import ops, pipeline
 
 
 def _data_config(**kw):
-  c = cfg.base_config().data
+  c = train_config.base_config().data
   c.source = "mnist5k"
   c.update(kw)
   return c

@@ -121,7 +121,8 @@ def test_inception_crop_respects_area_and_aspect_bounds(monkeypatch):
   assert areas.min() >= 0.2 * 0.95 and areas.max() <= 0.5 * 1.05
   assert ratios.min() >= 0.75 * 0.95 and ratios.max() <= 4 / 3 * 1.05
   assert areas.max() - areas.min() > 0.2 and ratios.max() - ratios.min() > 0.4  # the whole range is drawn
-  full = _op("inception_crop(size=120,area_min=1.0,area_max=1.0,ratio_min=1.3333333333333333,ratio_max=1.3333333333333333)")
+  full = _op("inception_crop(size=120,area_min=1.0,area_max=1.0,"
+             "ratio_min=1.3333333333333333,ratio_max=1.3333333333333333)")
   np.testing.assert_array_equal(full({"image": image}, np.random.default_rng(0))["image"], original(image, 120, 120))
 
 

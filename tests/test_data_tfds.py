@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from effjax import config as cfg, metrics
+from effjax import metrics, train_config
 from effjax.data import pipeline
 import tfds_photos
 import trainer_utils
@@ -57,7 +57,7 @@ def data_dir(tmp_path_factory):
 
 def test_prepared_tfds_dataset_decodes_jpeg_images(data_dir, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", str(data_dir))
-  c = cfg.base_config().data
+  c = train_config.base_config().data
   c.source = f"tfds:{tfds_photos.NAME}"
   train, test = pipeline.make_source(c, "train"), pipeline.make_source(c, "test")
   assert (len(train), len(test)) == (48, 16) and train.info["num_classes"] == 4

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from effjax import metrics
+
 import trainer_utils
 
 

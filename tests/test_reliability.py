@@ -15,6 +15,7 @@ import pytest
 from effjax import checkpoint, metrics, train
 from effjax.config import ConfigError
 from effjax.data import ops
+
 import trainer_utils
 from trainer_utils import tiny_vit_config
 
@@ -112,6 +113,20 @@ def test_numbers_are_checked_before_compiling():
       ops.parse(spec)
 
 
+# The command with NaN training images, injected here (the trainer has no test hook): the NaN guard must stop it.
+_NAN_IMAGES_CLI = """
+import sys
+from effjax import main
+from effjax.data import pipeline
+next_batch = pipeline.TrainData.__next__
+def nan_images(self):
+  batch = next_batch(self)
+  return {**batch, "image": batch["image"] * float("nan")}
+pipeline.TrainData.__next__ = nan_images
+main.run()
+"""
+
+
 @pytest.mark.slow
 def test_every_cli_failure_ends_in_one_line(finished, tmp_path):
   bad_config = tmp_path / "bad.py"
@@ -135,8 +150,9 @@ def test_every_cli_failure_ends_in_one_line(finished, tmp_path):
   result = trainer_utils.run_cli(["--config", f"{bad_config}:x", "--workdir", str(tmp_path / "x")])
   assert result.returncode != 0 and result.stderr.strip().splitlines() == [
       "effjax: error: config file: SyntaxError: invalid syntax (bad.py, line 1)"]
-  result = trainer_utils.run_cli(trainer_utils.TINY_CLI + ["--workdir", str(tmp_path / "x"),
-                                                           "--config.debug_nan_step=1"])
+  result = subprocess.run([sys.executable, "-c", _NAN_IMAGES_CLI, *trainer_utils.TINY_CLI,
+                           "--workdir", str(tmp_path / "x")], cwd=trainer_utils.REPO, capture_output=True, text=True,
+                          env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}, timeout=300)
   last = result.stderr.strip().splitlines()[-1]
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert last.startswith("effjax: error: NonFiniteError: step 1") and f"{tmp_path}/x/error.log" in last

@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effjax.kernels import attention_patterns as ap
-from effjax.kernels import dispatch
+from effjax.kernels import attention_patterns as ap, dispatch
 from effjax.kernels.flash_attention import flash_attention
 
 

@@ -18,10 +18,10 @@ Every pattern is one rule on integer token coordinates c_q(i), c_k(j):
 `local(w, 0)` is causal sliding-window attention; `grouped(w)` is non-overlapping windows (D-Former LS-MSA
 in 1D). The grid patterns take tokens in row-major order over `grid` (L = prod(grid)); windows and groups
 at the edges of a grid that is not divisible are simply smaller (no padding needed): D-Former's LS-MSA and
-GS-MSA over images and volumes without the reshapes of `grid_attention`. Kernels only ever evaluate the comparison above on precomputed coordinates, so they need no
-integer division, and a token permutation (sorting by coordinate) turns the dilated pattern into a block
-diagonal one. `tile_plan` lists the (q-block, k-block) tiles holding at least one visible pair; kernels run
-their grid over that list only.
+GS-MSA over images and volumes without the reshapes of `grid_attention`. Kernels only ever evaluate the
+comparison above on precomputed coordinates, so they need no integer division, and a token permutation
+(sorting by coordinate) turns the dilated pattern into a block diagonal one. `tile_plan` lists the
+(q-block, k-block) tiles holding at least one visible pair; kernels run their grid over that list only.
 """
 import dataclasses
 import functools

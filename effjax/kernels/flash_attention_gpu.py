@@ -18,7 +18,6 @@ from jax.experimental.pallas import triton as plgpu
 from effjax.kernels.dispatch import EMPTY_LSE, MASK_VALUE
 
 
-
 def default_blocks(lq, lk):
   """(block_q, block_k): powers of two, 64 unless the sequence is shorter."""
   return (min(64, max(16, pl.next_power_of_2(lq))), min(64, max(16, pl.next_power_of_2(lk))))

@@ -22,7 +22,6 @@ from effjax.kernels.attention_patterns import FIRST, LAST, MASKED
 from effjax.kernels.dispatch import EMPTY_LSE, MASK_VALUE, NT
 
 
-
 def default_blocks(lq, lk):
   """(block_q, block_k): the key block is a multiple of 128 lanes unless it covers all keys."""
   bq = min(128, -(-lq // 8) * 8)

@@ -18,8 +18,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
-from jax.experimental.pallas import triton as plgpu
+from jax.experimental.pallas import tpu as pltpu, triton as plgpu
 
 from effjax.kernels import dispatch
 

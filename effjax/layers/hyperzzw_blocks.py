@@ -13,7 +13,6 @@ from effjax.layers.hyperzzw_norms import BatchStd, GroupIBS, instance_std
 from effjax.layers.slow_net import KAIMING_LINEAR, LocalSlowNet, SlowNet
 
 
-
 def _dense(features, name, init=torch_kaiming_normal):
   return nn.Dense(features, kernel_init=init, bias_init=nn.initializers.zeros, name=name)
 

@@ -37,11 +37,22 @@ VARIANTS = {  # head dim = width / heads, as the official CRATE_tiny/small/base/
 }
 
 
+def check_posemb_length(module, num_tokens):
+  """One-line error when the learned position embedding was made for another token grid (another resolution
+  or patch size): the official CRATE slices it silently; resample it with effjax.weights.posemb.resample
+  (init_from does so)."""
+  if module.has_variable("params", "pos_embedding"):
+    have = module.get_variable("params", "pos_embedding").shape[1]
+    if have != num_tokens:
+      raise ValueError(f"pos_embedding has {have} tokens but this input gives {num_tokens}: resample it "
+                       f"(effjax.weights.posemb.resample; config.init_from does) for the new resolution")
+
+
 class MSSA(nn.Module):
   """Multi-head subspace self-attention: x [B, N, d] -> (out [B, N, d], W = x U [B, N, K·p]).
 
   One bias-free projection U [d, K·p] serves as query, key and value of every head;
-  out = concat_k(softmax(Wₖ Wₖᵀ p^-½) Wₖ) · U_out (+ b_out when out_bias).
+  out = concat_k(softmax(Wₖ Wₖᵀ p^-½) Wₖ) · U_out (+ b_out when out_bias); without U_out when not project_out.
   """
   num_heads: int
   head_dim: int
@@ -49,6 +60,7 @@ class MSSA(nn.Module):
   dropout: float = 0.0
   impl: str = "auto"
   kernel_init: nn.initializers.Initializer = torch_default_init
+  project_out: bool = True
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -56,8 +68,10 @@ class MSSA(nn.Module):
     inner = self.num_heads * self.head_dim
     w = nn.Dense(inner, use_bias=False, kernel_init=self.kernel_init, name="qkv")(x)
     heads = w.reshape(b, n, self.num_heads, self.head_dim)
-    y = subspace_attention(heads, scale=self.head_dim ** -0.5, impl=self.impl)
-    y = nn.Dense(d, use_bias=self.out_bias, kernel_init=self.kernel_init, name="out")(y.reshape(b, n, inner))
+    y = subspace_attention(heads, scale=self.head_dim ** -0.5, impl=self.impl).reshape(b, n, inner)
+    if not self.project_out:  # the official CRATE with one head of width d: to_out is the identity
+      return y, w
+    y = nn.Dense(d, use_bias=self.out_bias, kernel_init=self.kernel_init, name="out")(y)
     return nn.Dropout(self.dropout, deterministic=not train)(y), w
 
 
@@ -91,8 +105,10 @@ class Layer(nn.Module):
 
   @nn.compact
   def __call__(self, x, train=False):
+    project_out = not (self.num_heads == 1 and self.head_dim == x.shape[-1])  # the official rule
     attn_out, w = MSSA(self.num_heads, self.head_dim, dropout=self.dropout, impl=self.impl,
-                       kernel_init=self.kernel_init, name="mssa")(nn.LayerNorm(TORCH_LN_EPS, name="norm1")(x), train)
+                       kernel_init=self.kernel_init, project_out=project_out,
+                       name="mssa")(nn.LayerNorm(TORCH_LN_EPS, name="norm1")(x), train)
     self.sow("intermediates", "qkv", w)
     self.sow("intermediates", "attn_out", attn_out)
     x = attn_out + x
@@ -105,12 +121,13 @@ class Layer(nn.Module):
 class CRATE(nn.Module):
   """CRATE classifier: images [B, H, W, C] -> logits [B, num_classes]; build it with `Model(variant=...)`.
 
-  `head_dim` defaults to width / num_heads (as in the official variants). `pool` is "cls" (the class
+  `head_dim` defaults to width / num_heads (as in the official variants); one head with head_dim == width
+  has no attention output projection (as the official code). `patch_size` is p or (ph, pw). `pool` is "cls" (the class
   token) or "gap" (the token mean). `dropout` acts on the attention
   output projection, `emb_dropout` on the embedded tokens. `remat` is "none", "full" or "dots".
   """
   num_classes: int
-  patch_size: int = 16
+  patch_size: int | tuple[int, int] = 16
   width: int = 384
   depth: int = 12
   num_heads: int = 6
@@ -136,6 +153,7 @@ class CRATE(nn.Module):
     self.sow("intermediates", "patch_embedding", x)
     b, n, _ = x.shape
     cls = self.param("cls", nn.initializers.normal(1.0), (1, 1, self.width), jnp.float32)
+    check_posemb_length(self, n + 1)
     pos = self.param("pos_embedding", nn.initializers.normal(1.0), (1, n + 1, self.width), jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, self.width)), x], axis=1)
     x = x + pos.astype(x.dtype)
@@ -191,7 +209,8 @@ def convert_layer(sd: OfficialStateDict, prefix: str) -> dict:
   """Params of one `Layer` from an official PreNorm(Attention), PreNorm(FeedForward) pair at `prefix`."""
   return {
       "norm1": sd.layer_norm(f"{prefix}.0.norm"),
-      "mssa": {"qkv": sd.linear(f"{prefix}.0.fn.qkv", bias=False), "out": sd.linear(f"{prefix}.0.fn.to_out.0")},
+      "mssa": {"qkv": sd.linear(f"{prefix}.0.fn.qkv", bias=False),
+               **({"out": sd.linear(f"{prefix}.0.fn.to_out.0")} if f"{prefix}.0.fn.to_out.0.weight" in sd else {})},
       "norm2": sd.layer_norm(f"{prefix}.1.norm"),
       "ista": {"D": sd[f"{prefix}.1.fn.weight"]},
   }
@@ -219,15 +238,3 @@ def convert_official(state_dict) -> dict:
   sd.check_all_used()
   return jax.tree.map(jnp.asarray, params)
 
-
-def read_torch_checkpoint(path: str) -> dict:
-  """State dict of a PyTorch checkpoint file (needs torch; unwraps a {"state_dict": ...} or {"model": ...})."""
-  try:
-    import torch
-  except ImportError as e:
-    raise ImportError("reading a .pth checkpoint needs torch; convert it to a dict of numpy arrays instead") from e
-  ckpt = torch.load(path, map_location="cpu", weights_only=True)
-  for key in ("state_dict", "model"):
-    if isinstance(ckpt, dict) and key in ckpt and isinstance(ckpt[key], dict):
-      ckpt = ckpt[key]
-  return {k: v.detach().cpu().numpy() for k, v in ckpt.items()}

@@ -22,7 +22,8 @@ import numpy as np
 
 from effjax.layers import remat as remat_lib
 from effjax.layers.common import LN_EPS, DropPath, with_variants
-from effjax.models.crate import MSSA
+from effjax.layers.patches import pair
+from effjax.models.crate import MSSA, check_posemb_length
 
 VARIANTS = {  # the official decode_variant
     "Ti": dict(width=192, depth=12, num_heads=3),
@@ -107,9 +108,13 @@ class CRATEAlpha(nn.Module):
 
   drop_path_rate is the stochastic-depth rate of the last block (linearly increasing from 0 over depth);
   layer_scale is the LayerScale init value (None: no LayerScale); remat is "none", "full" or "dots".
+  Official options: patch_size p or (ph, pw); num_classes None (or 0) returns the pre-logits [B, width]
+  (token 0 after encoder_norm) and has no head; emb_head_bias=False drops the biases of the patch embedding
+  and the head; post_norm=True normalises the input images as (x - mean) / std inside the model;
+  final_drop is a dropout rate before the head.
   """
-  num_classes: int
-  patch_size: int = 16
+  num_classes: int | None
+  patch_size: int | tuple[int, int] = 16
   width: int = 768
   depth: int = 12
   num_heads: int = 12
@@ -121,23 +126,31 @@ class CRATEAlpha(nn.Module):
   layer_scale: float | None = None
   remat: str = "none"
   impl: str = "auto"
+  emb_head_bias: bool = True
+  post_norm: bool = False
+  mean: tuple = (0.485, 0.456, 0.406)
+  std: tuple = (0.229, 0.224, 0.225)
+  final_drop: float = 0.0
 
   @nn.compact
   def __call__(self, images, train=False):
     if images.ndim != 4:
       raise ValueError(f"CRATE-α expects images [B, H, W, C], got shape {images.shape}")
     remat_lib.check(self.remat)
-    p = self.patch_size
-    if images.shape[1] % p or images.shape[2] % p:
+    p = pair(self.patch_size)
+    if images.shape[1] % p[0] or images.shape[2] % p[1]:
       raise ValueError(f"image size {images.shape[1]}x{images.shape[2]} is not divisible by patch size {p}")
-    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", kernel_init=nn.initializers.kaiming_uniform(),
-                name="embedding")(images)
+    if self.post_norm:
+      images = (images - jnp.asarray(self.mean, images.dtype)) / jnp.asarray(self.std, images.dtype)
+    x = nn.Conv(self.width, p, strides=p, padding="VALID", kernel_init=nn.initializers.kaiming_uniform(),
+                use_bias=self.emb_head_bias, name="embedding")(images)
     self.sow("intermediates", "stem", x)
     b, h, w, c = x.shape
     x = x.reshape(b, h * w, c)
     cls = self.param("cls", nn.initializers.normal(1e-6), (1, 1, c), jnp.float32).astype(x.dtype)
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c)), x], axis=1)
     if self.posemb == "learn":
+      check_posemb_length(self, h * w + 1)
       pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, h * w + 1, c), jnp.float32)
     elif self.posemb == "sincos2d":
       pos = posemb_sincos_2d(h, w, c)
@@ -154,7 +167,11 @@ class CRATEAlpha(nn.Module):
     self.sow("intermediates", "encoded", x)
     x = nn.LayerNorm(LN_EPS, name="encoder_norm")(x)[:, 0]
     self.sow("intermediates", "head_input", x)
-    return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.02), name="head")(x)
+    if not self.num_classes:
+      return x
+    x = nn.Dropout(self.final_drop, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, use_bias=self.emb_head_bias, kernel_init=nn.initializers.normal(0.02),
+                    name="head")(x)
 
 
 Model = with_variants(CRATEAlpha, VARIANTS, "CRATE-α")
@@ -172,10 +189,12 @@ def _flatten(tree, prefix=""):
 def convert_official(state_dict) -> dict:
   """Official CRATE-α Flax params `state_dict` (nested dict, or flat {"a/b/c": array}) -> params of `Model`.
 
-  The official tree: embedding, cls, pos_embedding (absent with posemb="sincos2d"),
+  The official tree: embedding (no bias with emb_head_bias=False), cls, pos_embedding (absent with
+  posemb="sincos2d"),
   Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductSubspaceAttention_0/{proj, out}, LayerNorm_1,
   OvercompleteISTABlock_0/{D, D1}, ls1/ls1, ls2/ls2}, encoder_norm, head. Projections [d, H, p] and
-  [H, p, d] are reshaped to [d, H·p] and [H·p, d]. Missing or unexpected keys raise ValueError.
+  [H, p, d] are reshaped to [d, H·p] and [H·p, d]; head is absent with num_classes=None. Missing or
+  unexpected keys raise ValueError.
   """
   flat = _flatten(state_dict)
   used = set()
@@ -189,10 +208,11 @@ def convert_official(state_dict) -> dict:
   def ln(prefix):
     return {"scale": get(f"{prefix}/scale"), "bias": get(f"{prefix}/bias")}
 
-  out = {"embedding": {"kernel": get("embedding/kernel"), "bias": get("embedding/bias")}, "cls": get("cls"),
-         "encoder_norm": ln("encoder_norm"), "head": {"kernel": get("head/kernel"), "bias": get("head/bias")}}
-  if "pos_embedding" in flat:
-    out["pos_embedding"] = get("pos_embedding")
+  optional = lambda *keys: {k.split("/")[-1]: get(k) for k in keys if k in flat}
+  out = {"embedding": {"kernel": get("embedding/kernel"), **optional("embedding/bias")}, "cls": get("cls"),
+         "encoder_norm": ln("encoder_norm"), **optional("pos_embedding")}
+  if "head/kernel" in flat:
+    out["head"] = {"kernel": get("head/kernel"), **optional("head/bias")}
   depth = len({m.group(1) for k in flat if (m := re.match(r"Transformer/encoderblock_(\d+)/", k))})
   for i in range(depth):
     pre = f"Transformer/encoderblock_{i}"

@@ -227,7 +227,8 @@ class Model(nn.Module):
   full resolution first, then 1/2, 1/4, ... per axis.
   fidelity "official" reproduces the reference's behaviour where it is a bug (global fallback decided
   by H alone; GS-MSA padding along D alone left unmasked); "fixed" checks every axis and masks all padding.
-  Both agree whenever no GS-MSA block pads D alone and D is not the only axis below group_size.
+  They differ whenever a block sees H >= group_size[1] while D < group_size[0] or W < group_size[2], or a
+  GS-MSA block pads D alone (tests/models/test_dformer_fidelity.py); they agree everywhere else.
   """
   num_classes: int = 14
   in_channels: int = 1

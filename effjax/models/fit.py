@@ -19,8 +19,7 @@ groups of patches, encoded by FIT and classified from the mean of the latents.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from effjax.layers import fit_grouping
-from effjax.layers import fit_layers as fl
+from effjax.layers import fit_grouping, fit_layers as fl
 
 
 class FIT(fl.Interleaved, kw_only=True):
@@ -61,13 +60,13 @@ class FIT(fl.Interleaved, kw_only=True):
 
 
 def convert_official(state_dict) -> dict:
-  """Official pix2seq Keras weights of a `FIT` layer -> params of `FIT`.
+  """Official pix2seq Keras weights of a `FIT` layer -> params of the classifier `Model`: {"encoder": FIT params}.
 
   `state_dict` maps Keras variable names (e.g. "fit/x_network/transformer_encoder/mha/query/kernel:0")
-  to arrays, all under one Keras layer name (the first name component). For the classifier `Model`,
-  use {"encoder": convert_official(...), "head": ...}.
+  to arrays, all under one Keras layer name (the first name component). The official FIT has no classifier
+  head: `Model`'s "head" stays at its init (config.init_from.skip); ["encoder"] alone are the `FIT` params.
   """
-  return fl.convert_keras(state_dict)
+  return {"encoder": fl.convert_keras(state_dict)}
 
 
 class Model(fl.Interleaved, kw_only=True):

@@ -17,8 +17,7 @@ Output: Dense(LN(x)) per token, and the final latents (no LayerNorm) for self-co
 import flax.linen as nn
 import jax.numpy as jnp
 
-from effjax.layers import fit_grouping
-from effjax.layers import fit_layers as fl
+from effjax.layers import fit_grouping, fit_layers as fl
 
 
 def time_encoding(t, dim):

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 import numpy as np  # noqa: E402
 
 from effjax import checkpoint, metrics  # noqa: E402
+
 import trainer_utils  # noqa: E402
 
 

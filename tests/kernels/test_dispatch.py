@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effjax.kernels import attention_patterns as ap
-from effjax.kernels import dcls, dispatch, hyperzzw
+from effjax.kernels import attention_patterns as ap, dcls, dispatch, hyperzzw
 from effjax.kernels.attention import attention
 from effjax.kernels.depthwise_conv import depthwise_conv
 from effjax.kernels.subspace_attention import subspace_attention

@@ -20,7 +20,8 @@ def outputs_and_grads(f, *args):
   outs = jax.eval_shape(f, *args)
   r = np.random.default_rng(5)
   cots = jax.tree.map(lambda s: jnp.asarray(r.normal(size=s.shape), jnp.float32), outs)
-  loss = lambda *a: sum(jnp.sum(o.astype(jnp.float32) * c) for o, c in zip(jax.tree.leaves(f(*a)), jax.tree.leaves(cots)))
+  loss = lambda *a: sum(jnp.sum(o.astype(jnp.float32) * c)
+                       for o, c in zip(jax.tree.leaves(f(*a)), jax.tree.leaves(cots)))
   return jax.jit(lambda *a: (f(*a), jax.grad(loss, tuple(range(len(a))))(*a)))(*args)
 
 

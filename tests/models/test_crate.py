@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effjax.models import crate
+from effjax.models import crate, crate_mae
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # reference README section 1
 
@@ -74,6 +74,14 @@ def test_param_counts_official_variants(variant, count):
   assert _count(model, 224) == count
 
 
+def test_variant_fields_and_overrides():
+  """A variant fills the family's table fields ("/8" the patch size); explicit fields override them."""
+  model = crate.Model(num_classes=10, variant="B/8", depth=2)
+  assert (model.width, model.num_heads, model.patch_size, model.depth) == (768, 12, 8, 2)
+  mae = crate_mae.Model(variant="S")
+  assert (mae.width, mae.depth, mae.num_heads, mae.decoder_depth) == (576, 12, 12, 12)
+
+
 def test_ista_step_equals_official_three_matmul_form():
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 8))
   ista = crate.ISTA(eta=0.1, lmbda=0.1)
@@ -103,6 +111,7 @@ def test_bad_input_errors():
 @pytest.mark.slow
 def test_runlocal_config_trains_through_the_trainer_on_8_devices(tmp_path):
   import os
+
   from effjax import config as cfg, metrics, train
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   c = cfg.load_config_file(os.path.join(repo, "configs/crate.py:runlocal"))
@@ -125,6 +134,7 @@ def test_runlocal_config_trains_through_the_trainer_on_8_devices(tmp_path):
                                   "crate_mae.py:variant=S", "crate_mae.py:runlocal"])
 def test_configs_build_their_models(spec):
   import os
+
   from effjax import components, config as cfg
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   c = cfg.load_config_file(os.path.join(repo, "configs", spec))

@@ -42,7 +42,7 @@ def test_parse_layers_errors(spec, message):
 def test_golden_encoder(golden, name):
   arrays, meta = golden("fit_small")
   official = _official(arrays, name)
-  params = fit.convert_official(official)
+  params = fit.convert_official(official)["encoder"]
   model = _fit_from_meta(meta, name)
   (x, latents), state = model.apply({"params": params}, jnp.asarray(arrays["input/fit/x"]),
                                     mutable=["intermediates"])
@@ -64,7 +64,7 @@ def test_golden_encoder(golden, name):
 
 def test_golden_encoder_with_y(golden):
   arrays, meta = golden("fit_small")
-  params = fit.convert_official(_official(arrays, "fit"))
+  params = fit.convert_official(_official(arrays, "fit"))["encoder"]
   x, latents = _fit_from_meta(meta, "fit").apply(
       {"params": params}, jnp.asarray(arrays["input/fit/x"]), jnp.asarray(arrays["input/fit/y"]))
   np.testing.assert_allclose(x, arrays["output/fit/with_y/x"], **TOL)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from effjax.kernels import attention as attention_lib
 from effjax.models import fit, fit_ar, fit_denoiser
 
 TINY = dict(layers="(1)1(1)", latents_per_group=2, width=16, latent_width=16, num_heads=2, latent_num_heads=2,
@@ -24,8 +25,12 @@ def _models():
   }
 
 
+@pytest.mark.slow  # interpret-mode kernels: ~15-20 s of CPU each on an idle core, more under load
 @pytest.mark.parametrize("name", list(_models()))
-def test_pallas_matches_xla(name):
+def test_pallas_matches_xla(name, monkeypatch):
+  kernel_calls = []
+  flash = attention_lib.flash_attention
+  monkeypatch.setattr(attention_lib, "flash_attention", lambda *a, **k: kernel_calls.append(1) or flash(*a, **k))
   build, inputs = _models()[name]
   params = build("xla").init(jax.random.PRNGKey(1), *inputs)["params"]
 
@@ -36,7 +41,9 @@ def test_pallas_matches_xla(name):
     return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
 
   (value_x, out_x), grads_x = value_and_grads("xla")
+  assert not kernel_calls
   (value_p, out_p), grads_p = value_and_grads("pallas")
+  assert kernel_calls  # every attention layer ran the kernel: a dense mask would have raised instead
   for a, b in zip(out_p, out_x):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(value_p, value_x, rtol=1e-4)

@@ -82,7 +82,7 @@ def test_dice_evaluator_per_class_values_and_png(tmp_path):
   pred = np.asarray(labels).copy()
   pred[0, 1, 2, 2:6] = 0  # volume 0: class 1 loses 4 of its 32 voxels
   logits = jax.nn.one_hot(jnp.asarray(pred), 3)
-  task = types.SimpleNamespace(predict=lambda model, variables, batch: logits)
+  task = types.SimpleNamespace(predict=lambda model, variables, batch: logits, padding_key="mask")
   evaluator = dice_eval.Evaluator(_config(), task, model=None)
   batch = {"image": jnp.zeros((2, 4, 8, 8, 1)), "label": labels, "mask": jnp.array([1.0, 1.0])}
   out = evaluator.run({}, [batch], step=7, workdir=str(tmp_path))
