@@ -31,8 +31,8 @@ def get_config(arg=None):
   c.evaluators = ("classification",)
   c.data.source = arg.dataset
   c.data.train_split, c.data.eval_split = "train", "validation"
-  c.data.augment = ("random_crop(pad=16)", "flip")
-  c.data.preprocess = ("normalize(mean=0.5,std=0.5)",)
+  c.data.pp_train = ("random_crop(pad=16)", "flip", "normalize(mean=0.5,std=0.5)")
+  c.data.pp_eval = ("normalize(mean=0.5,std=0.5)",)
   c.batch_size = 4096
   c.total_epochs = 300.0
   c.optimizer.name = "adamw"
@@ -51,8 +51,8 @@ def get_config(arg=None):
     c.task = ml_collections.ConfigDict(dict(label_smoothing=0.0))
     c.data.source = "mnist5k"
     c.data.train_split, c.data.eval_split = "train", "test"
-    c.data.augment = ("random_crop(pad=2)",)
-    c.data.preprocess = ("normalize(mean=0.1307,std=0.3081)",)
+    c.data.pp_train = ("random_crop(pad=2)", "normalize(mean=0.1307,std=0.3081)")
+    c.data.pp_eval = ("normalize(mean=0.1307,std=0.3081)",)
     c.batch_size = 128
     c.eval_batch_size = 200
     c.total_epochs = -1.0

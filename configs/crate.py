@@ -33,10 +33,9 @@ def get_config(arg=None):
   c.evaluator.coding_rate = ml_collections.ConfigDict(dict(max_examples=256))
   c.data.source = arg.dataset
   c.data.train_split, c.data.eval_split = "train", "validation"
-  c.data.augment = ("inception_crop(size=224)", "flip")
-  # center_crop leaves the 224 px training crops unchanged and gives evaluation its resize-256 / crop-224.
-  c.data.preprocess = ("center_crop(size=224,resize_small=256)",
-                       "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))")
+  c.data.pp_train = ("inception_crop(size=224)", "flip", "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))")
+  c.data.pp_eval = ("center_crop(size=224,resize_small=256)",
+                    "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))")
   c.batch_size = 512
   c.total_epochs = 200.0
   c.optimizer.name = "lion"
@@ -56,8 +55,8 @@ def get_config(arg=None):
     c.task.label_smoothing = 0.0
     c.data.source = "mnist5k"
     c.data.train_split, c.data.eval_split = "train", "test"
-    c.data.augment = ("random_crop(pad=2)",)
-    c.data.preprocess = ("normalize(mean=0.1307,std=0.3081)",)
+    c.data.pp_train = ("random_crop(pad=2)", "normalize(mean=0.1307,std=0.3081)")
+    c.data.pp_eval = ("normalize(mean=0.1307,std=0.3081)",)
     c.batch_size = 128
     c.eval_batch_size = 200
     c.total_epochs = -1.0

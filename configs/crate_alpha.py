@@ -11,7 +11,8 @@ the official config), dataset (overrides the stage's data source), runlocal.
 Official settings (UCSC-VLAA/CRATE-alpha configs/crate/classification): Adam (b1 0.9, b2 0.95) with decoupled
 weight decay 0.1, lr = base_lr · batch/256 (base 5e-5 pre-training, 1e-5 fine-tuning), 10 warm-up epochs then
 cosine to 1e-6, 91 epochs, batch 4096, gradient clipping at 1.0, label smoothing 0.1 when fine-tuning.
-Mixup/CutMix/RandAugment and the inception crop are not available in effjax.data.ops (crop + flip stand in).
+Data: inception crop to 224 px and a horizontal flip for training; resize_small 256 and a central 224 px crop
+for evaluation; pixel values in [-1, 1] (Mixup/CutMix and RandAugment of the official config are left out).
 """
 import ml_collections
 
@@ -38,8 +39,8 @@ def get_config(arg=None):
   c.evaluator.coding_rate = ml_collections.ConfigDict(dict(max_examples=256, per_head=False))
   c.data.source = arg.dataset or source
   c.data.train_split, c.data.eval_split = "train", "validation"
-  c.data.augment = ("random_crop(pad=16)", "flip")
-  c.data.preprocess = ("normalize(mean=0.5,std=0.5)",)
+  c.data.pp_train = ("inception_crop(size=224)", "flip", "normalize(mean=0.5,std=0.5)")
+  c.data.pp_eval = ("center_crop(size=224,resize_small=256)", "normalize(mean=0.5,std=0.5)")
   c.batch_size = arg.batch
   c.total_epochs = 91.0
   c.optimizer.name = "adamw"
@@ -62,8 +63,8 @@ def get_config(arg=None):
     c.task.label_smoothing = 0.0
     c.data.source = "mnist5k"
     c.data.train_split, c.data.eval_split = "train", "test"
-    c.data.augment = ("random_crop(pad=2)",)
-    c.data.preprocess = ("normalize(mean=0.1307,std=0.3081)",)
+    c.data.pp_train = ("random_crop(pad=2)", "normalize(mean=0.1307,std=0.3081)")
+    c.data.pp_eval = ("normalize(mean=0.1307,std=0.3081)",)
     c.batch_size = 128
     c.eval_batch_size = 200
     c.total_epochs = -1.0

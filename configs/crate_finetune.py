@@ -29,9 +29,9 @@ def get_config(arg=None):
   c.evaluator.coding_rate = ml_collections.ConfigDict(dict(max_examples=256))
   c.data.source = arg.dataset
   c.data.train_split, c.data.eval_split = "train", "test"
-  c.data.augment = ("inception_crop(size=224)", "flip", "randaugment(num_layers=2,magnitude=14,max_magnitude=30)")
-  # resize leaves the 224 px training crops unchanged and brings evaluation images to 224x224.
-  c.data.preprocess = ("resize(size=224)", "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))")
+  c.data.pp_train = ("inception_crop(size=224)", "flip", "randaugment(num_layers=2,magnitude=14,max_magnitude=30)",
+                     "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))")
+  c.data.pp_eval = ("resize(size=224)", "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))")
   c.batch_size = arg.batch
   c.total_epochs = 200.0
   c.optimizer.name = "adamw"

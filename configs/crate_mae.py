@@ -25,8 +25,8 @@ def get_config(arg=None):
   c.evaluator.coding_rate = ml_collections.ConfigDict(dict(max_examples=256, per_head=False))
   c.data.source = arg.dataset
   c.data.train_split, c.data.eval_split = "train", "validation"
-  c.data.augment = ("random_crop(pad=16)", "flip")
-  c.data.preprocess = ("normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))",)
+  c.data.pp_train = ("random_crop(pad=16)", "flip", "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))")
+  c.data.pp_eval = ("normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))",)
   c.batch_size = arg.batch
   c.total_epochs = 800.0
   c.optimizer.name = "adamw"
@@ -43,8 +43,7 @@ def get_config(arg=None):
                                              lmbda=0.5, remat="none"))
     c.data.source = "mnist5k"
     c.data.train_split, c.data.eval_split = "train", "test"
-    c.data.augment = ()
-    c.data.preprocess = ("normalize(mean=0.1307,std=0.3081)",)
+    c.data.pp_train = c.data.pp_eval = ("normalize(mean=0.1307,std=0.3081)",)
     c.data.eval_examples = 400
     c.batch_size = 128
     c.eval_batch_size = 200

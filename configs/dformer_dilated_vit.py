@@ -25,8 +25,8 @@ def get_config(arg=None):
   c.task = ml_collections.ConfigDict(dict(label_smoothing=0.1))
   c.evaluators = ("classification",)
   c.data.source = arg.dataset
-  c.data.augment = ("random_crop(pad=4)", "flip")
-  c.data.preprocess = ("normalize(mean=0.5,std=0.25)",)
+  c.data.pp_train = ("random_crop(pad=4)", "flip", "normalize(mean=0.5,std=0.25)")
+  c.data.pp_eval = ("normalize(mean=0.5,std=0.25)",)
   c.batch_size = 256
   c.total_epochs = 100.0
   c.optimizer.name = "adamw"
@@ -41,8 +41,8 @@ def get_config(arg=None):
         intervals=(1, 1), mlp_ratio=2.0, drop_path_rate=0.0, remat="none"))
     c.task.label_smoothing = 0.0
     c.data.source = "mnist5k"
-    c.data.augment = ("random_crop(pad=2)",)
-    c.data.preprocess = ("normalize(mean=0.1307,std=0.3081)",)
+    c.data.pp_train = ("random_crop(pad=2)", "normalize(mean=0.1307,std=0.3081)")
+    c.data.pp_eval = ("normalize(mean=0.1307,std=0.3081)",)
     c.batch_size = 128
     c.eval_batch_size = 200
     c.total_epochs = -1.0

@@ -41,7 +41,7 @@ def get_config(arg=None):
   c.evaluator.samples = ml_collections.ConfigDict(dict(num_samples=64, steps=100, methods=("ddpm",), guidance=0.0))
   c.data.source = f"{arg.dataset}"
   c.data.train_split, c.data.eval_split = "train", "validation"
-  c.data.augment = ("flip",)
+  c.data.pp_train = ("flip",)
   c.data.eval_examples = 1024
   c.batch_size = 512
   c.total_steps = 150_000
@@ -62,7 +62,7 @@ def get_config(arg=None):
     c.task.num_classes = 10
     c.data.source = "mnist5k"
     c.data.train_split, c.data.eval_split = "train", "test"
-    c.data.augment = ()
+    c.data.pp_train = ()
     c.data.eval_examples = 256
     c.evaluator.samples = ml_collections.ConfigDict(dict(num_samples=16, steps=20, methods=("ddim", "ddpm"),
                                                          guidance=0.0))

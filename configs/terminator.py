@@ -46,8 +46,8 @@ def get_config(arg=None):
                                           slow_factor=1e-6))
   c.data.source = source
   c.data.train_split, c.data.eval_split = "train", eval_split
-  c.data.preprocess = ("normalize(mean=0.5,std=0.5)",)
-  c.data.augment = ("random_crop(pad=4)", "flip") if data_dim == 2 else ()
+  c.data.pp_eval = ("normalize(mean=0.5,std=0.5)",)
+  c.data.pp_train = (("random_crop(pad=4)", "flip") if data_dim == 2 else ()) + c.data.pp_eval
   c.batch_size = 64
   c.eval_batch_size = 64
   c.total_epochs = 100.0
@@ -66,8 +66,7 @@ def get_config(arg=None):
     if arg.dataset not in ("smnist", "pmnist", "cifar10"):
       raise cfg.ConfigError("runlocal is defined for dataset=smnist, pmnist (1D) and cifar10 (2D on MNIST)")
     c.data.eval_split = "test"
-    c.data.augment = ()
-    c.data.preprocess = ("normalize(mean=0.1307,std=0.3081)",)
+    c.data.pp_train = c.data.pp_eval = ("normalize(mean=0.1307,std=0.3081)",)
     c.model.num_classes = 10
     c.model.expansions = (12, 2)
     c.model.skips = ((), ())

@@ -5,6 +5,7 @@ by name from the config. Params are created already sharded (eval_shape + jit wi
 update step is jitted with explicit shardings and a donated state, and checkpoints hold the train state
 and the data iterator so that a resumed run continues exactly where the interrupted one stopped.
 """
+import dataclasses
 import json
 import math
 import os
@@ -32,8 +33,10 @@ def validate(config, num_devices):
     if not cond:
       raise ConfigError(message)
   need(config.model_name, "config.model_name is empty; set it to a module of effjax/models, e.g. 'vit'")
+  for name in config.evals:
+    need(name in config.evaluators, f"config.evals.{name} is not listed in config.evaluators {config.evaluators}")
   for kind, name in [("models", config.model_name), ("tasks", config.task_name)] + [
-      ("evaluators", e) for e in config.evaluators]:
+      ("evaluators", pipeline.eval_spec(config, e)[0]) for e in config.evaluators]:
     try:
       components.load(kind, name)
     except ValueError as e:
@@ -124,6 +127,7 @@ def _train_and_evaluate(config, workdir, sigterm):
   train_data = pipeline.train_data(config.data, config.batch_size, batch_sharding, config.seed)
   _check_data(config, train_data.info)
   eval_source = pipeline.make_source(config.data, config.data.eval_split)
+  evals = _make_evals(config, eval_source)
 
   os.makedirs(workdir, exist_ok=True)
   num_steps = total_steps(config, train_data.num_examples)
@@ -170,16 +174,19 @@ def _train_and_evaluate(config, workdir, sigterm):
                        out_shardings=(state_shardings, repl), donate_argnums=0)
   train_step = train_step.lower(abstract_state, batch_spec).compile()
   flops = _step_flops(train_step)
-  evaluators = [components.load("evaluators", name).Evaluator(config, task, model) for name in config.evaluators]
+  for e in evals:
+    e.evaluator = components.load("evaluators", e.type).Evaluator(config, task, model)
 
-  def evaluate(state, step):
+  def evaluate(state, step, due):
+    """Runs the evaluations in `due`; metrics are eval/<metric>, or eval/<name>/<metric> for config.evals entries."""
     params = state["ema_params"] if config.ema_decay > 0 else state["params"]
     variables = {"params": _cast_floats(params, compute_dtype), **state["model_state"]}
     results = {}
-    for evaluator in evaluators:
-      batches = pipeline.eval_batches(config.data, config.eval_batch_size, batch_sharding, eval_source)
-      for k, v in evaluator.run(variables, batches, step=step, workdir=workdir).items():
-        results[f"eval/{k}"] = float(v)
+    for e in due:
+      batches = pipeline.eval_batches(e.data, config.eval_batch_size, batch_sharding, e.source)
+      prefix = f"eval/{e.name}/" if e.name in config.evals else "eval/"
+      for k, v in e.evaluator.run(variables, batches, step=step, workdir=workdir).items():
+        results[prefix + k] = float(v)
     return results
 
   writer = metrics_lib.Writer(workdir)
@@ -187,11 +194,11 @@ def _train_and_evaluate(config, workdir, sigterm):
   log.info("training %s for %d steps from step %d on %d devices (%d processes)",
                config.model_name, num_steps, start_step, mesh.size, jax.process_count())
   pending, last_train, final_eval, preempted = [], {}, {}, False
-  window_start = time.time()
+  window_start, data_wait, wait_warned = time.time(), 0.0, False
 
   def flush(step):
     """Checks every step's metrics since the last flush (naming the first non-finite one), logs the mean."""
-    nonlocal pending, window_start, last_train
+    nonlocal pending, window_start, last_train, data_wait, wait_warned
     if not pending:
       return
     host = jax.device_get(pending)
@@ -201,16 +208,24 @@ def _train_and_evaluate(config, workdir, sigterm):
     mean = {f"train/{k}": float(np.mean([m[k] for _, m in host])) for k in host[-1][1]}
     mean["train/step_time_s"] = elapsed / len(host)
     mean["train/examples_per_s"] = config.batch_size * len(host) / elapsed
+    mean["train/data_wait_frac"] = data_wait / elapsed
+    if mean["train/data_wait_frac"] > config.data.wait_warn_frac and step > start_step + 1 and not wait_warned:
+      wait_warned = True  # the first window (pipeline start-up) is not judged
+      log.warning("steps %d-%d waited for data %.0f%% of the time (> data.wait_warn_frac=%g): the input pipeline "
+                  "is the bottleneck; raise data.worker_count or data.prefetch", step - len(host) + 1, step,
+                  100 * mean["train/data_wait_frac"], config.data.wait_warn_frac)
     if flops:
       mean["train/flops_per_s"] = flops * len(host) / elapsed
     writer.write(step, mean)
     last_train = mean
-    pending, window_start = [], time.time()
+    pending, window_start, data_wait = [], time.time(), 0.0
 
   with sigterm.loop():
     try:
       for step in range(start_step + 1, num_steps + 1):
+        wait_start = time.time()
         batch = next(train_data)
+        data_wait += time.time() - wait_start
         state, step_metrics = train_step(state, batch)
         pending.append((step, step_metrics))
         if step == start_step + 1 or step % config.log_every_steps == 0 or step == num_steps:
@@ -226,22 +241,49 @@ def _train_and_evaluate(config, workdir, sigterm):
         if step % config.checkpoint_every_steps == 0 or step == num_steps:
           flush(step)
           ckpt.save(step, state, train_data.get_state(), meta, force=True)
-        if (config.eval_every_steps > 0 and step % config.eval_every_steps == 0) or step == num_steps:
+        due = [e for e in evals if (e.every_steps > 0 and step % e.every_steps == 0) or step == num_steps]
+        if due:
           flush(step)
-          final_eval = evaluate(state, step)
-          writer.write(step, final_eval)
-          log.info("step %d: %s", step, json.dumps(final_eval))
+          results = evaluate(state, step, due)
+          final_eval = {**final_eval, **results}
+          writer.write(step, results)
+          log.info("step %d: %s", step, json.dumps(results))
+          window_start = time.time()  # evaluation time is not step time
       else:
         if start_step >= num_steps:  # resumed a finished run: evaluate the restored state
-          final_eval = evaluate(state, num_steps)
+          final_eval = evaluate(state, num_steps, evals)
           if not _has_eval_row(workdir, num_steps):  # killed between the last save and the final eval
             writer.write(num_steps, final_eval)
     finally:
+      train_data.close()
       progress.close()
       ckpt.wait()
       ckpt.close()
       writer.close()
   return {**last_train, **final_eval, "step": int(jax.device_get(state["step"])), "preempted": preempted}
+
+
+@dataclasses.dataclass
+class _Eval:
+  """One evaluation: its name, evaluator type, data config, source and cadence (see pipeline.eval_spec)."""
+  name: str
+  type: str
+  data: ml_collections.ConfigDict
+  source: object
+  every_steps: int
+  evaluator: object = None
+
+
+def _make_evals(config, default_source):
+  """The evaluations of config.evaluators; sources are built once per (source, split) and shared."""
+  sources, evals = {(config.data.source, config.data.eval_split): default_source}, []
+  for name in config.evaluators:
+    type_, data, every = pipeline.eval_spec(config, name)
+    key = (data.source, data.eval_split)
+    if key not in sources:
+      sources[key] = pipeline.make_source(data, data.eval_split)
+    evals.append(_Eval(name, type_, data, sources[key], every))
+  return evals
 
 
 def _has_eval_row(workdir, step):

@@ -16,13 +16,16 @@ def base_config() -> ConfigDict:
   c.task = ConfigDict()
   c.evaluators = ("classification",) # effjax/evaluators/<name>.py, run every eval_every_steps
   c.evaluator = ConfigDict()         # evaluator options, e.g. evaluator.coding_rate.eps
+  c.evals = ConfigDict()             # per-evaluation data and cadence, see effjax/data/pipeline.py:EVAL_KEYS
 
   c.data = ConfigDict()
   c.data.source = ""                 # name[:arg] of a module in effjax/data/sources, e.g. "tfds:cifar10"
   c.data.train_split = "train"
   c.data.eval_split = "test"
-  c.data.preprocess = ()             # ops applied to every split, e.g. ("normalize(mean=0.5,std=0.5)",)
-  c.data.augment = ()                # ops applied to training examples only, e.g. ("random_crop(pad=2)", "flip")
+  c.data.pp_train = ()               # ops on training examples, in order, e.g. ("random_crop(pad=2)", "normalize")
+  c.data.pp_eval = ()                # ops on evaluation examples (deterministic only), e.g. ("normalize",)
+  c.data.prefetch = 2                # batches prepared and put on the devices while steps run (0 = none)
+  c.data.wait_warn_frac = 0.1        # warn once when more than this fraction of step time waits for data
   c.data.worker_count = 0            # grain worker processes (0 = in the main process)
   c.data.eval_examples = -1          # evaluate on the first N examples of the eval split (-1 = all)
 

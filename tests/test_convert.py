@@ -101,7 +101,8 @@ def test_finetune_from_official_file_at_another_resolution(tmp_path):
           "--config.model.patch_size=8", "--config.model.width=64", "--config.model.depth=2",
           "--config.model.num_heads=4", "--config.model.num_classes=5",
           "--config.data.source=synthetic:size=48,channels=3,num_classes=5,examples=64",
-          "--config.data.augment=()", "--config.batch_size=16", "--config.eval_batch_size=16",
+          "--config.data.pp_train=('normalize(mean=0.1307,std=0.3081)',)", "--config.batch_size=16",
+          "--config.eval_batch_size=16",
           "--config.total_steps=3", "--config.log_every_steps=1", "--config.eval_every_steps=-1",
           "--config.checkpoint_every_steps=3", "--config.progress_bar=False", "--config.optimizer.warmup_steps=1",
           "--config.optimizer.lr=1e-4", f"--config.init_from.path={pth}", "--config.init_from.skip=^head"]

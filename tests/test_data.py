@@ -90,12 +90,12 @@ def test_every_epoch_visits_every_example_once():
 def test_train_iterator_state_resumes_exactly():
   mesh = sharding.make_mesh((("data", -1),))
   spec = sharding.batch_sharding(mesh)
-  data = pipeline.train_data(_data_config(augment=("random_crop(pad=2)",)), 16, spec, seed=3)
+  data = pipeline.train_data(_data_config(pp_train=("random_crop(pad=2)",)), 16, spec, seed=3)
   for _ in range(3):
     next(data)
   state = data.get_state()
   expected = [np.asarray(next(data)["image"]) for _ in range(2)]
-  fresh = pipeline.train_data(_data_config(augment=("random_crop(pad=2)",)), 16, spec, seed=3)
+  fresh = pipeline.train_data(_data_config(pp_train=("random_crop(pad=2)",)), 16, spec, seed=3)
   fresh.set_state(state)
   for want in expected:
     np.testing.assert_array_equal(np.asarray(next(fresh)["image"]), want)

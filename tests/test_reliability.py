@@ -138,7 +138,7 @@ def test_every_cli_failure_ends_in_one_line(finished, tmp_path):
       (["--workdir", str(a_file)], "is a file, not a directory"),
       (["--workdir", str(tmp_path / "x"), "--config.total_steps=abc"], "--config.total_steps=abc"),
       (["--workdir", str(tmp_path / "x"), "--config.optimizer.lr=nan"], "config.optimizer.lr is nan"),
-      (["--workdir", str(tmp_path / "x"), "--config.data.preprocess=('normalize(std=0.0)',)"],
+      (["--workdir", str(tmp_path / "x"), "--config.data.pp_train=('normalize(std=0.0)',)"],
        "std must be finite and non-zero"),
       (["--workdir", str(workdir), "--config.model.width=48"], "config.model.width is 32 there, 48 now"),
   ]

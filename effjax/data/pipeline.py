@@ -3,17 +3,31 @@
 Training: a grain dataset over `GlobalOrder` (seeded shuffling over endless epochs; each process reads
 its own slice of every global batch; per-example augmentation seeds), batched per process. Its state (the
 number of global batches consumed) is saved with every checkpoint, so resume is exact on any process count.
+Prefetch: a background thread takes the next batches from grain, assembles them into global device
+arrays (host-to-device transfer included) and keeps `data.prefetch` of them ready while the current step
+runs; batches waiting in the queue are not counted as consumed, so resume stays exact.
 Evaluation: one deterministic pass; the last batch is padded with `mask = 0` examples so that every
-process runs the same number of equally shaped batches.
+process runs the same number of equally shaped batches. Each evaluation may name its own data and
+cadence in `config.evals.<name>` (EVAL_KEYS).
 """
+import copy
+import queue
 import sys
+import threading
 
 import grain
 import jax
 import numpy as np
 
 from effjax import components
+from effjax.config import ConfigError
 from effjax.data import ops
+
+# config.evals.<name> keys -> the config.data key each replaces (None: not a data key). Missing keys take
+# the defaults: type = the evaluation's name (effjax/evaluators/<type>.py), the config.data values, and
+# every_steps = config.eval_every_steps (-1: only at the end).
+EVAL_KEYS = {"type": None, "source": "source", "split": "eval_split", "pp": "pp_eval", "examples": "eval_examples",
+             "every_steps": None}
 
 
 def make_source(data_config, split):
@@ -85,28 +99,65 @@ class TrainData:
 
   The state is {"next_batch": n}: the number of global batches consumed. Batch n is the same global batch
   for any number of processes (see GlobalOrder), so a state saved by P processes resumes on any other P.
+  With prefetch > 0 a background thread prepares the next `prefetch` batches (grain + device transfer).
   """
 
-  def __init__(self, make_iterator, sharding, global_batch_size, num_examples, info):
-    self.make_iterator, self.sharding = make_iterator, sharding
+  def __init__(self, make_iterator, sharding, global_batch_size, num_examples, info, prefetch=0):
+    self.make_iterator, self.sharding, self.prefetch = make_iterator, sharding, prefetch
     self.global_batch_size, self.num_examples, self.info = global_batch_size, num_examples, info
     self.next_batch, self.loader_iterator = 0, make_iterator(0)
+    self._thread = self._queue = self._stop = None
 
   def __iter__(self):
     return self
 
   def __next__(self):
-    batch = next(self.loader_iterator)
+    if self.prefetch == 0:
+      batch = self._convert(next(self.loader_iterator))
+    else:
+      if self._thread is None:
+        self._queue, self._stop = queue.Queue(self.prefetch), threading.Event()
+        self._thread = threading.Thread(target=self._fill, daemon=True, name="effjax-prefetch")
+        self._thread.start()
+      batch, error = self._queue.get()
+      if error is not None:
+        raise error
     self.next_batch += 1
+    return batch
+
+  def _convert(self, batch):
     return to_global(batch, self.sharding, self.global_batch_size)
+
+  def _fill(self):
+    error = None
+    while not self._stop.is_set() and error is None:
+      try:
+        item = (self._convert(next(self.loader_iterator)), None)
+      except Exception as e:  # raised in the consumer
+        item = error = (None, e)
+      while not self._stop.is_set():
+        try:
+          self._queue.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          continue
 
   def get_state(self):
     return {"next_batch": self.next_batch}
 
   def set_state(self, state):
     """Continues at global batch state["next_batch"] (a fresh grain iterator starting there)."""
+    self.close()
     self.next_batch = int(state["next_batch"])
     self.loader_iterator = self.make_iterator(self.next_batch)
+
+  def close(self):
+    """Stops the prefetch thread; the batches it prepared are dropped and iteration continues at next_batch."""
+    if self._thread is not None:
+      self._stop.set()
+      self._thread.join()
+      self._thread = None
+      self.loader_iterator = self.make_iterator(self.next_batch)
 
 
 def train_data(data_config, global_batch_size, sharding, seed):
@@ -117,16 +168,19 @@ def train_data(data_config, global_batch_size, sharding, seed):
     raise ValueError(f"batch_size {global_batch_size} is not divisible by the {process_count} processes")
   if len(source) < global_batch_size:
     raise ValueError(f"batch_size {global_batch_size} exceeds the {len(source)} training examples")
-  ops_list = [ops.parse(s) for s in list(data_config.augment) + list(data_config.preprocess)]
+  ops_list = [ops.parse(s) for s in data_config.pp_train]
   order = GlobalOrder(source, ops_list, seed, global_batch_size, process_index, process_count)
   batches = grain.MapDataset.source(order).batch(order.local_batch, drop_remainder=True)
+  make_iterator = lambda start: loader(batches[start:], data_config.worker_count)
+  return TrainData(make_iterator, sharding, global_batch_size, len(source), source.info, data_config.prefetch)
 
-  def make_iterator(start):
-    dataset = batches[start:].to_iter_dataset()
-    if data_config.worker_count > 0:
-      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.worker_count))
-    return iter(dataset)
-  return TrainData(make_iterator, sharding, global_batch_size, len(source), source.info)
+
+def loader(batches, worker_count):
+  """grain iterator over a MapDataset of this process's numpy batches (0 workers: in this process)."""
+  dataset = batches.to_iter_dataset()
+  if worker_count > 0:
+    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return iter(dataset)
 
 
 def eval_batches(data_config, global_batch_size, sharding, source=None):
@@ -138,14 +192,30 @@ def eval_batches(data_config, global_batch_size, sharding, source=None):
   count = len(source) if data_config.eval_examples < 0 else min(len(source), data_config.eval_examples)
   process_count, process_index = jax.process_count(), jax.process_index()
   local = global_batch_size // process_count
-  fns = [fn for _, fn, is_random in (ops.parse(s) for s in data_config.preprocess) if not is_random]
-  prepare = _Deterministic(fns)
+  parsed = [ops.parse(s) for s in data_config.pp_eval]
+  random = [name for name, _, is_random in parsed if is_random]
+  if random:
+    raise ConfigError(f"evaluation preprocessing must be deterministic; {random} are random (move them to pp_train)")
+  prepare = _Deterministic([fn for _, fn, _ in parsed])
   for start in range(0, count, global_batch_size):
     indices = start + process_index * local + np.arange(local)
     examples = [prepare(source[int(i) if i < count else 0]) for i in indices]
     batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
     batch["mask"] = (indices < count).astype(np.float32)
     yield to_global(batch, sharding, global_batch_size)
+
+
+def eval_spec(config, name):
+  """(evaluator type, data config, every_steps) of evaluation `name`: config.evals.<name> over the defaults."""
+  spec = dict(config.evals.get(name, {}))
+  unknown = sorted(set(spec) - set(EVAL_KEYS))
+  if unknown:
+    raise ConfigError(f"config.evals.{name}: unknown key(s) {unknown}; valid: {sorted(EVAL_KEYS)}")
+  data = copy.deepcopy(config.data)
+  for key, data_key in EVAL_KEYS.items():
+    if data_key and key in spec:
+      data[data_key] = spec[key]
+  return spec.get("type", name), data, spec.get("every_steps", config.eval_every_steps)
 
 
 def to_global(local_batch, sharding, global_batch_size):

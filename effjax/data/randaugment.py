@@ -1,4 +1,4 @@
-"""RandAugment (Cubuk et al., 2020) on uint8 HWC images with numpy only.
+"""RandAugment (Cubuk et al., 2020) on uint8 HWC images (Pillow, as torchvision; sharpness in numpy).
 
 Each of `num_layers` layers picks one of the 14 ops below uniformly at random and applies it at the
 fixed strength f = magnitude / max_magnitude (clipped to [0, 1]); ops marked ± flip the sign of their
@@ -25,21 +25,18 @@ max_magnitude=30); max_magnitude=10 gives the 0–10 scale of the paper and timm
 
 Geometric ops sample with nearest neighbour and fill with 0, as torchvision does. Difference from
 torchvision: solarize's threshold is 256·(1 − f) instead of 255·(1 − f), so that f = 0 is the identity.
-Blends compute in float and round to uint8.
+Ops run on Pillow (as torchvision's do) except sharpness, which is faster in numpy; images are uint8 HWC
+with 1 or 3 channels.
 """
 import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+
+from effjax.data.image import from_pil, to_pil
 
 _ENHANCE = 0.9
 _SHEAR = 0.3
 _TRANSLATE = 150 / 331
 _ROTATE = 30.0
-
-
-def _grey(image):
-  """[H, W, 1] luminance (ITU-R 601-2, as PIL's convert("L")); a single channel is its own grey."""
-  if image.shape[-1] == 1:
-    return image.astype(np.float32)
-  return (image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
 
 
 def _blend(degenerate, image, factor):
@@ -48,17 +45,15 @@ def _blend(degenerate, image, factor):
   return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _affine(image, matrix):
-  """Nearest-neighbour warp: output pixel (x, y) reads the input at matrix @ (x, y, 1) (pixel centres);
-  samples outside the image are 0."""
-  h, w = image.shape[:2]
-  y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-  sx = matrix[0, 0] * x + matrix[0, 1] * y + matrix[0, 2]
-  sy = matrix[1, 0] * x + matrix[1, 1] * y + matrix[1, 2]
-  sx, sy = np.rint(sx).astype(np.int64), np.rint(sy).astype(np.int64)
-  inside = (sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)
-  out = image[np.clip(sy, 0, h - 1), np.clip(sx, 0, w - 1)]
-  return np.where(inside[..., None], out, 0).astype(image.dtype)
+def _affine(image, coefficients):
+  """Nearest-neighbour warp: output pixel (x, y) reads the input at (a·x + b·y + c, d·x + e·y + f)
+  (Pillow's AFFINE, pixel centres at +0.5); samples outside the image are 0."""
+  pil = to_pil(image)
+  return from_pil(pil.transform(pil.size, Image.AFFINE, coefficients, Image.NEAREST, fillcolor=0))
+
+
+def _enhance(enhancer, image, f):
+  return from_pil(enhancer(to_pil(image)).enhance(1.0 + _ENHANCE * f))
 
 
 def identity(image, f):
@@ -66,58 +61,35 @@ def identity(image, f):
 
 
 def autocontrast(image, f):
-  lo = image.min(axis=(0, 1), keepdims=True).astype(np.float32)
-  hi = image.max(axis=(0, 1), keepdims=True).astype(np.float32)
-  scale = np.where(hi > lo, 255.0 / np.maximum(hi - lo, 1), 1.0)
-  offset = np.where(hi > lo, lo, 0.0)
-  return np.clip(np.rint((image - offset) * scale), 0, 255).astype(np.uint8)
+  return from_pil(ImageOps.autocontrast(to_pil(image)))
 
 
 def equalize(image, f):
-  out = np.empty_like(image)
-  for c in range(image.shape[-1]):
-    channel = image[..., c]
-    hist = np.bincount(channel.ravel(), minlength=256)
-    last = hist[np.flatnonzero(hist)[-1]]
-    step = (hist.sum() - last) // 255
-    if step == 0:
-      out[..., c] = channel
-      continue
-    lut = (np.concatenate([[0], np.cumsum(hist)[:-1]]) + step // 2) // step
-    out[..., c] = np.clip(lut, 0, 255).astype(np.uint8)[channel]
-  return out
+  return from_pil(ImageOps.equalize(to_pil(image)))
 
 
 def rotate(image, f):
-  h, w = image.shape[:2]
-  theta = np.deg2rad(_ROTATE * f)
-  cos, sin = np.cos(theta), np.sin(theta)
-  cx, cy = (w - 1) / 2, (h - 1) / 2
-  matrix = np.array([[cos, -sin, cx - cos * cx + sin * cy], [sin, cos, cy - sin * cx - cos * cy]])
-  return _affine(image, matrix)
+  return from_pil(to_pil(image).rotate(_ROTATE * f, Image.NEAREST, fillcolor=0))
 
 
 def solarize(image, f):
-  threshold = 256.0 * (1.0 - f)
-  return np.where(image >= threshold, 255 - image, image).astype(np.uint8)
+  return from_pil(ImageOps.solarize(to_pil(image), 256.0 * (1.0 - f)))
 
 
 def color(image, f):
-  return _blend(_grey(image), image, 1.0 + _ENHANCE * f)
+  return _enhance(ImageEnhance.Color, image, f)
 
 
 def posterize(image, f):
-  bits = 8 - int(round(4 * f))
-  return (image & np.uint8((0xFF << (8 - bits)) & 0xFF)).astype(np.uint8)
+  return from_pil(ImageOps.posterize(to_pil(image), 8 - int(round(4 * f))))
 
 
 def contrast(image, f):
-  mean = np.float32(np.rint(_grey(image).mean()))
-  return _blend(mean, image, 1.0 + _ENHANCE * f)
+  return _enhance(ImageEnhance.Contrast, image, f)
 
 
 def brightness(image, f):
-  return _blend(np.float32(0.0), image, 1.0 + _ENHANCE * f)
+  return _enhance(ImageEnhance.Brightness, image, f)
 
 
 def sharpness(image, f):
@@ -129,20 +101,20 @@ def sharpness(image, f):
   return _blend(smooth, image, 1.0 + _ENHANCE * f)
 
 
-def shear_x(image, f):
-  return _affine(image, np.array([[1.0, _SHEAR * f, 0.0], [0.0, 1.0, 0.0]]))
+def shear_x(image, f):  # the offset moves the shear's origin from the pixel edge to the centre of pixel (0, 0)
+  return _affine(image, (1.0, _SHEAR * f, -0.5 * _SHEAR * f, 0.0, 1.0, 0.0))
 
 
 def shear_y(image, f):
-  return _affine(image, np.array([[1.0, 0.0, 0.0], [_SHEAR * f, 1.0, 0.0]]))
+  return _affine(image, (1.0, 0.0, 0.0, _SHEAR * f, 1.0, -0.5 * _SHEAR * f))
 
 
 def translate_x(image, f):
-  return _affine(image, np.array([[1.0, 0.0, -_TRANSLATE * f * image.shape[1]], [0.0, 1.0, 0.0]]))
+  return _affine(image, (1.0, 0.0, -_TRANSLATE * f * image.shape[1], 0.0, 1.0, 0.0))
 
 
 def translate_y(image, f):
-  return _affine(image, np.array([[1.0, 0.0, 0.0], [0.0, 1.0, -_TRANSLATE * f * image.shape[0]]]))
+  return _affine(image, (1.0, 0.0, 0.0, 0.0, 1.0, -_TRANSLATE * f * image.shape[0]))
 
 
 # (op, signed): the 14 ops in torchvision's order.

@@ -1,10 +1,14 @@
-"""TensorFlow Datasets through `tfds.data_source` (ArrayRecord, no TensorFlow), e.g. "tfds:cifar10".
+"""TensorFlow Datasets through their ArrayRecord files (`tfds.data_source`, no TensorFlow), e.g. "tfds:cifar10".
 
 The dataset must already be prepared in the TFDS data dir (TFDS_DATA_DIR or ~/tensorflow_datasets):
 effjax never downloads at training time, so a missing dataset fails at once with a message saying how
-to prepare it. Examples are tfds feature dicts (images uint8 HWC under "image", labels under "label").
+to prepare it. A prepared dataset is read from its files alone (dataset_info.json), so datasets whose
+builder code is not registered in tensorflow-datasets work too. Examples are tfds feature dicts; image
+features are decoded with Pillow (effjax/data/image.py) into uint8 HWC arrays, labels stay under "label".
 """
 import os
+
+from effjax.data import image as image_lib
 
 
 def make(split: str, arg: str | None = None):
@@ -12,32 +16,42 @@ def make(split: str, arg: str | None = None):
     raise ValueError("data source 'tfds' needs a dataset name, e.g. config.data.source = 'tfds:cifar10'")
   import tensorflow_datasets as tfds
   name, _, version = arg.partition(":")
+  full_name = f"{name}:{version}" if version else name
   data_dir = os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
   try:
-    builder = tfds.builder(f"{name}:{version}" if version else name, data_dir=data_dir)
-  except Exception as e:  # tfds raises several types for unknown names
-    raise ValueError(f"tfds dataset {name!r} is unknown to tensorflow-datasets: {e}") from None
-  if not builder.is_prepared():
+    builder = tfds.core.read_only_builder.builder_from_files(full_name, data_dir=data_dir)
+  except Exception:  # not prepared there (tfds raises several types)
+    try:
+      tfds.builder(full_name, data_dir=data_dir)
+    except Exception as e:
+      raise ValueError(f"tfds dataset {name!r} is unknown to tensorflow-datasets and not prepared in "
+                       f"{data_dir}: {str(e).splitlines()[0]}") from None
     raise ValueError(
         f"tfds dataset {name!r} is not available offline in {data_dir}; prepare it on a machine with "
         f"network access (`tfds build {name} --file_format=array_record`) and copy it there, "
-        f"or set TFDS_DATA_DIR")
-  source = tfds.data_source(builder.info.full_name, split=split, data_dir=data_dir, download=False)
+        f"or set TFDS_DATA_DIR") from None
   features = builder.info.features
+  images = {k: f.shape[-1] for k, f in features.items() if isinstance(f, tfds.features.Image)}
+  source = builder.as_data_source(split=split, decoders={k: tfds.decode.SkipDecoding() for k in images})
   info = {"name": f"tfds:{name}"}
   if "label" in features and hasattr(features["label"], "num_classes"):
     info["num_classes"] = features["label"].num_classes
   if "image" in features:
     info["image_shape"] = tuple(features["image"].shape)
-  return _TfdsSource(source, info)
+  return _TfdsSource(source, images, info)
 
 
 class _TfdsSource:
-  def __init__(self, source, info):
-    self.source, self.info = source, info
+  """Random access to one split; image features (encoded bytes in the files) are decoded on access."""
+
+  def __init__(self, source, images, info):
+    self.source, self.images, self.info = source, images, info
 
   def __len__(self):
     return len(self.source)
 
   def __getitem__(self, i):
-    return self.source[i]
+    example = dict(self.source[i])
+    for key, channels in self.images.items():
+      example[key] = image_lib.decode(example[key], channels)
+    return example

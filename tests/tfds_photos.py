@@ -1,0 +1,54 @@
+"""A small tfds dataset written offline: JPEG crops of scikit-image's photographs (no download, no TensorFlow).
+
+`prepare(data_dir)` writes `effjax_test_photos` in ArrayRecord format: 48 training and 16 test examples,
+each a JPEG of a random crop (36-64 px a side) of one of four photographs, labelled with the photograph.
+"""
+import io
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+NAME = "effjax_test_photos"
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def _jpeg_crops(count, seed):
+  import skimage.data
+  photos = [getattr(skimage.data, name)() for name in PHOTOS]
+  rng = np.random.default_rng(seed)
+  for i in range(count):
+    label = i % len(PHOTOS)
+    photo = photos[label]
+    h, w = rng.integers(36, 65, size=2)
+    size = rng.integers(max(h, w), min(photo.shape[:2]) + 1)  # a random square region, resized to h x w
+    top, left = rng.integers(0, photo.shape[0] - size + 1), rng.integers(0, photo.shape[1] - size + 1)
+    crop = Image.fromarray(photo[top:top + size, left:left + size]).resize((int(w), int(h)), Image.BILINEAR)
+    buffer = io.BytesIO()
+    crop.save(buffer, format="JPEG", quality=90)
+    yield i, {"image": buffer.getvalue(), "label": label}
+
+
+class EffjaxTestPhotos(tfds.core.GeneratorBasedBuilder):
+  """JPEG-encoded crops of four photographs; the label says which."""
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "label": tfds.features.ClassLabel(names=PHOTOS)}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples(48, seed=0), "test": self._generate_examples(16, seed=1)}
+
+  def _generate_examples(self, count, seed):
+    for key, example in _jpeg_crops(count, seed):
+      example["image"] = io.BytesIO(example["image"])  # already encoded: tfds stores the bytes as they are
+      yield key, example
+
+
+def prepare(data_dir):
+  builder = EffjaxTestPhotos(data_dir=str(data_dir), file_format="array_record")
+  builder.download_and_prepare()
+  return builder
