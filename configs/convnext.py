@@ -11,7 +11,7 @@ kernel_count, dks, runlocal (two stages of a narrow ConvNeXt on the embedded MNI
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 from effjax.models import convnext
 
 
@@ -20,7 +20,7 @@ def get_config(arg=None):
                       kernel_count=26, dks=17, runlocal=False)
   if arg.variant not in convnext.VARIANTS:
     raise cfg.ConfigError(f"unknown ConvNeXt variant {arg.variant!r}; expected one of {list(convnext.VARIANTS)}")
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "convnext"
   dcls = dict(kernel_count=arg.kernel_count, dilated_kernel_size=arg.dks, version="gauss") if arg.dcls else None
   c.model = ml_collections.ConfigDict(dict(

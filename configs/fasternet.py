@@ -8,7 +8,7 @@ embedded MNIST subset resized to 32×32: 8×8 then 4×4 maps).
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 from effjax.models import fasternet
 
 
@@ -17,7 +17,7 @@ def get_config(arg=None):
   if arg.variant not in fasternet.VARIANTS:
     raise cfg.ConfigError(f"unknown FasterNet variant {arg.variant!r}; expected one of "
                           f"{list(fasternet.VARIANTS)}")
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "fasternet"
   c.model = ml_collections.ConfigDict(dict(
       num_classes=arg.num_classes, variant=arg.variant, drop_path_rate=0.05))

@@ -8,7 +8,7 @@ on the embedded MNIST subset resized to 32×32: 8×8 then 4×4 maps).
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 from effjax.models import inception_next
 
 
@@ -17,7 +17,7 @@ def get_config(arg=None):
   if arg.variant not in inception_next.VARIANTS:
     raise cfg.ConfigError(f"unknown InceptionNeXt variant {arg.variant!r}; expected one of "
                           f"{list(inception_next.VARIANTS)}")
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "inception_next"
   c.model = ml_collections.ConfigDict(dict(
       num_classes=arg.num_classes, variant=arg.variant, mlp_ratios=(4, 4, 4, 3),

@@ -10,7 +10,7 @@ num_classes, runlocal (a two-stage ECA-ResNet with a deep stem on the embedded M
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 from effjax.layers.squeeze_excite import GATES
 from effjax.models import resnet
 
@@ -22,7 +22,7 @@ def get_config(arg=None):
     raise cfg.ConfigError(f"unknown ResNet variant {arg.variant!r}; expected one of {sorted(resnet.VARIANTS)}")
   if arg.gate and arg.gate != "none" and arg.gate not in GATES:
     raise cfg.ConfigError(f"unknown gate {arg.gate!r}; expected one of {sorted(GATES)} or 'none'")
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "resnet"
   model = dict(num_classes=arg.num_classes, variant=arg.variant, drop_path_rate=0.05)
   if arg.runlocal:  # a two-stage ECA-ResNet with a deep stem
