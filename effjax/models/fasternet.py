@@ -9,7 +9,8 @@ Images [B, H, W, C] -> logits [B, num_classes].
 
 PConv: `effjax.layers.pconv.PartialConv` (3×3 over C // n_div channels). act is ReLU, or the exact GELU for
 the t0 / t1 variants. BatchNorm: ε = 1e-5, torch momentum 0.1 ("batch_stats"). Intermediates sown: `stem`,
-`stage{i}`. `convert_official(state_dict)` maps a timm state dict to {"params", "batch_stats"}.
+`stage{i}`. `convert_official(state_dict)` maps a timm state dict to params,
+`convert_official_variables` to {"params", "batch_stats"}.
 """
 from collections.abc import Sequence
 
@@ -100,7 +101,7 @@ class FasterNet(nn.Module):
 Model = with_variants(FasterNet, VARIANTS, "FasterNet")
 
 
-def convert_official(state_dict) -> dict:
+def convert_official_variables(state_dict) -> dict:
   """timm FasterNet state dict (names -> arrays; torch tensors accepted) -> {"params", "batch_stats"}.
 
   Convolutions OIHW -> HWIO; 1×1 convolutions of the head -> Dense kernels [in, out]; BatchNorm
@@ -134,3 +135,9 @@ def convert_official(state_dict) -> dict:
   params["classifier"] = {"kernel": sd["classifier.weight"].T, "bias": sd["classifier.bias"]}
   sd.check_all_used(ignored=(r".*num_batches_tracked",))
   return {"params": params, "batch_stats": stats}
+
+
+def convert_official(state_dict) -> dict:
+  """Params of `Model` from a timm state dict (the contract of effjax.weights / config.init_from); the BatchNorm
+  running statistics come with `convert_official_variables`."""
+  return convert_official_variables(state_dict)["params"]

@@ -9,7 +9,8 @@ as timm's `inception_next_*`. Images [B, H, W, C] -> logits [B, num_classes].
 
 BatchNorm: ε = 1e-5, torch momentum 0.1 (collection "batch_stats"). GELU is exact. The depthwise convolutions run
 through `effjax.kernels.depthwise_conv`. Intermediates sown: `stem`, `stage{i}`.
-`convert_official(state_dict)` maps a timm state dict to {"params", "batch_stats"}.
+`convert_official(state_dict)` maps a timm state dict to params, `convert_official_variables` to
+{"params", "batch_stats"}.
 """
 from collections.abc import Sequence
 
@@ -124,7 +125,7 @@ class InceptionNeXt(nn.Module):
 Model = with_variants(InceptionNeXt, VARIANTS, "InceptionNeXt")
 
 
-def convert_official(state_dict) -> dict:
+def convert_official_variables(state_dict) -> dict:
   """timm InceptionNeXt state dict (names -> arrays; torch tensors accepted) -> {"params", "batch_stats"}.
 
   Convolutions OIHW -> HWIO (depthwise [g, 1, kh, kw] -> [kh, kw, g]); 1×1-conv MLP and Linear weights -> Dense
@@ -166,3 +167,9 @@ def convert_official(state_dict) -> dict:
                 head_fc2=dense("head.fc2"))
   sd.check_all_used(ignored=(r".*num_batches_tracked",))
   return {"params": params, "batch_stats": stats}
+
+
+def convert_official(state_dict) -> dict:
+  """Params of `Model` from a timm state dict (the contract of effjax.weights / config.init_from); the BatchNorm
+  running statistics come with `convert_official_variables`."""
+  return convert_official_variables(state_dict)["params"]

@@ -15,7 +15,8 @@ momentum 0.1); activations are ReLU.
 
 `gate` is one of effjax.layers.squeeze_excite.GATES ("eca", "se" = "cse" with `rd_ratio`, "sse", "scse") or "".
 `VARIANTS` holds timm's ecaresnet* and resnetrs* definitions. Intermediates sown: `stem`, `layer{1..4}`.
-`convert_official(state_dict)` maps a timm ResNet state dict to {"params", "batch_stats"}.
+`convert_official(state_dict)` maps a timm ResNet state dict to params, `convert_official_variables` to
+{"params", "batch_stats"}.
 """
 from collections.abc import Sequence
 
@@ -167,7 +168,7 @@ def _gate(sd, prefix):
   return {"fc1": dense("fc1"), "fc2": dense("fc2")}
 
 
-def convert_official(state_dict) -> dict:
+def convert_official_variables(state_dict) -> dict:
   """timm ResNet state dict (names -> arrays; torch tensors accepted) -> {"params", "batch_stats"} of `Model`.
 
   Convolutions OIHW -> HWIO; BatchNorm weight/bias -> scale/bias and running_mean/var -> mean/var (its
@@ -205,3 +206,8 @@ def convert_official(state_dict) -> dict:
   sd.check_all_used(ignored=(r".*num_batches_tracked",))
   return {"params": params, "batch_stats": {k: v for k, v in stats.items() if v}}
 
+
+def convert_official(state_dict) -> dict:
+  """Params of `Model` from a timm state dict (the contract of effjax.weights / config.init_from); the BatchNorm
+  running statistics come with `convert_official_variables`."""
+  return convert_official_variables(state_dict)["params"]

@@ -23,7 +23,7 @@ def test_golden_logits_and_intermediates(key):
   model = fasternet.Model(variant=key, **{names.get(k, k): tuple(v) if isinstance(v, list) else v
                                           for k, v in kw.items()})
   apply = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))
-  logits, state = apply(fasternet.convert_official(sd), images)
+  logits, state = apply(fasternet.convert_official_variables(sd), images)
   np.testing.assert_allclose(logits, outputs["logits"], **TOL)
   np.testing.assert_allclose(outputs["logits"], outputs["logits_f64"], **TOL)
   hooks = meta["models"][key]["hooks"]
@@ -45,6 +45,8 @@ def test_convert_official_rejects_missing_and_unexpected_keys():
   sd = timm_golden.load("fasternet", "t0")[0]
   with pytest.raises(ValueError, match="missing 'stages.1.blocks.0.mlp.1.running_var'"):
     fasternet.convert_official({k: v for k, v in sd.items() if k != "stages.1.blocks.0.mlp.1.running_var"})
+  params = fasternet.convert_official_variables(sd)["params"]
+  assert jax.tree.structure(fasternet.convert_official(sd)) == jax.tree.structure(params)
   with pytest.raises(ValueError, match="unexpected key"):
     fasternet.convert_official({**sd, "extra.weight": np.zeros(3)})
 

@@ -21,7 +21,7 @@ def test_golden_logits_and_intermediates(key):
   kw = meta["models"][key]["kwargs"]
   model = inception_next.Model(variant=key, num_classes=kw["num_classes"], depths=kw["depths"], widths=kw["dims"])
   apply = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))
-  logits, state = apply(inception_next.convert_official(sd), images)
+  logits, state = apply(inception_next.convert_official_variables(sd), images)
   np.testing.assert_allclose(logits, outputs["logits"], **TOL)
   np.testing.assert_allclose(outputs["logits"], outputs["logits_f64"], **TOL)
   hooks = meta["models"][key]["hooks"]
@@ -43,6 +43,8 @@ def test_convert_official_rejects_missing_and_unexpected_keys():
   sd = timm_golden.load("inception_next", "atto")[0]
   with pytest.raises(ValueError, match="missing 'stages.1.blocks.0.token_mixer.dwconv_w.bias'"):
     inception_next.convert_official({k: v for k, v in sd.items() if k != "stages.1.blocks.0.token_mixer.dwconv_w.bias"})
+  params = inception_next.convert_official_variables(sd)["params"]
+  assert jax.tree.structure(inception_next.convert_official(sd)) == jax.tree.structure(params)
   with pytest.raises(ValueError, match="unexpected key"):
     inception_next.convert_official({**sd, "extra.weight": np.zeros(3)})
 

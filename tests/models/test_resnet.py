@@ -27,7 +27,7 @@ def test_golden_logits_and_intermediates(key):
   sd, images, outputs, meta = timm_golden.load("resnet", key)
   model = _golden_model(meta, key)
   apply = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))
-  logits, state = apply(resnet.convert_official(sd), images)
+  logits, state = apply(resnet.convert_official_variables(sd), images)
   np.testing.assert_allclose(logits, outputs["logits"], **TOL)
   np.testing.assert_allclose(outputs["logits"], outputs["logits_f64"], **TOL)
   hooks = meta["models"][key]["hooks"]
@@ -59,6 +59,8 @@ def test_convert_official_rejects_missing_and_unexpected_keys():
   sd = timm_golden.load("resnet", "ecaresnet26t")[0]
   with pytest.raises(ValueError, match="missing 'layer2.0.bn3.running_var'"):
     resnet.convert_official({k: v for k, v in sd.items() if k != "layer2.0.bn3.running_var"})
+  params = resnet.convert_official_variables(sd)["params"]
+  assert jax.tree.structure(resnet.convert_official(sd)) == jax.tree.structure(params)
   with pytest.raises(ValueError, match="unexpected key"):
     resnet.convert_official({**sd, "extra.weight": np.zeros(3)})
 
