@@ -11,6 +11,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from effjax import config as config_lib
+from effjax import runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<file>.py[:key=value,...]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for config.json, metrics, checkpoints")
@@ -48,6 +49,7 @@ def main(argv):
 
 def run():
   """Entry point: checks --config.* overrides against the config before absl parses them."""
+  runtime.reexec_with_tcmalloc()
   error = config_lib.check_overrides(sys.argv[1:])
   if error:
     sys.exit(f"effjax: error: {error}")
