@@ -16,18 +16,17 @@ Every evaluation also measures the per-layer coding rate and sparsity (effjax/ev
 """
 import ml_collections
 
-from effjax import config as cfg
-from effjax.models import crate
+from effjax import config as cfg, train_config
 
 
 def get_config(arg=None):
   arg = cfg.parse_arg(arg, variant="B", patch=16, dataset="tfds:imagenet2012", num_classes=1000, mixup=0.0,
                       cutmix=0.0, runlocal=False)
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "crate"
   c.model = ml_collections.ConfigDict(dict(
-      num_classes=arg.num_classes, patch_size=arg.patch, **crate.variant_kwargs(arg.variant), pool="cls",
-      dropout=0.0, emb_dropout=0.0, remat="none"))
+      num_classes=arg.num_classes, variant=arg.variant, patch_size=arg.patch, pool="cls", dropout=0.0,
+      emb_dropout=0.0, remat="none"))
   c.task_name = "classification"
   c.task = ml_collections.ConfigDict(dict(label_smoothing=0.1, mixup_alpha=arg.mixup, cutmix_alpha=arg.cutmix))
   c.evaluators = ("classification", "coding_rate")
@@ -52,7 +51,7 @@ def get_config(arg=None):
 
   if arg.runlocal:  # small CRATE on the embedded MNIST subset (28x28x1, 4,000 train / 1,000 test; 16 patches)
     c.model = ml_collections.ConfigDict(dict(
-        num_classes=10, patch_size=7, dim=96, depth=4, num_heads=4, pool="cls", dropout=0.0, emb_dropout=0.0,
+        num_classes=10, patch_size=7, width=96, depth=4, num_heads=4, pool="cls", dropout=0.0, emb_dropout=0.0,
         remat="none"))
     c.task.label_smoothing = 0.0
     c.data.source = "mnist5k"

@@ -1,7 +1,8 @@
 """CRATE-α: the official ImageNet-21K pre-training and ImageNet-1K fine-tuning recipes, and a quick CPU run.
 
   python -m effjax.main --config configs/crate_alpha.py:variant=B/16 --workdir runs/crate_alpha_b16_in21k
-  python -m effjax.main --config configs/crate_alpha.py:variant=B/16,stage=finetune,init=runs/crate_alpha_b16_in21k/checkpoints/... --workdir runs/crate_alpha_b16_in1k
+  python -m effjax.main --workdir runs/crate_alpha_b16_in1k \
+      --config configs/crate_alpha.py:variant=B/16,stage=finetune,init=runs/crate_alpha_b16_in21k/checkpoints/...
   python -m effjax.main --config configs/crate_alpha.py:runlocal --workdir runs/crate_alpha_mnist
 
 Arguments: variant (Ti/S/B/L/H with /patch, e.g. L/14), stage (pretrain on ImageNet-21K or finetune on
@@ -14,8 +15,7 @@ Mixup/CutMix/RandAugment and the inception crop are not available in effjax.data
 """
 import ml_collections
 
-from effjax import config as cfg
-from effjax.models import crate_alpha
+from effjax import config as cfg, train_config
 
 STAGES = {  # data source, classes, base lr, label smoothing
     "pretrain": ("tfds:imagenet21k", 19167, 5e-5, 0.0),
@@ -28,11 +28,11 @@ def get_config(arg=None):
   if arg.stage not in STAGES:
     raise cfg.ConfigError(f"unknown CRATE-α stage {arg.stage!r}; expected one of {list(STAGES)}")
   source, classes, base_lr, smoothing = STAGES[arg.stage]
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "crate_alpha"
   c.model = ml_collections.ConfigDict(dict(
-      num_classes=classes, **crate_alpha.variant_kwargs(arg.variant if "/" in arg.variant else arg.variant + "/16"),
-      posemb="learn", dropout=0.0, drop_path=0.0, layer_scale=None, remat="none"))
+      num_classes=classes, variant=arg.variant if "/" in arg.variant else arg.variant + "/16", posemb="learn",
+      dropout=0.0, drop_path_rate=0.0, layer_scale=None, remat="none"))
   c.task = ml_collections.ConfigDict(dict(label_smoothing=smoothing))
   c.evaluators = ("classification", "coding_rate")
   c.evaluator.coding_rate = ml_collections.ConfigDict(dict(max_examples=256, per_head=False))
@@ -57,7 +57,7 @@ def get_config(arg=None):
 
   if arg.runlocal:  # small CRATE-α on the embedded MNIST subset
     c.model = ml_collections.ConfigDict(dict(
-        num_classes=10, patch_size=7, width=96, depth=4, num_heads=4, posemb="learn", dropout=0.0, drop_path=0.0,
+        num_classes=10, patch_size=7, width=96, depth=4, num_heads=4, posemb="learn", dropout=0.0, drop_path_rate=0.0,
         layer_scale=None, remat="none"))
     c.task.label_smoothing = 0.0
     c.data.source = "mnist5k"

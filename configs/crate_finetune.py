@@ -1,6 +1,7 @@
 """CRATE fine-tuning on CIFAR-10/100 from an ImageNet-1K checkpoint (the paper's transfer recipe).
 
-  python -m effjax.main --config configs/crate_finetune.py:variant=B,dataset=tfds:cifar100,num_classes=100,init=runs/crate_b_in1k/checkpoints/<step> --workdir runs/crate_b_cifar100
+  python -m effjax.main --workdir runs/crate_b_cifar100 --config \
+      configs/crate_finetune.py:variant=B,dataset=tfds:cifar100,num_classes=100,init=runs/crate_b_in1k/checkpoints/<step>
 
 Arguments: variant (T/S/B/L), dataset, num_classes, init (checkpoint whose params are loaded; the head
 and its LayerNorm are re-initialised, as the official finetune.py replaces `mlp_head`), batch.
@@ -13,17 +14,16 @@ pre-trained model. At 224 px with patch 16 the position embedding has the checkp
 """
 import ml_collections
 
-from effjax import config as cfg
-from effjax.models import crate
+from effjax import config as cfg, train_config
 
 
 def get_config(arg=None):
   arg = cfg.parse_arg(arg, variant="B", dataset="tfds:cifar10", num_classes=10, init="", batch=256)
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "crate"
   c.model = ml_collections.ConfigDict(dict(
-      num_classes=arg.num_classes, patch_size=16, **crate.variant_kwargs(arg.variant), pool="cls", dropout=0.0,
-      emb_dropout=0.0, remat="none"))
+      num_classes=arg.num_classes, variant=arg.variant, patch_size=16, pool="cls", dropout=0.0, emb_dropout=0.0,
+      remat="none"))
   c.task = ml_collections.ConfigDict(dict(label_smoothing=0.1))
   c.evaluators = ("classification", "coding_rate")
   c.evaluator.coding_rate = ml_collections.ConfigDict(dict(max_examples=256))

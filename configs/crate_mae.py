@@ -11,16 +11,14 @@ Optimiser: the MAE pre-training recipe the official CRATE-MAE code builds on (Ad
 """
 import ml_collections
 
-from effjax import config as cfg
-from effjax.models import crate_mae
+from effjax import config as cfg, train_config
 
 
 def get_config(arg=None):
   arg = cfg.parse_arg(arg, variant="B", patch=16, dataset="tfds:imagenet2012", batch=4096, runlocal=False)
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "crate_mae"
-  c.model = ml_collections.ConfigDict(dict(patch_size=arg.patch, **crate_mae.variant_kwargs(arg.variant),
-                                           lmbda=0.5, remat="none"))
+  c.model = ml_collections.ConfigDict(dict(variant=arg.variant, patch_size=arg.patch, lmbda=0.5, remat="none"))
   c.task_name = "mae"
   c.task = ml_collections.ConfigDict(dict(mask_ratio=0.75, norm_pix_loss=False, eval_seed=0))
   c.evaluators = ("reconstruction", "coding_rate")
@@ -41,7 +39,7 @@ def get_config(arg=None):
   c.checkpoint_every_steps = 2000
 
   if arg.runlocal:  # small CRATE-MAE on the embedded MNIST subset (7x7 patches of 4x4 pixels)
-    c.model = ml_collections.ConfigDict(dict(patch_size=4, dim=64, depth=2, num_heads=4, decoder_depth=2,
+    c.model = ml_collections.ConfigDict(dict(patch_size=4, width=64, depth=2, num_heads=4, decoder_depth=2,
                                              lmbda=0.5, remat="none"))
     c.data.source = "mnist5k"
     c.data.train_split, c.data.eval_split = "train", "test"

@@ -14,7 +14,7 @@ against the paper's text, and the crop sizes are the ones commonly used with the
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 
 DATASETS = {  # crop [D, H, W], classes incl. background, intensity normalisation of the NIfTI source
     "synapse": ((64, 128, 128), 14, "ct"),
@@ -27,10 +27,10 @@ def get_config(arg=None):
   if arg.dataset not in DATASETS:
     raise cfg.ConfigError(f"unknown D-Former dataset {arg.dataset!r}; expected one of {list(DATASETS)}")
   crop, num_classes, norm = DATASETS[arg.dataset]
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "dformer"
   c.model = ml_collections.ConfigDict(dict(
-      num_classes=num_classes, in_channels=1, embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+      num_classes=num_classes, in_channels=1, width=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
       patch_size=(2, 4, 4), group_size=(2, 8, 8), intervals=(8, 4, 2, 1), mlp_ratio=4.0, drop_path_rate=0.1,
       deep_supervision=True, fidelity="official", remat="none"))
   c.task_name = "segmentation"
@@ -57,7 +57,7 @@ def get_config(arg=None):
 
   if arg.runlocal:  # a small D-Former on 16x32x32 synthetic ellipsoid volumes (3 object classes)
     c.model = ml_collections.ConfigDict(dict(
-        num_classes=4, in_channels=1, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8),
+        num_classes=4, in_channels=1, width=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8),
         patch_size=(2, 4, 4), group_size=(2, 8, 8), intervals=(8, 4, 2, 1), mlp_ratio=4.0, drop_path_rate=0.0,
         deep_supervision=True, fidelity="official", remat="none"))
     c.task.deep_supervision_weights = (1.0, 0.5, 0.25)

@@ -9,15 +9,15 @@ members with stride 2, then patch merging to 7×7 tokens where both patterns cov
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 
 
 def get_config(arg=None):
   arg = cfg.parse_arg(arg, dataset="tfds:cifar10", image=32, num_classes=10, runlocal=False)
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "dilated_vit"
   c.model = ml_collections.ConfigDict(dict(
-      num_classes=arg.num_classes, patch_size=(2, 2), embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
+      num_classes=arg.num_classes, patch_size=(2, 2), width=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
       group_size=(4, 4), intervals=(1, 1, 1, 1), mlp_ratio=4.0, drop_path_rate=0.1, remat="none"))
   if arg.image % 16:
     raise cfg.ConfigError(f"image={arg.image}: four stages of patch 2 need a side divisible by 16")
@@ -37,7 +37,7 @@ def get_config(arg=None):
 
   if arg.runlocal:
     c.model = ml_collections.ConfigDict(dict(
-        num_classes=10, patch_size=(2, 2), embed_dim=32, depths=(2, 2), num_heads=(2, 4), group_size=(7, 7),
+        num_classes=10, patch_size=(2, 2), width=32, depths=(2, 2), num_heads=(2, 4), group_size=(7, 7),
         intervals=(1, 1), mlp_ratio=2.0, drop_path_rate=0.0, remat="none"))
     c.task.label_smoothing = 0.0
     c.data.source = "mnist5k"

@@ -9,7 +9,7 @@ grouping ("window" or "strided"), dataset, runlocal (embedded MNIST subset: 28×
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 
 
 def get_config(arg=None):
@@ -17,12 +17,12 @@ def get_config(arg=None):
                       num_classes=1000, remat="none", runlocal=False)
   if arg.res % 112:
     raise cfg.ConfigError(f"res={arg.res} must be a multiple of 112 (patch 16 x window 7)")
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "fit"
   c.model = ml_collections.ConfigDict(dict(
       num_classes=arg.num_classes, layers=arg.layers, patch_size=16, group_size=7, grouping=arg.grouping,
-      latents_per_group=16, x_dim=512, latent_dim=768, x_num_heads=8, latent_num_heads=12, mlp_ratio=4,
-      drop_path=0.1, drop_units=0.0, remat=arg.remat))
+      latents_per_group=16, width=512, latent_width=768, num_heads=8, latent_num_heads=12, mlp_ratio=4,
+      drop_path_rate=0.1, drop_units=0.0, remat=arg.remat))
   c.task_name = "classification"
   c.task = ml_collections.ConfigDict(dict(label_smoothing=0.1))
   c.data.source = arg.dataset
@@ -42,7 +42,7 @@ def get_config(arg=None):
 
   if arg.runlocal:
     c.model.update(dict(num_classes=10, layers="(1)2(1)", patch_size=2, group_size=7, latents_per_group=4,
-                        x_dim=64, latent_dim=64, x_num_heads=2, latent_num_heads=4, mlp_ratio=2, drop_path=0.0))
+                        width=64, latent_width=64, num_heads=2, latent_num_heads=4, mlp_ratio=2, drop_path_rate=0.0))
     c.task.label_smoothing = 0.0
     c.data.source = "mnist5k"
     c.data.train_split, c.data.eval_split = "train", "test"

@@ -12,9 +12,9 @@ group, (local)global layer specs); they are not the paper's exact checkpoints.
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 
-RESOLUTIONS = {  # patch, group_size (patches per window side), layers, latents/group, x_dim, latent_dim
+RESOLUTIONS = {  # patch, group_size (patches per window side), layers, latents/group, width, latent_width
     64: (4, 4, "(2)2(2)2(2)2(2)2(2)2(2)", 32, 512, 768),
     128: (4, 8, "(2)2(2)2(2)2(2)2(2)2(2)", 32, 512, 768),
     256: (8, 8, "(2)2(2)2(2)2(2)2(2)2(2)", 32, 512, 1024),
@@ -25,13 +25,13 @@ def get_config(arg=None):
   arg = cfg.parse_arg(arg, res=64, dataset="tfds:imagenet2012", num_classes=1000, runlocal=False)
   if arg.res not in RESOLUTIONS:
     raise cfg.ConfigError(f"unknown resolution {arg.res}; expected one of {sorted(RESOLUTIONS)}")
-  patch, group, layers, latents, x_dim, latent_dim = RESOLUTIONS[arg.res]
-  c = cfg.base_config()
+  patch, group, layers, latents, width, latent_width = RESOLUTIONS[arg.res]
+  c = train_config.base_config()
   c.model_name = "fit_denoiser"
   c.model = ml_collections.ConfigDict(dict(
-      layers=layers, latents_per_group=latents, x_dim=x_dim, latent_dim=latent_dim, x_num_heads=8,
+      layers=layers, latents_per_group=latents, width=width, latent_width=latent_width, num_heads=8,
       latent_num_heads=16, mlp_ratio=4, patch_size=patch, group_size=group, grouping="window",
-      self_cond="latent", x_self_attention=True, xattn_with_mlp=True, xattn_enc_ln=True, drop_path=0.0,
+      self_cond="latent", x_self_attention=True, xattn_with_mlp=True, xattn_enc_ln=True, drop_path_rate=0.0,
       remat="none"))
   c.task_name = "diffusion"
   c.task = ml_collections.ConfigDict(dict(
@@ -57,7 +57,7 @@ def get_config(arg=None):
   c.checkpoint_every_steps = 5000
 
   if arg.runlocal:  # embedded MNIST subset, 28x28x1 -> 14x14 patches of 2x2 -> 4 groups of 7x7 patches
-    c.model.update(dict(layers="(1)2(1)", latents_per_group=8, x_dim=64, latent_dim=128, x_num_heads=2,
+    c.model.update(dict(layers="(1)2(1)", latents_per_group=8, width=64, latent_width=128, num_heads=2,
                         latent_num_heads=4, mlp_ratio=2, patch_size=2, group_size=7))
     c.task.num_classes = 10
     c.data.source = "mnist5k"

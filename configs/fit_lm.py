@@ -10,17 +10,17 @@ model, 256-byte context in 16 groups of 16, a few minutes on a CPU). Metric: eva
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 
 
 def get_config(arg=None):
   arg = cfg.parse_arg(arg, seq_len=1024, group_size=32, runlocal=False)
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "fit_ar"
   c.model = ml_collections.ConfigDict(dict(
       vocab_size=256, seq_len=arg.seq_len, layers="(2)2(2)2(2)", group_size=arg.group_size,
-      latents_per_group=8, x_dim=384, latent_dim=512, x_num_heads=6, latent_num_heads=8, mlp_ratio=4,
-      drop_path=0.0, drop_units=0.1, remat="none"))
+      latents_per_group=8, width=384, latent_width=512, num_heads=6, latent_num_heads=8, mlp_ratio=4,
+      drop_path_rate=0.0, drop_units=0.1, remat="none"))
   c.task_name = "language_model"
   c.task = ml_collections.ConfigDict(dict(label_smoothing=0.0))
   c.evaluators = ("text_samples",)
@@ -41,8 +41,8 @@ def get_config(arg=None):
   c.checkpoint_every_steps = 2000
 
   if arg.runlocal:
-    c.model.update(dict(seq_len=256, layers="(1)2(1)", group_size=16, latents_per_group=4, x_dim=128,
-                        latent_dim=128, x_num_heads=4, latent_num_heads=4, mlp_ratio=2, drop_units=0.0))
+    c.model.update(dict(seq_len=256, layers="(1)2(1)", group_size=16, latents_per_group=4, width=128,
+                        latent_width=128, num_heads=4, latent_num_heads=4, mlp_ratio=2, drop_units=0.0))
     c.data.source = "pytext:seq_len=256,stride=128,max_bytes=1000000"
     c.data.eval_examples = 128
     c.evaluator.text_samples = ml_collections.ConfigDict(dict(prompt_len=64, num_tokens=64,

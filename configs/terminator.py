@@ -18,7 +18,7 @@ cosine schedule with 8 warm-up epochs, label smoothing 0.09, norm penalty 5e-5, 
 """
 import ml_collections
 
-from effjax import config as cfg
+from effjax import config as cfg, train_config
 
 DATASETS = {  # source, eval split, classes, data_dim, expansions (first block from the input channels)
     "smnist": ("smnist:base=tfds:mnist", "test", 10, 1, (12, 3, 2, 2, 2)),
@@ -34,7 +34,7 @@ def get_config(arg=None):
   if arg.dataset not in DATASETS:
     raise cfg.ConfigError(f"unknown Terminator dataset {arg.dataset!r}; expected one of {list(DATASETS)}")
   source, eval_split, num_classes, data_dim, expansions = DATASETS[arg.dataset]
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "terminator"
   c.model = ml_collections.ConfigDict(dict(
       num_classes=num_classes, expansions=expansions, skips=((), (), (0,), (1,), (2, 1)),

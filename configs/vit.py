@@ -3,32 +3,22 @@
   python -m effjax.main --config configs/vit.py:runlocal --workdir runs/vit
   python -m effjax.main --config configs/vit.py:variant=S,dataset=tfds:imagenet2012 --workdir runs/vit_s
 
-Arguments: variant (Ti/S/B/L: the standard ViT widths), patch, dataset (a data source name),
+Arguments: variant (Ti/S/B/L: the standard ViT sizes of effjax/models/vit.py), patch, dataset (a data source name),
 runlocal (the quick CPU run on the embedded MNIST subset: >93% test accuracy in a few minutes).
 """
 import ml_collections
 
-from effjax import config as cfg
-
-VARIANTS = {  # width, depth, heads, mlp_dim
-    "Ti": (192, 12, 3, 768),
-    "S": (384, 12, 6, 1536),
-    "B": (768, 12, 12, 3072),
-    "L": (1024, 24, 16, 4096),
-}
+from effjax import config as cfg, train_config
 
 
 def get_config(arg=None):
   arg = cfg.parse_arg(arg, variant="Ti", patch=16, dataset="tfds:imagenet2012", num_classes=1000,
                       runlocal=False)
-  if arg.variant not in VARIANTS:
-    raise cfg.ConfigError(f"unknown ViT variant {arg.variant!r}; expected one of {list(VARIANTS)}")
-  width, depth, heads, mlp_dim = VARIANTS[arg.variant]
-  c = cfg.base_config()
+  c = train_config.base_config()
   c.model_name = "vit"
   c.model = ml_collections.ConfigDict(dict(
-      num_classes=arg.num_classes, patch_size=arg.patch, width=width, depth=depth, num_heads=heads,
-      mlp_dim=mlp_dim, dropout=0.0, pool="cls", remat="none"))
+      num_classes=arg.num_classes, variant=arg.variant, patch_size=arg.patch, dropout=0.0, pool="cls",
+      remat="none"))
   c.task_name = "classification"
   c.task = ml_collections.ConfigDict(dict(label_smoothing=0.1))
   c.data.source = arg.dataset

@@ -1,45 +1,114 @@
-"""Orbax checkpoints of the train state, the step and the data iterator, with a resume order.
+"""Orbax checkpoints of the train state, the step and the data position, with a compatibility check.
 
-Layout: WORKDIR/checkpoints/<step>/{state, data}. `state` is the train-state pytree (params, optimizer
-state, model collections, EMA, rng, step); `data` is the grain iterator state, one JSON per process.
-Saves are asynchronous and the last `keep` checkpoints are kept. A checkpoint that fails to restore
-(truncated, partially written) is skipped with a warning, renamed to <step>.unreadable-<time>, and the
-previous one is used.
+Layout: WORKDIR/checkpoints/<step>/{state, data, meta}. `state` is the train-state pytree (params,
+optimizer state, model collections, EMA, rng, step); `data` is the data iterator's global state
+({"next_batch": n}, the same for any number of processes); `meta` says what the checkpoint was made from:
+the model name, the optimizer name, every config key that defines the run (`fingerprint`) and the
+path -> [shape, dtype] of every state leaf. Saves are asynchronous and the last `keep` are kept.
+
+Restoring compares `meta` with the current run first. A difference is an `IncompatibleCheckpoint` (one
+line naming the first difference and the ways on) and nothing is touched. Only a checkpoint that fails
+to read (truncated, partially written) is set aside, renamed to <step>.unreadable-<time> with a warning,
+and the previous one is tried; nothing is restored into the data iterator until a checkpoint has been
+read completely, so a run that finds no readable checkpoint starts exactly like a fresh one.
 """
+import json
 import os
 import time
 
-import grain
 import jax
-from jax.experimental import multihost_utils
+import ml_collections
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from effjax import metrics
+from effjax.config import ConfigError
 
-_ITEMS = ("state", "data")
+# Config keys that may change between a checkpoint and the run resuming it (run length, logging,
+# evaluation, checkpointing, topology). Every other key is part of the fingerprint.
+RESUMABLE_CHANGES = ("total_steps", "total_epochs", "log_every_steps", "eval_every_steps",
+                     "checkpoint_every_steps", "keep_checkpoints", "progress_bar", "resume", "init_from",
+                     "evaluators", "evaluator", "eval_batch_size", "data.eval_split", "data.eval_examples",
+                     "data.worker_count", "mesh", "sharding_rules", "allow_config_change")
+OVERRIDE_KEY = "allow_config_change"
+
+
+class IncompatibleCheckpoint(ConfigError):
+  """The checkpoint was made by another model, optimizer or config than the run trying to resume it."""
+
+
+def fingerprint(config):
+  """The flat {dotted key: value} of every config key that defines the run (all but RESUMABLE_CHANGES)."""
+  flat = {}
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      name = prefix + key
+      if name in RESUMABLE_CHANGES:
+        continue
+      if isinstance(value, (dict, ml_collections.ConfigDict)):
+        walk(value, name + ".")
+      else:
+        flat[name] = value
+  walk(config, "")
+  return json.loads(json.dumps(flat, default=str))  # tuples -> lists, as they come back from the JSON
+
+
+def describe(config, abstract_state):
+  """The `meta` item of a checkpoint of `abstract_state` made by `config`."""
+  leaves = jax.tree_util.tree_leaves_with_path(abstract_state)
+  return {"model_name": config.model_name, "optimizer": config.optimizer.name,
+          "fingerprint": fingerprint(config),
+          "state": {jax.tree_util.keystr(p): [list(x.shape), str(x.dtype)] for p, x in leaves}}
+
+
+def first_difference(saved, current, allow_config_change=False):
+  """One phrase naming the first difference between two `describe` results, or None; and whether the
+  difference is one `allow_config_change` can accept (the state's tree and shapes agree)."""
+  def show(value):
+    return json.dumps(value)
+  if not allow_config_change:
+    if saved["model_name"] != current["model_name"]:
+      return f"model {saved['model_name']!r} there, {current['model_name']!r} now", True
+    if saved["optimizer"] != current["optimizer"]:
+      return f"optimizer {saved['optimizer']!r} there, {current['optimizer']!r} now", True
+    a, b = saved["fingerprint"], current["fingerprint"]
+    for key in sorted(set(a) | set(b), key=lambda k: (not k.startswith("model"), k)):
+      if a.get(key, "<absent>") != b.get(key, "<absent>"):
+        return f"config.{key} is {show(a.get(key, '<absent>'))} there, {show(b.get(key, '<absent>'))} now", True
+  a, b = saved["state"], current["state"]
+  for key in sorted(set(a) | set(b), key=lambda k: (not k.startswith("['params']"), k)):
+    if key not in a:
+      return f"state{key} is new (not in the checkpoint)", False
+    if key not in b:
+      return f"state{key} is in the checkpoint but not in this run", False
+    if a[key] != b[key]:
+      return f"state{key} has shape/dtype {a[key]} there, {b[key]} now", False
+  return None, False
 
 
 class Checkpointer:
-  """Saves and restores (train state, data iterator) pairs under `directory`."""
+  """Saves and restores (train state, data position) pairs under `directory`."""
 
   def __init__(self, directory, keep=3, async_save=True):
     self.directory = os.path.abspath(directory)
+    self.keep = keep
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
             cleanup_tmp_directories=True),
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler()})
+        item_handlers={"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
 
   def steps(self):
     return sorted(self.manager.all_steps())
 
-  def save(self, step, state, data_iterator, force=False):
-    args = {"state": ocp.args.StandardSave(state)}
-    if data_iterator is not None:
-      args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+  def save(self, step, state, data_state, meta, force=False):
+    """Saves `state`, the data iterator's `data_state` and `meta` (a `describe` result) as `step`."""
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+                              meta=ocp.args.JsonSave(meta))
+    return self.manager.save(step, args=args, force=force)
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -47,19 +116,34 @@ class Checkpointer:
   def close(self):
     self.manager.close()
 
-  def restore_latest(self, abstract_state, data_iterator):
-    """Restores the newest readable checkpoint into (state, iterator); (None, None) when there is none.
+  def restore_latest(self, abstract_state, meta, allow_config_change=False):
+    """(step, state, data_state) of the newest readable checkpoint; (None, None, None) when there is none.
 
     `abstract_state` is a pytree of jax.ShapeDtypeStruct with shardings: arrays come back sharded.
+    `meta` describes the current run; a checkpoint that differs raises IncompatibleCheckpoint.
     """
-    result, unreadable = (None, None), []
+    self._warn_about_files()
+    result, unreadable = (None, None, None), []
     for step in reversed(self.steps()):
+      path = os.path.join(self.directory, str(step))
+      if os.path.isdir(os.path.join(path, "state")) and not os.path.exists(os.path.join(path, "meta")):
+        raise IncompatibleCheckpoint(f"checkpoint {path} has no meta item (written by an older effjax), so it "
+                                     f"cannot be checked against this run; use a new --workdir, or fine-tune "
+                                     f"from it with --config.init_from.path={self.directory}")
       try:
-        result = step, self._restore(step, abstract_state, data_iterator)
-        break
+        saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
       except Exception as e:  # a torn write shows up as many different exception types
-        metrics.logger().warning("checkpoint %s/%d is unreadable (%s: %s); trying the previous one",
-                                 self.directory, step, type(e).__name__, str(e).splitlines()[0][:200])
+        self._unreadable(step, e)
+        unreadable.append(step)
+        continue
+      self._check(step, saved, meta, allow_config_change)
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        result = step, restored["state"], dict(restored["data"])
+        break
+      except Exception as e:
+        self._unreadable(step, e)
         unreadable.append(step)
     if unreadable:  # set them aside (kept for inspection) so that those steps can be saved again
       if jax.process_index() == 0:
@@ -68,14 +152,32 @@ class Checkpointer:
           os.rename(path, f"{path}.unreadable-{int(time.time())}")
       multihost_utils.sync_global_devices("effjax_checkpoint_set_aside")
       self.manager.reload()
+    if result[0] is not None:
+      for step in self.steps()[:-self.keep]:  # e.g. a run killed between a save and its cleanup
+        self.manager.delete(step)
     return result
 
-  def _restore(self, step, abstract_state, data_iterator):
-    args = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iterator is not None:
-      args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-    return restored["state"]
+  def _check(self, step, saved, meta, allow_config_change):
+    difference, overridable = first_difference(saved, meta, allow_config_change)
+    if difference is None:
+      return
+    path = os.path.join(self.directory, str(step))
+    ways = f"use a new --workdir, or fine-tune from it with --config.init_from.path={self.directory}"
+    if overridable:
+      ways += f", or resume it anyway with --config.{OVERRIDE_KEY}=True (the state's shapes agree)"
+    raise IncompatibleCheckpoint(f"checkpoint {path} was made by another run: {difference}; "
+                                 f"nothing was changed. To go on, {ways}")
+
+  def _unreadable(self, step, error):
+    metrics.logger().warning("checkpoint %s/%d is unreadable (%s: %s); setting it aside", self.directory, step,
+                             type(error).__name__, (str(error).splitlines() or [""])[0][:200])
+
+  def _warn_about_files(self):
+    """Warns about step-numbered entries that are not directories (orbax skips them silently)."""
+    for name in sorted(os.listdir(self.directory)):
+      path = os.path.join(self.directory, name)
+      if name.isdigit() and not os.path.isdir(path):
+        metrics.logger().warning("%s is not a checkpoint directory (a file?); ignored", path)
 
 
 def restore_params(path):

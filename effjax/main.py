@@ -1,17 +1,23 @@
 """Command line: python -m effjax.main --config configs/vit.py:runlocal --workdir runs/vit [--config.a.b=v].
 
 Multi-host: pass --coordinator_address, --num_processes and --process_id (or set JAX_COORDINATOR_ADDRESS,
-JAX_NUM_PROCESSES, JAX_PROCESS_ID) and every process runs the same command.
+JAX_NUM_PROCESSES, JAX_PROCESS_ID) and every process runs the same command. --peer_timeout (seconds) bounds
+how long a survivor waits for a hung peer (a killed one is noticed at once); --connect_timeout bounds the
+wait for all processes to join.
+
+Every failure ends in one line on stderr, `effjax: error: ...`, and a non-zero exit status; the full trace
+goes to WORKDIR/error.log, which the line names. A SIGTERM stops the run cleanly at any moment (inside
+the training loop after saving a checkpoint) with a message and exit status 0.
 """
 import os
 import sys
+import threading
+import traceback
 
-from absl import app, flags
-from absl import logging as absl_logging
+from absl import app, flags, logging as absl_logging
 from ml_collections import config_flags
 
-from effjax import config as config_lib
-from effjax import runtime
+from effjax import config as config_lib, config_overrides, preemption, runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<file>.py[:key=value,...]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for config.json, metrics, checkpoints")
@@ -21,24 +27,86 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", int(os.environ.get("JAX_N
                                       "number of processes (hosts)")
 _PROCESS_ID = flags.DEFINE_integer("process_id", int(os.environ.get("JAX_PROCESS_ID", 0)),
                                    "index of this process")
+_PEER_TIMEOUT = flags.DEFINE_float("peer_timeout", 30.0, "seconds without a heartbeat from a peer process "
+                                   "before the job ends (a killed peer is noticed at once)")
+_CONNECT_TIMEOUT = flags.DEFINE_integer("connect_timeout", 300, "seconds to wait for all processes to join")
 flags.mark_flags_as_required(["config", "workdir"])
+
+_ending = threading.Lock()
+
+
+def _end(line, code):
+  """Prints `line` as the last thing on stderr and ends the process (from any thread, once)."""
+  if not _ending.acquire(blocking=False):
+    threading.Event().wait()  # another thread is ending the process
+  sys.stdout.flush()
+  sys.stderr.write(line + "\n")
+  sys.stderr.flush()
+  os._exit(code)  # no exit handlers: they could print after the line or wait for a dead peer
+
+
+def _fail(error, workdir):
+  """Ends with one line naming `error`; its full trace goes to WORKDIR/error.log (but for a ConfigError)."""
+  message = (str(error).splitlines() or [""])[0]
+  if isinstance(error, config_lib.ConfigError):  # the message says it all: no trace
+    _end(f"effjax: error: {message}", 1)
+  message = f"{type(error).__name__}: {message}"
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "error.log")
+    with open(path, "a") as f:
+      f.write("".join(traceback.format_exception(error)))
+    message += f" (full trace in {path})"
+  except OSError:  # no usable workdir: the message is all there is
+    pass
+  _end(f"effjax: error: {message}", 1)
+
+
+def _last_checkpoint_step(workdir):
+  try:
+    steps = [int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit()]
+  except OSError:
+    steps = []
+  return max(steps) if steps else "none"
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  workdir = _WORKDIR.value
+  with preemption.Sigterm():
+    try:
+      if len(argv) > 1:
+        raise config_lib.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+      if os.path.exists(workdir) and not os.path.isdir(workdir):
+        _end(f"effjax: error: --workdir {workdir} is a file, not a directory", 1)
+      _run(workdir)
+    except preemption.Terminated as e:
+      _end(f"effjax: stopped: {e}", 0)
+    except Exception as e:
+      _fail(e, workdir)
+
+
+def _run(workdir):
   if not flags.FLAGS["verbosity"].present:  # keep orbax's INFO chatter out of the console
     absl_logging.set_verbosity(absl_logging.WARNING)
   import jax
+  watchdog = None
   if _NUM_PROCESSES.value > 1:
     if jax.config.jax_platforms in (None, "", "cpu") and not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
       jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts talk through gloo
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               initialization_timeout=_CONNECT_TIMEOUT.value,
+                               heartbeat_timeout_seconds=int(max(100, 3 * _PEER_TIMEOUT.value)))
+    from effjax import peers
+
+    def lost(peer):
+      _end(f"effjax: error: process {peer} of {_NUM_PROCESSES.value} is gone (killed, crashed or unreachable); "
+           f"ending the job. Last checkpoint: step {_last_checkpoint_step(workdir)}; rerun to resume", 3)
+    watchdog = peers.Watchdog(jax.process_index(), jax.process_count(), _COORDINATOR.value.rsplit(":", 1)[0],
+                              _PEER_TIMEOUT.value, lost)
   from effjax import train
-  try:
-    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, ValueError) as e:
-    sys.exit(f"effjax: error: {str(e).splitlines()[0]}")
+  result = train.train_and_evaluate(_CONFIG.value, workdir)
+  if watchdog is not None:
+    watchdog.close()
   if jax.process_index() == 0:
     summary = ", ".join(f"{k}={v:.4f}" for k, v in result.items() if k.startswith("eval/"))
     print(f"finished at step {result['step']}{' (preempted, checkpoint saved)' if result['preempted'] else ''}: "
@@ -47,13 +115,30 @@ def main(argv):
       print(f"test accuracy: {100 * result['eval/accuracy']:.2f}%", flush=True)
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with a bad flag value as one line (not absl's usage text)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _end(f"effjax: error: {str(e).splitlines()[0]}", 2)
+
+
 def run():
   """Entry point: checks --config.* overrides against the config before absl parses them."""
   runtime.reexec_with_tcmalloc()
-  error = config_lib.check_overrides(sys.argv[1:])
-  if error:
-    sys.exit(f"effjax: error: {error}")
-  app.run(main)
+  with preemption.Sigterm():  # from the first moment; main() installs its own
+    try:
+      try:
+        error = config_overrides.check_overrides(sys.argv[1:])
+      except preemption.Terminated:
+        raise
+      except Exception as e:  # e.g. a syntax error in the config file
+        error = f"config file: {type(e).__name__}: {e}"
+      if error:
+        _end(f"effjax: error: {error}", 2)
+      app.run(main, flags_parser=_parse_flags)
+    except preemption.Terminated as e:
+      _end(f"effjax: stopped: {e}", 0)
 
 
 if __name__ == "__main__":

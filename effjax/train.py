@@ -9,7 +9,6 @@ import json
 import math
 import os
 import re
-import signal
 import time
 
 import jax
@@ -18,9 +17,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from effjax import checkpoint, components, metrics as metrics_lib, optim, sharding
+from effjax import checkpoint, components, metrics as metrics_lib, optim, preemption, sharding, weights
 from effjax.config import ConfigError
 from effjax.data import pipeline
+from effjax.weights import posemb
 
 log = metrics_lib.logger()
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -55,6 +55,35 @@ def validate(config, num_devices):
   need(config.log_every_steps > 0, f"config.log_every_steps must be positive, got {config.log_every_steps}")
   need(config.init_from.path == "" or config.resume == "",
        "set at most one of config.resume and config.init_from.path")
+  _check_numbers(config)
+
+
+# (dotted key, lowest allowed value, bound it must stay below or None): each value must lie in [low, high)
+_RANGES = (("batch_size", 1, None), ("eval_batch_size", 1, None), ("checkpoint_every_steps", 1, None),
+           ("keep_checkpoints", 1, None), ("optimizer.lr", 0.0, None), ("optimizer.weight_decay", 0.0, None),
+           ("optimizer.b1", 0.0, 1.0), ("optimizer.b2", 0.0, 1.0), ("optimizer.momentum", 0.0, 1.0),
+           ("optimizer.warmup_steps", 0, None), ("optimizer.warmup_epochs", 0.0, None),
+           ("optimizer.end_lr_factor", 0.0, None), ("optimizer.grad_clip_norm", 0.0, None),
+           ("optimizer.grad_noise_eta", 0.0, None))
+
+
+def _check_numbers(config):
+  """Every float in the config is finite, and the trainer's numeric keys lie in their ranges."""
+  def walk(node, prefix):
+    for key, value in node.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        walk(value, f"{prefix}{key}.")
+        continue
+      for v in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(v, float) and not math.isfinite(v):
+          raise ConfigError(f"config.{prefix}{key} is {value}; it must be a finite number")
+  walk(config, "")
+  for key, low, high in _RANGES:
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    if node < low or (high is not None and node >= high):
+      raise ConfigError(f"config.{key}={node} is out of range; it must be in [{low}, {high or 'inf'})")
 
 
 def _check_data(config, info):
@@ -74,35 +103,17 @@ def _cast_floats(tree, dtype):
   return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after every step."""
-
-  def __init__(self):
-    self.requested = False
-    self.previous = None
-
-  def __enter__(self):
-    try:
-      self.previous = signal.signal(signal.SIGTERM, self._handle)
-    except ValueError:  # not in the main thread (e.g. inside a notebook kernel thread)
-      self.previous = None
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self.previous is not None:
-      signal.signal(signal.SIGTERM, self.previous)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains `config` in `workdir` (resuming if it holds checkpoints); returns the final metrics.
 
   The returned dict holds the last train metrics (train/...), the final evaluation (eval/...), "step"
   and "preempted" (True when a SIGTERM stopped the run after saving).
   """
+  with preemption.Sigterm() as sigterm:
+    return _train_and_evaluate(config, workdir, sigterm)
+
+
+def _train_and_evaluate(config, workdir, sigterm):
   config = ml_collections.ConfigDict(config)
   config.lock()
   mesh = sharding.make_mesh(config.mesh)
@@ -115,10 +126,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   eval_source = pipeline.make_source(config.data, config.data.eval_split)
 
   os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
-
   num_steps = total_steps(config, train_data.num_examples)
   steps_per_epoch = max(train_data.num_examples // config.batch_size, 1)
   tx, schedule = optim.make_optimizer(config.optimizer, num_steps, steps_per_epoch, seed=config.seed)
@@ -143,14 +150,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                 abstract_state, state_shardings)
 
+  meta = checkpoint.describe(config, abstract_state)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-  state = _initial_state(config, ckpt, abstract_state, state_shardings, init, rng, train_data)
+  try:
+    state = _initial_state(config, ckpt, abstract_state, state_shardings, init, rng, train_data, meta)
+  except BaseException:
+    ckpt.close()
+    raise
+  if jax.process_index() == 0:  # only once the checkpoints are known to belong to this config
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
   start_step = int(jax.device_get(state["step"]))
 
   train_step = _make_train_step(config, model, task, tx, schedule, compute_dtype)
   batch_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct((config.batch_size,) + s.shape[1:], s.dtype,
                                                           sharding=batch_sharding),
-                            {k: v for k, v in example_batch.items() if k != "mask"})
+                            {k: v for k, v in example_batch.items() if k != task.padding_key})
   train_step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
                        out_shardings=(state_shardings, repl), donate_argnums=0)
   train_step = train_step.lower(abstract_state, batch_spec).compile()
@@ -192,7 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     last_train = mean
     pending, window_start = [], time.time()
 
-  with _Preemption() as preemption:
+  with sigterm.loop():
     try:
       for step in range(start_step + 1, num_steps + 1):
         batch = next(train_data)
@@ -201,16 +216,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if step == start_step + 1 or step % config.log_every_steps == 0 or step == num_steps:
           flush(step)
         progress.update(step, last_train.get("train/loss", float("nan")))
-        if preemption.requested:
+        if sigterm.requested:
           flush(step)
-          ckpt.save(step, state, train_data.loader_iterator, force=True)
+          ckpt.save(step, state, train_data.get_state(), meta, force=True)
           ckpt.wait()
           log.warning("SIGTERM: saved checkpoint at step %d and stopped", step)
           preempted = True
           break
         if step % config.checkpoint_every_steps == 0 or step == num_steps:
           flush(step)
-          ckpt.save(step, state, train_data.loader_iterator, force=True)
+          ckpt.save(step, state, train_data.get_state(), meta, force=True)
         if (config.eval_every_steps > 0 and step % config.eval_every_steps == 0) or step == num_steps:
           flush(step)
           final_eval = evaluate(state, step)
@@ -219,6 +234,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       else:
         if start_step >= num_steps:  # resumed a finished run: evaluate the restored state
           final_eval = evaluate(state, num_steps)
+          if not _has_eval_row(workdir, num_steps):  # killed between the last save and the final eval
+            writer.write(num_steps, final_eval)
     finally:
       progress.close()
       ckpt.wait()
@@ -227,32 +244,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return {**last_train, **final_eval, "step": int(jax.device_get(state["step"])), "preempted": preempted}
 
 
-def _initial_state(config, ckpt, abstract_state, state_shardings, init, rng, train_data):
-  """Resume order: workdir's latest readable checkpoint -> config.resume -> config.init_from -> scratch."""
-  step, state = ckpt.restore_latest(abstract_state, train_data.loader_iterator)
+def _has_eval_row(workdir, step):
+  path = os.path.join(workdir, "metrics.jsonl")
+  return os.path.exists(path) and any(
+      r["step"] == step and any(k.startswith("eval/") for k in r) for r in metrics_lib.read_jsonl(workdir))
+
+
+def _initial_state(config, ckpt, abstract_state, state_shardings, init, rng, train_data, meta):
+  """Resume order: workdir's latest readable checkpoint -> config.resume -> config.init_from -> scratch.
+
+  The data iterator is moved only when a checkpoint was read completely; a checkpoint made by another
+  config raises checkpoint.IncompatibleCheckpoint before anything is changed.
+  """
+  had_checkpoints = bool(ckpt.steps())
+  step, state, data_state = ckpt.restore_latest(abstract_state, meta, config.allow_config_change)
   if state is not None:
+    train_data.set_state(data_state)
     log.info("resumed from %s at step %d", ckpt.directory, step)
     return state
   if config.resume:
     other = checkpoint.Checkpointer(config.resume, keep=config.keep_checkpoints, async_save=False)
-    step, state = other.restore_latest(abstract_state, train_data.loader_iterator)
-    other.close()
+    try:
+      step, state, data_state = other.restore_latest(abstract_state, meta, config.allow_config_change)
+    finally:
+      other.close()
     if state is None:
       raise ConfigError(f"config.resume={config.resume!r} holds no readable checkpoint")
+    train_data.set_state(data_state)
     log.info("resumed from config.resume %s at step %d", config.resume, step)
     return state
+  if had_checkpoints:
+    log.warning("no readable checkpoint is left in %s; starting from scratch", ckpt.directory)
   state = jax.jit(init, out_shardings=state_shardings)(rng)
   if config.init_from.path:
-    state["params"] = _merge_init_params(config.init_from, state["params"], state_shardings["params"])
+    state["params"] = _merge_init_params(config.init_from, state["params"], state_shardings["params"],
+                                         config.model_name)
     if config.ema_decay > 0:
       state["ema_params"] = state["params"]
     log.info("initialised params from %s (kept fresh: %s)", config.init_from.path, config.init_from.skip)
   return state
 
 
-def _merge_init_params(init_from, fresh, shardings):
-  """Loaded params where the path does not match init_from.skip and shapes agree; fresh ones elsewhere."""
-  loaded = checkpoint.restore_params(init_from.path)
+def _merge_init_params(init_from, fresh, shardings, model_name):
+  """Loaded params where the path does not match init_from.skip and shapes agree; fresh ones elsewhere.
+
+  init_from.path is an effjax checkpoint directory or an official weights file (effjax.weights); a learned
+  position embedding of another token grid is resampled (effjax.weights.posemb).
+  """
+  if os.path.isfile(init_from.path):
+    loaded = weights.load_official(init_from.path, model_name)
+  else:
+    loaded = checkpoint.restore_params(init_from.path)
   flat_loaded = {sharding.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(loaded)}
   skip = re.compile(init_from.skip) if init_from.skip else None
 
@@ -263,6 +305,8 @@ def _merge_init_params(init_from, fresh, shardings):
     if name not in flat_loaded:
       raise ConfigError(f"init_from {init_from.path}: param {name} is missing; add it to init_from.skip")
     new = np.asarray(flat_loaded[name])
+    if new.shape != value.shape and re.search(posemb.NAME, name) and new.shape[-1] == value.shape[-1]:
+      new = posemb.resample(new, value.shape[-2])
     if new.shape != value.shape:
       raise ConfigError(f"init_from {init_from.path}: param {name} has shape {new.shape}, the model "
                         f"needs {value.shape}; add it to init_from.skip")
@@ -286,8 +330,8 @@ def _make_train_step(config, model, task, tx, schedule, compute_dtype):
 
   def loss_fn(params, model_state, batch, rng):
     variables = {"params": _cast_floats(params, compute_dtype), **model_state}
-    batch = {k: v.astype(compute_dtype) if k == "image" and jnp.issubdtype(v.dtype, jnp.floating) else v
-             for k, v in batch.items()}
+    batch = {k: v.astype(compute_dtype) if k in task.compute_inputs and jnp.issubdtype(v.dtype, jnp.floating)
+             else v for k, v in batch.items()}
     loss, aux = task.loss(model, variables, batch, rng, train=True)
     return loss.astype(jnp.float32), aux
 
@@ -320,9 +364,6 @@ def _make_train_step(config, model, task, tx, schedule, compute_dtype):
       loss = loss / accum
       task_metrics = jax.tree.map(lambda m: m / accum, task_metrics)
 
-    if config.debug_nan_step >= 0:  # testing aid for the NaN guard
-      poison = jnp.where(state["step"] + 1 == config.debug_nan_step, jnp.nan, 1.0)
-      loss, grads = loss * poison, jax.tree.map(lambda g: g * poison, grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     new_state = {**state, "step": state["step"] + 1, "params": new_params, "opt_state": opt_state,

@@ -8,6 +8,8 @@ os.environ["XLA_FLAGS"] = " ".join(
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+from effjax import reference  # noqa: E402
+
 jax.config.update("jax_num_cpu_devices", 8)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -16,11 +18,20 @@ DATA = os.path.join(REPO, "tests", "data")
 
 @pytest.fixture
 def golden():
-  """Loads a golden file copied from ../shared/reference into tests/data: golden("crate_small")."""
-  import json
-  import numpy as np
+  """Loads a golden file copied from ../shared/reference into tests/data (or shipped in effjax/reference for
+  the notebooks): golden("crate_small")."""
+  return load_golden
 
-  def load(name):
-    d = np.load(os.path.join(DATA, f"{name}.npz"))
-    return {k: d[k] for k in d.files if k != "meta"}, json.loads(str(d["meta"]))
-  return load
+
+def golden_path(name):
+  """tests/data/<name>.npz, or the packaged effjax/reference/<name>.npz."""
+  local = os.path.join(DATA, f"{name}.npz")
+  return local if os.path.exists(local) else reference.path(name)
+
+
+def load_golden(name):
+  import json
+
+  import numpy as np
+  d = np.load(golden_path(name))
+  return {k: d[k] for k in d.files if k != "meta"}, json.loads(str(d["meta"]))

@@ -1,8 +1,8 @@
 """Config parsing, overrides and one-line errors before compilation."""
 import pytest
 
-from effjax import config as cfg
-from effjax import train
+from effjax import config as cfg, config_overrides, train
+
 import trainer_utils
 
 
@@ -24,14 +24,24 @@ def test_parse_arg_wrong_type():
     cfg.parse_arg("depth=deep", depth=12)
 
 
+def test_nested_arg_items_are_separated_by_semicolons():
+  """A data source's argument travels inside a config argument, so its items are separated by ';'."""
+  outer = cfg.parse_arg("source=synthetic:size=8;channels=1,runlocal", source="", runlocal=False)
+  name, _, inner = outer.source.partition(":")
+  assert name == "synthetic" and outer.runlocal is True
+  assert cfg.parse_nested_arg(inner, size=32, channels=3).to_dict() == {"size": 8, "channels": 1}
+  with pytest.raises(cfg.ConfigError, match="did you mean 'size'"):
+    cfg.parse_nested_arg("sise=8", size=32)
+
+
 def test_unknown_override_names_closest_key():
-  error = cfg.check_overrides(["--config", "configs/vit.py:runlocal", "--config.optimizer.lrr=1"])
+  error = config_overrides.check_overrides(["--config", "configs/vit.py:runlocal", "--config.optimizer.lrr=1"])
   assert error == "unknown config key 'config.optimizer.lrr'; did you mean 'optimizer.lr'?"
-  assert cfg.check_overrides(["--config", "configs/vit.py:runlocal", "--config.optimizer.lr=1"]) is None
+  assert config_overrides.check_overrides(["--config", "configs/vit.py:runlocal", "--config.optimizer.lr=1"]) is None
 
 
 def test_unknown_config_argument_is_one_line():
-  error = cfg.check_overrides(["--config", "configs/vit.py:runlokal"])
+  error = config_overrides.check_overrides(["--config", "configs/vit.py:runlokal"])
   assert "did you mean 'runlocal'" in error and "\n" not in error
 
 

@@ -3,12 +3,12 @@ import jax
 import numpy as np
 import pytest
 
-from effjax import config as cfg, sharding
+from effjax import sharding, train_config
 from effjax.data import ops, pipeline
 
 
 def _data_config(**kw):
-  c = cfg.base_config().data
+  c = train_config.base_config().data
   c.source = "mnist5k"
   c.update(kw)
   return c
@@ -93,10 +93,10 @@ def test_train_iterator_state_resumes_exactly():
   data = pipeline.train_data(_data_config(augment=("random_crop(pad=2)",)), 16, spec, seed=3)
   for _ in range(3):
     next(data)
-  state = data.loader_iterator.get_state()
+  state = data.get_state()
   expected = [np.asarray(next(data)["image"]) for _ in range(2)]
   fresh = pipeline.train_data(_data_config(augment=("random_crop(pad=2)",)), 16, spec, seed=3)
-  fresh.loader_iterator.set_state(state)
+  fresh.set_state(state)
   for want in expected:
     np.testing.assert_array_equal(np.asarray(next(fresh)["image"]), want)
 

@@ -52,7 +52,8 @@ def test_resize_small_and_center_crop():
 def test_inception_crop_respects_area_and_aspect_bounds(monkeypatch):
   crops = []
   original = ops.resize_image
-  monkeypatch.setattr(ops, "resize_image", lambda crop, h, w, antialias=True: crops.append(crop.shape) or original(crop, h, w))
+  monkeypatch.setattr(ops, "resize_image",
+                      lambda crop, h, w, antialias=True: crops.append(crop.shape) or original(crop, h, w))
   image = _photo(120, 160)
   fn = _op("inception_crop(size=32,area_min=0.2,area_max=0.5)")
   for seed in range(200):
@@ -64,7 +65,8 @@ def test_inception_crop_respects_area_and_aspect_bounds(monkeypatch):
   assert areas.min() >= 0.2 * 0.95 and areas.max() <= 0.5 * 1.05
   assert ratios.min() >= 0.75 * 0.95 and ratios.max() <= 4 / 3 * 1.05
   assert areas.max() - areas.min() > 0.2 and ratios.max() - ratios.min() > 0.4  # the whole range is drawn
-  full = _op("inception_crop(size=120,area_min=1.0,area_max=1.0,ratio_min=1.3333333333333333,ratio_max=1.3333333333333333)")
+  full = _op("inception_crop(size=120,area_min=1.0,area_max=1.0,"
+             "ratio_min=1.3333333333333333,ratio_max=1.3333333333333333)")
   np.testing.assert_array_equal(full({"image": image}, np.random.default_rng(0))["image"], original(image, 120, 120))
 
 
@@ -137,6 +139,7 @@ def test_randaugment_rejects_float_images():
 ])
 def test_crate_paper_configs_produce_224px_images(spec, train_shape, eval_shape):
   import os
+
   from effjax import config as cfg
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   c = cfg.load_config_file(os.path.join(repo, "configs", spec))

@@ -5,12 +5,11 @@ import numpy as np
 import optax
 import pytest
 
-from effjax import config as cfg
-from effjax import optim
+from effjax import optim, train_config
 
 
 def _opt(**overrides):
-  opt = cfg.base_config().optimizer
+  opt = train_config.base_config().optimizer
   opt.update(dict(schedule="constant", weight_decay=0.0, decay_mask="all"))
   opt.update(overrides)
   return opt

@@ -1,5 +1,6 @@
 """The shared trainer end to end on a tiny ViT: parallelism parity, exact resume, preemption, NaN guard,
 corrupt checkpoints, gradient accumulation, bf16 + EMA, fine-tuning with a new head, the CLI."""
+import itertools
 import os
 import signal
 import subprocess
@@ -12,7 +13,9 @@ import numpy as np
 import pytest
 
 from effjax import checkpoint, metrics, sharding, train
+from effjax.data import pipeline
 from effjax.metrics import NonFiniteError
+
 import trainer_utils
 from trainer_utils import tiny_vit_config
 
@@ -133,10 +136,17 @@ def test_sigterm_saves_current_step_and_exits_quickly(tmp_path):
   assert max(_losses(str(workdir))) == last_logged + 2
 
 
-def test_nan_stops_the_run_naming_step_and_metric_and_last_checkpoint_restores(tmp_path, capsys):
+def test_nan_stops_the_run_naming_step_and_metric_and_last_checkpoint_restores(tmp_path, capsys, monkeypatch):
   workdir = str(tmp_path / "w")
+  original_next, steps = pipeline.TrainData.__next__, itertools.count(1)
+
+  def nan_images_at_step_15(self):
+    batch = original_next(self)
+    return {**batch, "image": batch["image"] * np.nan} if next(steps) == 15 else batch
+  monkeypatch.setattr(pipeline.TrainData, "__next__", nan_images_at_step_15)
   with pytest.raises(NonFiniteError, match="step 15: metric train/loss is nan"):
-    train.train_and_evaluate(tiny_vit_config(debug_nan_step=15), workdir)
+    train.train_and_evaluate(tiny_vit_config(), workdir)
+  monkeypatch.undo()
   assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).steps() == [10]
   assert max(_losses(workdir)) == 14
   result = train.train_and_evaluate(tiny_vit_config(total_steps=12), workdir)

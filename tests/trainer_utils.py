@@ -21,6 +21,11 @@ def tiny_vit_config(**overrides):
   c.checkpoint_every_steps = 10
   c.optimizer.warmup_steps = 5
   c.progress_bar = False
+  return set_keys(c, overrides)
+
+
+def set_keys(c, overrides):
+  """Sets dotted keys of config `c` ({"model.width": 32, ...}) and returns it."""
   for key, value in overrides.items():
     node = c
     *parents, leaf = key.split(".")

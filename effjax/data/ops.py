@@ -184,4 +184,7 @@ def parse(spec: str):
   options = [k for k, v in inspect.signature(fn).parameters.items() if v.default is not inspect.Parameter.empty]
   given = parse_arg(rest[:-1] if rest else "", **{k: None for k in options})
   kwargs = {k: v for k, v in given.items() if v is not None}
+  std = np.asarray(kwargs.get("std", 1.0), np.float64) if name == "normalize" else 1.0
+  if not np.all(np.isfinite(std) & (std != 0)):
+    raise ValueError(f"data op {spec!r}: std must be finite and non-zero")
   return name, functools.partial(fn, **kwargs), is_random

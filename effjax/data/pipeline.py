@@ -1,12 +1,11 @@
 """Input pipeline: a data source (by name) -> grain -> global batches sharded over the device mesh.
 
 Training: a grain dataset over `GlobalOrder` (seeded shuffling over endless epochs; each process reads
-its own slice of every global batch; per-example augmentation seeds), batched per process, with a
-checkpointable iterator whose state is saved with every checkpoint, so resume is exact.
+its own slice of every global batch; per-example augmentation seeds), batched per process. Its state (the
+number of global batches consumed) is saved with every checkpoint, so resume is exact on any process count.
 Evaluation: one deterministic pass; the last batch is padded with `mask = 0` examples so that every
 process runs the same number of equally shaped batches.
 """
-import dataclasses
 import sys
 
 import grain
@@ -81,24 +80,37 @@ class GlobalOrder:
     return _finalize(example)
 
 
-@dataclasses.dataclass
 class TrainData:
-  """An endless iterator of global training batches; `loader_iterator` is what checkpoints save."""
-  loader_iterator: object
-  sharding: jax.sharding.NamedSharding
-  global_batch_size: int
-  num_examples: int
-  info: dict
+  """An endless iterator of global training batches with a global, process-count-free state.
+
+  The state is {"next_batch": n}: the number of global batches consumed. Batch n is the same global batch
+  for any number of processes (see GlobalOrder), so a state saved by P processes resumes on any other P.
+  """
+
+  def __init__(self, make_iterator, sharding, global_batch_size, num_examples, info):
+    self.make_iterator, self.sharding = make_iterator, sharding
+    self.global_batch_size, self.num_examples, self.info = global_batch_size, num_examples, info
+    self.next_batch, self.loader_iterator = 0, make_iterator(0)
 
   def __iter__(self):
     return self
 
   def __next__(self):
-    return to_global(next(self.loader_iterator), self.sharding, self.global_batch_size)
+    batch = next(self.loader_iterator)
+    self.next_batch += 1
+    return to_global(batch, self.sharding, self.global_batch_size)
+
+  def get_state(self):
+    return {"next_batch": self.next_batch}
+
+  def set_state(self, state):
+    """Continues at global batch state["next_batch"] (a fresh grain iterator starting there)."""
+    self.next_batch = int(state["next_batch"])
+    self.loader_iterator = self.make_iterator(self.next_batch)
 
 
 def train_data(data_config, global_batch_size, sharding, seed):
-  """Endless shuffled training batches: seeded, per-process, checkpointable (see GlobalOrder)."""
+  """Endless shuffled training batches: seeded, per-process, resumable at any batch (see GlobalOrder)."""
   source = make_source(data_config, data_config.train_split)
   process_count, process_index = jax.process_count(), jax.process_index()
   if global_batch_size % process_count:
@@ -107,10 +119,14 @@ def train_data(data_config, global_batch_size, sharding, seed):
     raise ValueError(f"batch_size {global_batch_size} exceeds the {len(source)} training examples")
   ops_list = [ops.parse(s) for s in list(data_config.augment) + list(data_config.preprocess)]
   order = GlobalOrder(source, ops_list, seed, global_batch_size, process_index, process_count)
-  dataset = grain.MapDataset.source(order).batch(order.local_batch, drop_remainder=True).to_iter_dataset()
-  if data_config.worker_count > 0:
-    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.worker_count))
-  return TrainData(iter(dataset), sharding, global_batch_size, len(source), source.info)
+  batches = grain.MapDataset.source(order).batch(order.local_batch, drop_remainder=True)
+
+  def make_iterator(start):
+    dataset = batches[start:].to_iter_dataset()
+    if data_config.worker_count > 0:
+      dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.worker_count))
+    return iter(dataset)
+  return TrainData(make_iterator, sharding, global_batch_size, len(source), source.info)
 
 
 def eval_batches(data_config, global_batch_size, sharding, source=None):

@@ -13,7 +13,7 @@ class Evaluator:
     @jax.jit
     def sums(variables, batch):
       logits = task.predict(model, variables, batch).astype(jnp.float32)
-      mask = batch["mask"]
+      mask = batch[task.padding_key]
       correct = (jnp.argmax(logits, -1) == batch["label"]) * mask
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]) * mask
       return {"correct": correct.sum(), "loss": loss.sum(), "count": mask.sum()}

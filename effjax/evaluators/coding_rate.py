@@ -9,13 +9,14 @@ Sparsity (the official `cal_sparsity`): the fraction of exact zeros in a layer's
 ISTA output). Both are per sample; the evaluator reports the mean (and std, unbiased for R^c as torch.std,
 population for sparsity as np.std) over the real examples of the eval split, per layer and per head.
 
-Which activations: regexes over the paths of the "intermediates" collection. A model that sows its tokens
-(CRATE sows layer{i}/qkv and layer{i}/after_ista) is matched directly; for any other Flax model the
+Which activations: regexes over the paths of the "intermediates" collection of one `task.predict` pass (so the
+model runs as the task runs it in evaluation, e.g. with MAE's fixed evaluation masking). A model that sows its
+tokens (CRATE sows layer{i}/qkv and layer{i}/after_ista) is matched directly; for any other Flax model the
 evaluator also captures the outputs of modules whose path matches (e.g. `attn/query$` for effjax's ViT,
 whose query projection gives [B, N, heads, head_dim]). Options in config.evaluator.coding_rate:
   eps (0.01), subspace (r"(^|/)layer\\d+/qkv$"), sparse (r"(^|/)layer\\d+/(after_ista|ista/sparse_code)$":
   the CRATE ISTA output or the CRATE-α sparse code z₂; "" to skip),
-  num_heads (default config.model.num_heads), max_examples (256), per_head (True), plot (True).
+  num_heads (default the model's num_heads), max_examples (256), per_head (True), plot (True).
 PNG curves over depth are written to <workdir>/coding_rate/step_<step>.png.
 """
 import os
@@ -26,8 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 DEFAULTS = dict(eps=0.01, subspace=r"(^|/)layer\d+/qkv$", sparse=r"(^|/)layer\d+/(after_ista|ista/sparse_code)$",
-                num_heads=0,
-                max_examples=256, per_head=True, plot=True)
+                num_heads=0, max_examples=256, per_head=True, plot=True)
 
 
 def coding_rate(tokens, eps: float = 0.01):
@@ -80,23 +80,21 @@ class Evaluator:
   """Per-layer coding rate and sparsity over (up to max_examples of) the eval split; see the module doc."""
 
   def __init__(self, config, task, model):
-    del task
+    self.padding_key = task.padding_key
     opts = dict(DEFAULTS)
     unknown = set(config.evaluator.get("coding_rate", {})) - set(DEFAULTS)
     if unknown:
       raise ValueError(f"unknown config.evaluator.coding_rate option(s) {sorted(unknown)}; valid: {sorted(DEFAULTS)}")
     opts.update(dict(config.evaluator.get("coding_rate", {})))
     self.opts = opts
-    self.num_heads = opts["num_heads"] or config.model.get("num_heads", 0)
+    self.num_heads = opts["num_heads"] or getattr(model, "num_heads", 0)
     patterns = [re.compile(p) for p in (opts["subspace"], opts["sparse"]) if p]
 
     def capture(module, method_name):
       return method_name == "__call__" and any(p.search("/".join(module.path)) for p in patterns)
 
-    def measure(variables, images):
-      _, state = model.apply(variables, images, train=False, capture_intermediates=capture,
-                             mutable=["intermediates"], rngs={"masking": jax.random.PRNGKey(0)})
-      inter = state.get("intermediates", {})
+    def measure(variables, batch):
+      _, inter = task.predict(model, variables, batch, capture=capture)
       rates = []
       for name, tokens in select(inter, opts["subspace"]):
         if tokens.ndim == 3:
@@ -112,8 +110,8 @@ class Evaluator:
   def run(self, variables, batches, *, step, workdir):
     rates, zeros, count = [], [], 0
     for batch in batches:
-      keep = np.asarray(batch["mask"]) > 0
-      r, z = jax.device_get(self._measure(variables, batch["image"]))
+      keep = np.asarray(batch[self.padding_key]) > 0
+      r, z = jax.device_get(self._measure(variables, batch))
       rates.append([x[keep] for x in r])
       zeros.append([x[keep] for x in z])
       count += int(keep.sum())

@@ -38,6 +38,7 @@ class Evaluator:
 
   def __init__(self, config, task, model):
     self.num_classes = config.model.num_classes
+    self.padding_key = task.padding_key
     self.png_volumes = config.evaluator.get("dice", {}).get("png_volumes", 2)
 
     @jax.jit
@@ -57,7 +58,7 @@ class Evaluator:
     for batch in batches:
       pred, c = self._counts(variables, batch)
       c = jax.device_get(c)
-      real = np.asarray(jax.device_get(batch["mask"])) > 0
+      real = np.asarray(jax.device_get(batch[self.padding_key])) > 0
       denom = c["pred"] + c["true"]
       defined = (denom > 0) & real[:, None]
       sums += np.where(defined, 2.0 * c["inter"] / np.maximum(denom, 1), 0.0).sum(0)

@@ -1,7 +1,7 @@
 """Masked-autoencoder reconstructions: masked-patch MSE over the eval split, and a PNG of a few images.
 
-Works with a task that has `forward(model, variables, images, rng)` returning {"pred", "mask"} and a
-`patch_size` (effjax/tasks/mae.py). Every eval batch uses the task's fixed evaluation masking.
+Works with a task whose `predict` returns {"pred", "mask"} and that has `patch_size` and `norm_pix_loss`
+(effjax/tasks/mae.py). Every eval batch uses the task's fixed evaluation masking.
 config.evaluator.reconstruction: num_images (8, shown in the PNG; 0 disables it).
 The PNG (<workdir>/reconstruction/step_<step>.png) shows rows: input, masked input, reconstruction with
 the visible patches pasted back, raw prediction.
@@ -30,7 +30,7 @@ class Evaluator:
     @jax.jit
     def measure(variables, batch):
       out = task.predict(model, variables, batch)
-      w = batch["mask"]
+      w = batch[task.padding_key]
       args = (batch["image"], out["mask"], self.patch_size, self.norm_pix_loss, w)
       masked_weight = jnp.sum(out["mask"] * w[:, None])
       visible_weight = jnp.sum((1 - out["mask"]) * w[:, None])

@@ -50,7 +50,7 @@ class Evaluator:
   def run(self, variables, batches, *, step, workdir):
     total, count, image_shape = 0.0, 0.0, None
     for batch in batches:
-      n = float(jnp.sum(batch["mask"]))
+      n = float(jnp.sum(batch[self.task.padding_key]))
       total += float(self.loss(variables, batch)) * n
       count += n
       image_shape = tuple(batch["image"].shape[1:])

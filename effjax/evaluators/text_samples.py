@@ -27,7 +27,7 @@ class Evaluator:
     @jax.jit
     def sums(variables, batch):
       loss, aux = task.loss(model, variables, batch, jax.random.PRNGKey(0), train=False)
-      count = batch["mask"].sum() * (batch["tokens"].shape[1] - 1)
+      count = batch[task.padding_key].sum() * (batch["tokens"].shape[1] - 1)
       return {"loss": loss * count, "correct": aux["metrics"]["accuracy"] * count, "count": count}
 
     self._sums = sums

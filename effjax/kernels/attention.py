@@ -4,24 +4,25 @@
 
 Shapes follow Flax: q [batch, q_len, heads, head_dim], k/v [batch, kv_len, heads, head_dim]. Which pairs
 are visible is the AND of a structured `pattern` (full, causal, sliding windows, dilated groups, FIT groups,
-chunk-causal, windows and dilated groups over 2-D/3-D token grids; see `attention_patterns`), a key padding mask `key_mask` [B, Lk] and an arbitrary dense
-`mask`. Query rows that see no key at all return 0.
+chunk-causal, windows and dilated groups over 2-D/3-D token grids; see `attention_patterns`), a key padding
+mask `key_mask` [B, Lk] and an arbitrary dense `mask`. Query rows that see no key at all return 0.
 
-`impl`:
-  * "xla": the pure-XLA reference (materialises the [B, H, Lq, Lk] logits);
-  * "pallas": the block-sparse flash-attention kernel of the current backend (Mosaic on TPU, Triton on GPU;
-    the TPU kernel in interpret mode on CPU). It takes patterns and key masks; a dense `mask` is accepted
-    only in key-mask form [B, 1, 1, Lk], `bias` not at all;
-  * "pallas_tpu" / "pallas_gpu": that backend's kernel (interpret mode when not on its hardware);
-  * "auto": "pallas" on TPU/GPU when the arguments fit the kernel, otherwise "xla" (always on CPU).
+`impl` ("auto" | "xla" | "pallas", resolved by `dispatch.resolve`):
+  * "xla": XLA. On GPU, `jax.nn.dot_product_attention` (cuDNN's fused kernel) for bf16/f16 full or
+    causal attention without masks; patterns that split tokens into equal groups (dilated, grouped, grid
+    windows and dilated groups on divisible grids) as dense attention per group after a gather; anything
+    else as the reference (materialises the [B, H, Lq, Lk] logits).
+  * "pallas": the block-sparse flash-attention kernel (`flash_attention`; Mosaic on TPU, Triton on GPU,
+    the TPU kernel in interpret mode on CPU). It takes patterns and key masks; a dense `mask` only in
+    key-mask form [B, 1, 1, Lk]; a `bias` or another dense mask raises.
+  * "auto": the kernel where the arguments fit it and it is recorded as validated, else "xla".
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from effjax.kernels import attention_patterns as ap
+from effjax.kernels import attention_patterns as ap, dispatch
 from effjax.kernels.flash_attention import flash_attention
-
-IMPLS = ("auto", "xla", "pallas", "pallas_tpu", "pallas_gpu")
 
 
 def attention_reference(q, k, v, *, mask=None, bias=None, scale=None, pattern=None, key_mask=None):
@@ -70,17 +71,34 @@ def _as_key_mask(mask, q, k):
   return jnp.broadcast_to(mask[:, 0, 0, :], (q.shape[0], k.shape[1])).astype(bool)
 
 
-def _kernel_backend(impl, dense_left):
-  """The flash backend for `impl`, or None for the XLA reference."""
-  platform = jax.default_backend()
-  if impl == "xla" or (impl == "auto" and (platform not in ("tpu", "gpu") or dense_left)):
-    return None
-  if dense_left:
-    raise ValueError(f"attention impl={impl!r} takes patterns and key masks only; a dense mask (other than "
-                     "[B, 1, 1, Lk]) or a bias needs impl='xla'")
-  if impl in ("pallas_tpu", "pallas_gpu"):
-    return impl[len("pallas_"):]
-  return "gpu" if platform == "gpu" else "tpu"
+def _cudnn_fits(q, k, v, pattern, mask, bias, key_mask):
+  """Whether cuDNN's fused attention (through jax.nn.dot_product_attention) computes this call on GPU."""
+  causal = pattern.kind == "causal" and q.shape[1] == k.shape[1]
+  return (dispatch.platform() == "gpu" and mask is None and bias is None and key_mask is None
+          and (pattern.kind == "full" or causal) and q.dtype in (jnp.bfloat16, jnp.float16)
+          and k.dtype == v.dtype == q.dtype and v.shape[-1] == q.shape[-1] == k.shape[-1]
+          and q.shape[-1] % 8 == 0 and q.shape[-1] <= 128)
+
+
+def attention_xla(q, k, v, *, mask=None, bias=None, scale=None, pattern=None, key_mask=None):
+  """The "xla" implementation: cuDNN on GPU where it fits, per-group dense attention for partition
+  patterns, else `attention_reference`. Same contract as the reference."""
+  pattern = ap.as_pattern(pattern)
+  if _cudnn_fits(q, k, v, pattern, mask, bias, key_mask):
+    try:  # cuDNN checks its version, the GPU and the shapes while tracing; the reference is XLA too
+      return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=pattern.kind == "causal",
+                                          implementation="cudnn")
+    except (ValueError, RuntimeError, NotImplementedError):
+      pass
+  split = ap.groups(pattern, q.shape[1], k.shape[1]) if mask is None and bias is None else None
+  if split is None:
+    return attention_reference(q, k, v, mask=mask, bias=bias, scale=scale, pattern=pattern, key_mask=key_mask)
+  q_order, k_order, g = split
+  b = q.shape[0]
+  blocks = lambda x, order: jnp.take(x, order, axis=1).reshape(b * g, x.shape[1] // g, *x.shape[2:])
+  km = None if key_mask is None else blocks(key_mask, k_order)
+  out = attention_reference(blocks(q, q_order), blocks(k, k_order), blocks(v, k_order), scale=scale, key_mask=km)
+  return jnp.take(out.reshape(b, q.shape[1], *out.shape[2:]), np.argsort(q_order), axis=1)
 
 
 def attention(q, k, v, *, mask=None, bias=None, scale=None, impl="auto", pattern=None, key_mask=None,
@@ -89,15 +107,17 @@ def attention(q, k, v, *, mask=None, bias=None, scale=None, impl="auto", pattern
 
   block_q / block_k tune the kernel tiles (ignored by "xla").
   """
-  if impl not in IMPLS:
-    raise ValueError(f"unknown attention impl {impl!r}; expected one of {IMPLS}")
   pattern = ap.as_pattern(pattern)
   as_keys = _as_key_mask(mask, q, k)
   if as_keys is not None:
     key_mask = as_keys if key_mask is None else key_mask & as_keys
     mask = None
-  backend = _kernel_backend(impl, mask is not None or bias is not None)
-  if backend is None:
-    return attention_reference(q, k, v, mask=mask, bias=bias, scale=scale, pattern=pattern, key_mask=key_mask)
-  return flash_attention(q, k, v, pattern=pattern, key_mask=key_mask, scale=scale, backend=backend,
-                         interpret=jax.default_backend() != backend, block_q=block_q, block_k=block_k)
+  unsupported = None
+  if mask is not None or bias is not None:
+    unsupported = ("a bias or a dense mask other than [B, 1, 1, Lk] has no kernel form; express visibility as "
+                   "an attention pattern plus a key mask")
+  kernel = dispatch.resolve("attention", impl, unsupported=unsupported)
+  if kernel is None:
+    return attention_xla(q, k, v, mask=mask, bias=bias, scale=scale, pattern=pattern, key_mask=key_mask)
+  return flash_attention(q, k, v, pattern=pattern, key_mask=key_mask, scale=scale, backend=kernel.backend,
+                         interpret=kernel.interpret, block_q=block_q, block_k=block_k)

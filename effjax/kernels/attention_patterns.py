@@ -18,10 +18,10 @@ Every pattern is one rule on integer token coordinates c_q(i), c_k(j):
 `local(w, 0)` is causal sliding-window attention; `grouped(w)` is non-overlapping windows (D-Former LS-MSA
 in 1D). The grid patterns take tokens in row-major order over `grid` (L = prod(grid)); windows and groups
 at the edges of a grid that is not divisible are simply smaller (no padding needed): D-Former's LS-MSA and
-GS-MSA over images and volumes without the reshapes of `grid_attention`. Kernels only ever evaluate the comparison above on precomputed coordinates, so they need no
-integer division, and a token permutation (sorting by coordinate) turns the dilated pattern into a block
-diagonal one. `tile_plan` lists the (q-block, k-block) tiles holding at least one visible pair; kernels run
-their grid over that list only.
+GS-MSA over images and volumes without the reshapes of `grid_attention`. Kernels only ever evaluate the
+comparison above on precomputed coordinates, so they need no integer division, and a token permutation
+(sorting by coordinate) turns the dilated pattern into a block diagonal one. `tile_plan` lists the
+(q-block, k-block) tiles holding at least one visible pair; kernels run their grid over that list only.
 """
 import dataclasses
 import functools
@@ -154,6 +154,20 @@ def as_pattern(pattern) -> Pattern:
     return Pattern(pattern)
   raise ValueError(f"attention pattern {pattern!r} is not a Pattern, 'full' or 'causal'; build others with "
                    "effjax.kernels.attention_patterns.local/dilated/grouped/chunk_causal/grid_local/grid_dilated")
+
+
+@functools.lru_cache(maxsize=128)
+def groups(pattern: Pattern, lq: int, lk: int):
+  """(q_order [Lq], k_order [Lk], G) when `pattern` splits the queries and the keys into G groups of equal
+  sizes, query group g seeing exactly key group g (dilated, grouped and grid patterns on divisible sizes);
+  None otherwise. Gathering by the orders and reshaping gives [G, Lq / G] x [G, Lk / G] dense blocks."""
+  if pattern.kind == "full" or pattern.bounds() != (0, 0):
+    return None
+  qc, kc = pattern.coords(lq, "q"), pattern.coords(lk, "k")
+  (qv, qn), (kv, kn) = np.unique(qc, return_counts=True), np.unique(kc, return_counts=True)
+  if not (np.array_equal(qv, kv) and np.all(qn == qn[0]) and np.all(kn == kn[0])):
+    return None
+  return np.argsort(qc, kind="stable"), np.argsort(kc, kind="stable"), len(qv)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,6 +4,7 @@ Dilated Convolution with Learnable Spacings (Khalfaoui-Hassani et al., 2021/2023
 pair has `kernel_count` taps with weight w_t, position P_t (one coordinate per kernel axis) and, for the
 "gauss" and "max" versions, width σ_t. With d_{t,k}(x) = x_k - (P_{t,k} + dks_k // 2) the tap profile is
 
+    v0 (bilinear, not normalised): X_t(x) = Π_k relu(1 - |d_{t,k}|), K(x) = Σ_t w_t · X_t(x)
     v1 (bilinear):   X_t(x) = Π_k relu(1 - |d_{t,k}|)
     max (triangle):  X_t(x) = Π_k relu(|σ_{t,k}| + 1 - |d_{t,k}|)
     gauss:           X_t(x) = exp(-½ Σ_k (d_{t,k} / (|σ_{t,k}| + 0.27))²)
@@ -17,6 +18,9 @@ Conventions of the official code (kept for compatibility, see tests/data/dcls_ke
 * kernel layout [O, I/groups, *dks] (OIHW);
 * P[k] moves taps along kernel axis n-1-k (P[0] = width for 2-D) but is centred with dks[k] // 2, so for
   non-square kernels taps may fall outside the grid and contribute nothing.
+* v0 (the official `forward_v0`: floor, fractional part, taps at ⌊p⌋ and ⌊p⌋+1 — for integer x exactly
+  relu(1 - |x - p|)) maps P[k] to other axes: 1-D P[0] -> 0; 2-D P[k] -> k; 3-D P[0] -> 0, P[1] -> 2,
+  P[2] -> 1; still centred with dks[k] // 2, and taps that fall off the grid are dropped (no normaliser).
 
 `impl="pallas"` runs the tap contraction (a batched [KC, R]ᵀ[KC, C] product per channel pair) in a Pallas
 kernel that lowers for TPU and GPU (zero-padded to power-of-two tiles; interpret mode on CPU); the per-axis
@@ -30,8 +34,10 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-VERSIONS = ("v1", "gauss", "max")
-IMPLS = ("auto", "xla", "pallas")
+from effjax.kernels import dispatch
+
+VERSIONS = ("v0", "v1", "gauss", "max")
+_V0_AXES = {1: (0,), 2: (0, 1), 3: (0, 2, 1)}  # kernel axis moved by P[k] in the official forward_v0
 
 
 def _axis_factors(P, sig, dks, version):
@@ -39,10 +45,10 @@ def _axis_factors(P, sig, dks, version):
   n = len(dks)
   factors = [None] * n
   for k in range(n):
-    axis = n - 1 - k
+    axis = _V0_AXES[n][k] if version == "v0" else n - 1 - k
     x = jnp.arange(dks[axis], dtype=P.dtype)
     d = x - (P[k] + dks[k] // 2)[..., None]
-    if version == "v1":
+    if version in ("v0", "v1"):
       f = jax.nn.relu(1.0 - jnp.abs(d))
     elif version == "max":
       f = jax.nn.relu(jnp.abs(sig[k])[..., None] + 1.0 - jnp.abs(d))
@@ -57,15 +63,15 @@ def _check(weight, P, sig, dks, version):
     raise ValueError(f"unknown DCLS version {version!r}; expected one of {VERSIONS}")
   if P.shape != (len(dks),) + weight.shape:
     raise ValueError(f"P must be [{len(dks)}, O, I/g, kernel_count] = {(len(dks),) + weight.shape}, got {P.shape}")
-  if version != "v1" and (sig is None or sig.shape != P.shape):
+  if version in ("gauss", "max") and (sig is None or sig.shape != P.shape):
     raise ValueError(f"DCLS version {version!r} needs SIG of P's shape {P.shape}, got "
                      f"{None if sig is None else sig.shape}")
 
 
 def _scaled_factors(weight, P, sig, dks, version):
-  """Factors with the normaliser and the tap weight folded into the first axis."""
+  """Factors with the normaliser (none for v0) and the tap weight folded into the first axis."""
   factors = _axis_factors(P, sig, dks, version)
-  norm = math.prod(f.sum(-1) for f in factors) + 1e-7          # [O, I, KC]
+  norm = 1.0 if version == "v0" else math.prod(f.sum(-1) for f in factors) + 1e-7          # [O, I, KC]
   factors[0] = factors[0] * (weight / norm)[..., None]
   return factors
 
@@ -123,14 +129,13 @@ def construct_kernel_pallas(weight, P, sig, dilated_kernel_size, version, *, blo
                             interpret=None):
   """`construct_kernel_reference` with the tap contraction in a Pallas kernel (2-D kernels).
 
-  backend: "tpu" (Mosaic) or "gpu" (Triton), default from the platform; interpret: default True on CPU.
+  backend: "tpu" (Mosaic) or "gpu" (Triton), default from the platform; interpret: default True off it.
   """
   dks = tuple(dilated_kernel_size)
   _check(weight, P, sig, dks, version)
   if len(dks) != 2:
     raise ValueError(f"the Pallas DCLS kernel builds 2-D kernels, got dilated_kernel_size {dks}")
-  interpret = jax.default_backend() == "cpu" if interpret is None else interpret
-  backend = backend or ("gpu" if jax.default_backend() == "gpu" else "tpu")
+  kernel = dispatch.resolve("dcls", "pallas", backend=backend, interpret=interpret)
   rows, cols = _scaled_factors(weight, P, sig, dks, version)      # [O, I, KC, R], [O, I, KC, C]
   o, i, kc = weight.shape
   n = o * i
@@ -138,19 +143,17 @@ def construct_kernel_pallas(weight, P, sig, dilated_kernel_size, version, *, blo
   pow2 = lambda x: max(16, pl.next_power_of_2(x))   # Triton tiles; Mosaic takes them as full dims
   flat = lambda f: jnp.pad(f.reshape(n, kc, f.shape[-1]),
                            ((0, n_pad - n), (0, pow2(kc) - kc), (0, pow2(f.shape[-1]) - f.shape[-1])))
-  out = _contract(flat(rows), flat(cols), block, backend, interpret)
+  out = _contract(flat(rows), flat(cols), block, kernel.backend, kernel.interpret)
   return out[:n, :dks[0], :dks[1]].reshape(o, i, *dks)
 
 
 def construct_kernel(weight, P, sig, dilated_kernel_size, version, *, impl="auto"):
-  """Dispatch: "xla" (any rank), "pallas" (2-D), "auto" = Pallas for 2-D kernels on TPU/GPU, else XLA."""
-  if impl not in IMPLS:
-    raise ValueError(f"unknown DCLS impl {impl!r}; expected one of {IMPLS}")
-  use_pallas = impl == "pallas" or (impl == "auto" and jax.default_backend() in ("tpu", "gpu")
-                                    and len(dilated_kernel_size) == 2)
-  if use_pallas:
-    return construct_kernel_pallas(weight, P, sig, dilated_kernel_size, version)
-  return construct_kernel_reference(weight, P, sig, dilated_kernel_size, version)
+  """Dispatch (`dispatch.resolve`): "xla" (any rank), "pallas" (2-D kernels only), "auto"."""
+  dks = tuple(dilated_kernel_size)
+  unsupported = None if len(dks) == 2 else f"the Pallas DCLS kernel builds 2-D kernels, got {dks}"
+  if dispatch.resolve("dcls", impl, unsupported=unsupported) is not None:
+    return construct_kernel_pallas(weight, P, sig, dks, version)
+  return construct_kernel_reference(weight, P, sig, dks, version)
 
 
 def clamp_positions(P, dilated_kernel_size):

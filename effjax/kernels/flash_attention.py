@@ -14,8 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from effjax.kernels import attention_patterns as ap
-
-BACKENDS = ("tpu", "gpu")
+from effjax.kernels.dispatch import BACKENDS
 
 
 def _backend(name):

@@ -15,8 +15,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
-EMPTY_LSE = 1e30
+from effjax.kernels.dispatch import EMPTY_LSE, MASK_VALUE
 
 
 def default_blocks(lq, lk):

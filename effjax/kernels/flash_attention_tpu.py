@@ -19,10 +19,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from effjax.kernels.attention_patterns import FIRST, LAST, MASKED
-
-MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
-EMPTY_LSE = 1e30                      # LSE of a row with no visible key: exp(s - LSE) = 0
-NT = (((1,), (1,)), ((), ()))         # a @ bᵀ
+from effjax.kernels.dispatch import EMPTY_LSE, MASK_VALUE, NT
 
 
 def default_blocks(lq, lk):

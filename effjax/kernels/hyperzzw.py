@@ -11,21 +11,19 @@ Step 2 (filtering Z with K):
     context-dependent hyper-kernel [k, (k,) C] shared over the batch.
   * `hyperzzw_2e(W, Z) = (Z ⊙ W) ⊙ Z`, the two-elementwise form used by the hyper-interaction gates.
 
-Each op has a pure-XLA reference and `impl` dispatch: "xla"; "pallas" (the kernels of
-`hyperzzw_pallas.py`, interpret mode off TPU/GPU; the 1D FFT global mix has no kernel and stays on XLA);
-"auto" = Pallas on TPU (and on GPU for the 2D global mix), XLA elsewhere. `global_mix` carries a
-custom_vjp whose backward is written out (matrix products in 2D, FFT correlations via the reference's
-VJP in 1D), so a Pallas forward can replace the XLA one without changing the gradient contract.
+  * `hyperzzw_global(W, Z, V) = (global_mix(Z ⊙ W, V), Z ⊙ W)`, both global steps in one fused kernel;
+    V may hold m feature maps filtered by the same context ([.., m·C] channels), one kernel call for all.
+
+`impl` follows `dispatch.resolve` (op "hyperzzw_global" for the global ops: the fused kernel of
+`hyperzzw_pallas.py`, 2D maps only, the 1D FFT mix has no kernel; `local_conv` is `depthwise_conv`).
+The XLA global mix carries a custom_vjp whose backward is written out (matrix products in 2D, FFT
+correlations via the reference's VJP in 1D).
 """
 import jax
 import jax.numpy as jnp
 
-IMPLS = ("auto", "xla", "pallas")
-
-
-def _check_impl(impl):
-  if impl not in IMPLS:
-    raise ValueError(f"unknown hyperzzw impl {impl!r}; expected one of {IMPLS}")
+from effjax.kernels import dispatch, hyperzzw_pallas
+from effjax.kernels.depthwise_conv import depthwise_conv, depthwise_conv_reference
 
 
 def hyperzzw_2e(hyper_kernel, z):
@@ -78,51 +76,50 @@ def _global_mix_bwd(residuals, g):
 _global_mix_xla.defvjp(_global_mix_fwd, _global_mix_bwd)
 
 
-def _use_pallas(impl, platforms):
-  _check_impl(impl)
-  return impl == "pallas" or (impl == "auto" and jax.default_backend() in platforms)
+def _kernel(impl, z, v):
+  """The resolved fused kernel for z [B, *S, C], v [B, *S, m·C], or None for XLA."""
+  unsupported = None
+  if z.ndim != 4 or z.shape[1] != z.shape[2]:
+    unsupported = f"the fused global kernel takes square 2-D maps [B, H, H, C], got {z.shape} (1-D is an FFT)"
+  elif dispatch.platform() == "gpu" and (z.shape[1] < 16 or z.shape[1] & (z.shape[1] - 1)):
+    unsupported = f"the Triton global kernel needs H = W a power of two >= 16, got {z.shape[1]}"
+  elif v.shape[:-1] != z.shape[:-1] or v.shape[-1] % z.shape[-1]:
+    unsupported = f"v {v.shape} must have z's maps {z.shape[:-1]} and a multiple of its {z.shape[-1]} channels"
+  return dispatch.resolve("hyperzzw_global", impl, unsupported=unsupported)
 
 
 def global_mix(ctx, v, *, impl="auto"):
   """Dispatches the global HyperZ·Z·W product; see `global_mix_reference` for the contract."""
-  if _use_pallas(impl, ("tpu", "gpu")) and ctx.ndim == 4:
-    from effjax.kernels import hyperzzw_pallas
-    return hyperzzw_pallas.global_mix_pallas(ctx, v)
-  return _global_mix_xla(ctx, v)
+  kernel = _kernel(impl, ctx, v)
+  if kernel is None:
+    return _global_mix_xla(ctx, v)
+  return hyperzzw_pallas.hyperzzw_global_pallas(jnp.ones(ctx.shape[1:], ctx.dtype), ctx, v,
+                                                backend=kernel.backend, interpret=kernel.interpret)[0]
 
 
 def local_conv_reference(x, kernel):
-  """Depthwise "same" convolution of x with one kernel per channel, shared over the batch.
-
-  Args:
-    x: [B, L, C] or [B, H, W, C].
-    kernel: [k, C] or [k, k, C] (odd k), matching x's rank.
-  Returns:
-    x's shape; out[b, p, c] = Σ_o kernel[o, c] x[b, p + o − (k−1)/2, c] (cross-correlation, as torch).
-  """
-  spatial = x.ndim - 2
-  if kernel.ndim != spatial + 1 or kernel.shape[-1] != x.shape[-1]:
-    raise ValueError(f"local_conv: kernel {kernel.shape} does not match input {x.shape} "
-                     f"(expected [k]*{spatial} + [{x.shape[-1]}])")
-  if any(k % 2 == 0 for k in kernel.shape[:-1]):
-    raise ValueError(f"local_conv: kernel sizes must be odd, got {kernel.shape[:-1]}")
-  channels = x.shape[-1]
-  dims = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}[spatial]
-  return jax.lax.conv_general_dilated(
-      x, kernel[..., None, :].astype(x.dtype), window_strides=(1,) * spatial,
-      padding=[((k - 1) // 2, (k - 1) // 2) for k in kernel.shape[:-1]],
-      dimension_numbers=dims, feature_group_count=channels)
+  """Depthwise "same" convolution of x [B, *S, C] with one kernel [*k, C] per channel shared over the batch
+  (odd k; cross-correlation, as torch): `depthwise_conv_reference`."""
+  return depthwise_conv_reference(x, kernel)
 
 
 def local_conv(x, kernel, *, impl="auto"):
-  """Dispatches the local HyperZ·Z·W convolution; see `local_conv_reference`."""
-  if _use_pallas(impl, ("tpu",)):
-    from effjax.kernels import hyperzzw_pallas
-    return hyperzzw_pallas.local_conv_pallas(x, kernel)
-  return local_conv_reference(x, kernel)
+  """The local HyperZ·Z·W convolution: `depthwise_conv` (its kernels and dispatch)."""
+  return depthwise_conv(x, kernel, impl=impl)
 
 
 def hyperzzw_global(hyper_kernel, z, v, *, impl="auto"):
-  """Both global steps: K = Z ⊙ W, then global_mix(K, V). Returns (out, K)."""
-  ctx = z * hyper_kernel
-  return global_mix(ctx, v, impl=impl), ctx
+  """Both global steps: K = Z ⊙ W, then global_mix(K, V_i) for each of the m maps V = [V_1 .. V_m].
+
+  Args:
+    hyper_kernel: W, z's shape or batch-shared z.shape[1:].
+    z: [B, *S, C]; v: [B, *S, m·C] (channel block i is V_i).
+  Returns:
+    (out [B, *S, m·C], K [B, *S, C]).
+  """
+  kernel = _kernel(impl, z, v)
+  if kernel is None:
+    ctx = z * hyper_kernel
+    return _global_mix_xla(jnp.tile(ctx, v.shape[-1] // z.shape[-1]), v), ctx
+  return hyperzzw_pallas.hyperzzw_global_pallas(hyper_kernel, z, v, backend=kernel.backend,
+                                                interpret=kernel.interpret)

@@ -6,9 +6,8 @@
   once (the caller needs it), and the product runs on the MXU / tensor cores. The backward kernel
   recomputes ctx and fuses  dctx = G Vᵀ + G_ctx,  dZ = dctx ⊙ W,  dW = dctx ⊙ Z,  dV = ctxᵀ G.
   Same result as `hyperzzw.hyperzzw_global` (returns (out, ctx)).
-* `global_mix_pallas(ctx, v)`: the same kernel with W = 1 (only the product).
-* `local_conv_pallas(x, kernel)`: the local branch is a depthwise "same" convolution with a
-  batch-shared hyper-kernel, i.e. `effjax.kernels.depthwise_conv` (TPU kernel).
+  V may carry m maps ([.., m·C] channels) filtered by the same ctx: Z and W are tiled to m·C channels
+  and the gradients of the copies summed (autodiff of the tiling).
 
 The kernels work channel-major ([B, C, H, W], one [H, W] matrix per channel); the wrapper transposes
 from and to channels-last. TPU (Mosaic) processes `block_c` channels per grid step; GPU (Triton) one
@@ -19,10 +18,9 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import tpu as pltpu
-from jax.experimental.pallas import triton as plgpu
+from jax.experimental.pallas import tpu as pltpu, triton as plgpu
 
-from effjax.kernels.depthwise_conv import depthwise_conv
+from effjax.kernels import dispatch
 
 
 def _dot(a, b, backend, trans_a=False, trans_b=False):
@@ -90,40 +88,25 @@ def _fused_bwd(block_c, backend, interpret, res, cts):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-def _backend_and_interpret(backend, interpret):
-  platform = jax.default_backend()
-  backend = backend or ("gpu" if platform == "gpu" else "tpu")
-  return backend, (platform != backend) if interpret is None else interpret
-
-
 def hyperzzw_global_pallas(hyper_kernel, z, v, *, block_c=8, backend=None, interpret=None):
   """Fused global HyperZ·Z·W for 2-D maps.
 
   Args:
     hyper_kernel: W, [B, H, W, C] or batch-shared [H, W, C].
-    z, v: [B, H, W, C] with H == W.
+    z: [B, H, W, C] with H == W; v: [B, H, W, m·C].
     backend: "tpu" or "gpu" (default from the platform); interpret: default True off that platform.
   Returns:
-    (out [B, H, W, C] = (Z ⊙ W)[:, :, c] @ V[:, :, c] per channel, ctx = Z ⊙ W).
+    (out [B, H, W, m·C] = (Z ⊙ W)[:, :, c mod C] @ V[:, :, c] per channel, ctx = Z ⊙ W).
   """
-  if z.ndim != 4 or v.shape != z.shape or z.shape[1] != z.shape[2]:
-    raise ValueError(f"fused global HyperZ·Z·W needs z, v [B, H, H, C] of one shape, got {z.shape}, {v.shape}")
+  if z.ndim != 4 or v.shape[:-1] != z.shape[:-1] or v.shape[-1] % z.shape[-1] or z.shape[1] != z.shape[2]:
+    raise ValueError(f"fused global HyperZ·Z·W needs z [B, H, H, C] and v [B, H, H, m·C], got {z.shape}, {v.shape}")
   if hyper_kernel.shape not in (z.shape, z.shape[1:]):
     raise ValueError(f"hyper-kernel {hyper_kernel.shape} must be z's shape {z.shape} or {z.shape[1:]}")
-  backend, interpret = _backend_and_interpret(backend, interpret)
-  c = z.shape[-1]
-  block_c = 1 if backend == "gpu" else (block_c if c % block_c == 0 else c)
+  kernel = dispatch.resolve("hyperzzw_global", "pallas", backend=backend, interpret=interpret)
+  c, m = z.shape[-1], v.shape[-1] // z.shape[-1]
+  zt, wt = (jnp.tile(a, (1,) * (a.ndim - 1) + (m,)) for a in (z, hyper_kernel))
+  block_c = 1 if kernel.backend == "gpu" else (block_c if (m * c) % block_c == 0 else m * c)
   to_cm = lambda a: jnp.moveaxis(a, -1, -3)           # [.., H, W, C] -> [.., C, H, W]
   from_cm = lambda a: jnp.moveaxis(a, -3, -1)
-  out, ctx = _fused(to_cm(z), to_cm(hyper_kernel), to_cm(v), block_c, backend, interpret)
-  return from_cm(out), from_cm(ctx)
-
-
-def global_mix_pallas(ctx, v, **kw):
-  """`hyperzzw.global_mix` for 2-D maps: per channel ctx[:, :, c] @ v[:, :, c]."""
-  return hyperzzw_global_pallas(jnp.ones(ctx.shape[1:], ctx.dtype), ctx, v, **kw)[0]
-
-
-def local_conv_pallas(x, kernel, *, interpret=None):
-  """`hyperzzw.local_conv`: depthwise 'same' convolution with a batch-shared kernel [*k, C]."""
-  return depthwise_conv(x, kernel, impl="pallas", interpret=interpret)
+  out, ctx = _fused(to_cm(zt), to_cm(wt), to_cm(v), block_c, kernel.backend, kernel.interpret)
+  return from_cm(out), from_cm(ctx)[..., :c]

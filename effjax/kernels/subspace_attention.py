@@ -23,12 +23,11 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from effjax.kernels import dispatch
 from effjax.kernels.attention import attention_reference
+from effjax.kernels.dispatch import MASK_VALUE, NT
 from effjax.kernels.flash_attention import flash_attention
 
-IMPLS = ("auto", "xla", "pallas")
-MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
-NT = (((1,), (1,)), ((), ()))
 MAX_RESIDENT_BYTES = 4 << 20
 
 
@@ -158,20 +157,16 @@ def subspace_attention_tpu(w, *, scale=None, block=128, interpret=False):
   return out.transpose(0, 2, 1, 3)[:, :length]
 
 
-def subspace_attention(w, *, scale=None, impl="auto", block=128, interpret=None):
-  """Dispatch: "xla"; "pallas" (TPU kernels, interpret mode on CPU; the Triton flash kernel on GPU);
-  "auto" = "pallas" on TPU/GPU, else "xla". w: [B, L, H, D] -> [B, L, H, D]."""
-  if impl not in IMPLS:
-    raise ValueError(f"unknown subspace attention impl {impl!r}; expected one of {IMPLS}")
+def subspace_attention(w, *, scale=None, impl="auto", block=128, backend=None, interpret=None):
+  """Dispatch (`dispatch.resolve`): "xla"; "pallas" (the TPU kernels above, interpret mode on CPU; the Triton
+  flash kernel on GPU; the generic flash kernel when W does not fit VMEM); "auto" = "pallas" where
+  validated, else "xla". w: [B, L, H, D] -> [B, L, H, D]."""
   if w.ndim != 4:
     raise ValueError(f"subspace attention expects w [B, L, H, D], got shape {w.shape}")
-  platform = jax.default_backend()
-  if impl == "xla" or (impl == "auto" and platform not in ("tpu", "gpu")):
+  kernel = dispatch.resolve("subspace_attention", impl, backend=backend, interpret=interpret)
+  if kernel is None:
     return subspace_attention_reference(w, scale=scale)
-  if platform == "gpu":
-    return flash_attention(w, w, w, scale=scale, backend="gpu")
   lp = -(-w.shape[1] // block) * block
-  if lp * w.shape[-1] * 4 > MAX_RESIDENT_BYTES:
-    return flash_attention(w, w, w, scale=scale, backend="tpu", interpret=platform != "tpu")
-  return subspace_attention_tpu(w, scale=scale, block=block,
-                                interpret=(platform != "tpu") if interpret is None else interpret)
+  if kernel.backend == "gpu" or lp * w.shape[-1] * 4 > MAX_RESIDENT_BYTES:
+    return flash_attention(w, w, w, scale=scale, backend=kernel.backend, interpret=kernel.interpret)
+  return subspace_attention_tpu(w, scale=scale, block=block, interpret=kernel.interpret)

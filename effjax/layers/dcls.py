@@ -8,8 +8,14 @@ weight [O, I/groups, kernel_count], P and SIG [n, O, I/groups, kernel_count], bi
 
 Positions must stay within ±dks // 2: after every optimiser update call `clamp_dcls_positions(params, dks)`
 or chain `clamp_positions_after_update(dks)` last in the optax optimiser.
+
+Also the official variants with 1-D spacing learning: `DclsConvDense1d` (Dcls2_1d, Dcls3_1d: a dense kernel
+over the leading axes whose last axis is learnable) and `Dcls2dK1d` (a 1-D DCLS kernel used as an H×1 or
+1×W 2-D kernel). Every module takes the official `padding_mode` ("zeros", "reflect", "replicate",
+"circular": the input is padded that way, then convolved without padding).
 """
 from collections.abc import Sequence
+import math
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +26,7 @@ from flax import linen as nn
 from effjax.kernels import dcls
 
 _SPATIAL = "DHW"
+PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}  # -> jnp.pad
 
 
 def _dimension_numbers(n):
@@ -27,6 +34,57 @@ def _dimension_numbers(n):
   if s is None:
     raise ValueError(f"DclsConv supports 1-3 spatial dims, got {n}")
   return (f"N{s}C", f"{s}IO", f"N{s}C")
+
+
+def _torch_uniform(fan_in):
+  """torch kaiming_uniform(a=√5) of the weight and the conv bias init: U(±1/√fan_in)."""
+  bound = fan_in ** -0.5
+  return lambda key, s: jax.random.uniform(key, s, jnp.float32, -bound, bound)
+
+
+def _conv(x, kernel, padding, padding_mode, strides, groups):
+  """Cross-correlation of x [B, *spatial, C_in] with kernel [O, I/g, *k] (official layout) -> [B, *spatial', O].
+
+  padding: per-axis symmetric int (or one int), "SAME"/"VALID", or None (k // 2); padding_mode as in torch.
+  """
+  n = kernel.ndim - 2
+  if padding_mode not in PADDING_MODES:
+    raise ValueError(f"unknown padding_mode {padding_mode!r}; expected one of {list(PADDING_MODES)}")
+  if isinstance(padding, str):
+    if padding_mode != "zeros":
+      raise ValueError(f"padding_mode={padding_mode!r} needs integer padding, got {padding!r}")
+    pads = padding
+  else:
+    pad = [k // 2 for k in kernel.shape[2:]] if padding is None else padding
+    pad = [pad] * n if isinstance(pad, (int, np.integer)) else list(pad)
+    pads = [(p, p) for p in pad]
+    if padding_mode != "zeros":
+      x = jnp.pad(x, [(0, 0)] + pads + [(0, 0)], mode=PADDING_MODES[padding_mode])
+      pads = "VALID"
+  strides = (strides,) * n if isinstance(strides, int) else tuple(strides)
+  kernel = jnp.moveaxis(kernel, (0, 1), (-1, -2)).astype(x.dtype)                       # [*k, I/g, O]
+  return jax.lax.conv_general_dilated(x, kernel, strides, pads, feature_group_count=groups,
+                                      dimension_numbers=_dimension_numbers(n))
+
+
+def _tap_params(module, shape, dks, version, weight_init):
+  """weight `shape` [O, I/g, KC]; P (and SIG for gauss/max) [n, *shape] with the official _DclsNd inits:
+  P ~ N(0, 0.5²) clipped to ±dks // 2, SIG = 0.23 (gauss) or 0 (max)."""
+  weight = module.param("weight", weight_init, shape)
+
+  def init_positions(key, s):
+    lim = jnp.asarray([d // 2 for d in dks], jnp.float32).reshape(-1, 1, 1, 1)
+    return jnp.clip(0.5 * jax.random.normal(key, s), -lim, lim)
+  P = module.param("P", init_positions, (len(dks),) + shape)
+  sig = None
+  if version in ("gauss", "max"):
+    sig = module.param("SIG", nn.initializers.constant(0.23 if version == "gauss" else 0.0), (len(dks),) + shape)
+  return weight, P, sig
+
+
+def _check_groups(c_in, features, groups):
+  if c_in % groups or features % groups:
+    raise ValueError(f"channels in={c_in} and out={features} must be divisible by groups={groups}")
 
 
 class DclsConv(nn.Module):
@@ -37,8 +95,9 @@ class DclsConv(nn.Module):
     kernel_count: taps per (out, in) channel pair.
     dilated_kernel_size: dense kernel size per spatial axis (one int per axis).
     groups: feature groups (groups = input channels gives a depthwise convolution).
-    version: "v1" (bilinear), "gauss" or "max" (triangle).
-    padding: per-axis symmetric zero padding (int or tuple) or "SAME" / "VALID"; default dks // 2.
+    version: "v0" (bilinear, unnormalised), "v1" (bilinear), "gauss" or "max" (triangle).
+    padding: per-axis symmetric padding (int or tuple) or "SAME" / "VALID"; default dks // 2.
+    padding_mode: "zeros", "reflect", "replicate" or "circular" (official names).
     strides: per-axis stride.
     use_bias: add a bias of shape [O].
     impl: kernel-construction implementation passed to `dcls.construct_kernel`.
@@ -49,6 +108,7 @@ class DclsConv(nn.Module):
   groups: int = 1
   version: str = "gauss"
   padding: int | Sequence[int] | str | None = None
+  padding_mode: str = "zeros"
   strides: int | Sequence[int] = 1
   use_bias: bool = True
   impl: str = "auto"
@@ -61,32 +121,101 @@ class DclsConv(nn.Module):
     if x.ndim != n + 2:
       raise ValueError(f"DclsConv with a {n}-D kernel expects [B, *{n} spatial, C], got shape {x.shape}")
     c_in = x.shape[-1]
-    if c_in % self.groups or self.features % self.groups:
-      raise ValueError(f"channels in={c_in} and out={self.features} must be divisible by groups={self.groups}")
+    _check_groups(c_in, self.features, self.groups)
     shape = (self.features, c_in // self.groups, self.kernel_count)
-    fan_in = shape[1] * shape[2]
-    bound = fan_in ** -0.5   # torch kaiming_uniform(a=√5) and the conv bias init
-    uniform = lambda key, s: jax.random.uniform(key, s, jnp.float32, -bound, bound)
-    weight = self.param("weight", uniform, shape)
+    uniform = _torch_uniform(shape[1] * shape[2])
+    weight, P, sig = _tap_params(self, shape, dks, self.version, uniform)
+    kernel = dcls.construct_kernel(weight, P, sig, dks, self.version, impl=self.impl)   # [O, I/g, *dks]
+    y = _conv(x, kernel, self.padding, self.padding_mode, self.strides, self.groups)
+    if self.use_bias:
+      y = y + self.param("bias", uniform, (self.features,)).astype(y.dtype)
+    return y
 
-    def init_positions(key, s):
-      lim = jnp.asarray([d // 2 for d in dks], jnp.float32).reshape(-1, 1, 1, 1)
-      return jnp.clip(0.5 * jax.random.normal(key, s), -lim, lim)
-    P = self.param("P", init_positions, (n,) + shape)
+
+class DclsConvDense1d(nn.Module):
+  """The official Dcls2_1d / Dcls3_1d: a kernel [O, I/g, *dense_kernel_size, dilated_kernel_size] whose last
+  axis is a 1-D DCLS kernel learnt separately for every position of the dense leading axes.
+
+  weight [O, I/g, *dense, KC], P and SIG [1, O, I/g, *dense, KC] (official names and layouts); versions
+  "v1", "gauss", "max". Quirk kept: the official Dcls2_1d "gauss" widens by |σ| + 1.0 (Dcls3_1d: + 0.27).
+  P is initialised U(±dks // 2), as the official _DclsN_Md. x [B, *spatial (len(dense) + 1), C_in].
+  """
+  features: int
+  kernel_count: int
+  dense_kernel_size: Sequence[int]
+  dilated_kernel_size: int
+  groups: int = 1
+  version: str = "gauss"
+  padding: int | Sequence[int] | str | None = None
+  padding_mode: str = "zeros"
+  strides: int | Sequence[int] = 1
+  use_bias: bool = True
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x):
+    dense, dks = tuple(self.dense_kernel_size), int(self.dilated_kernel_size)
+    if self.version not in ("v1", "gauss", "max"):
+      raise ValueError(f"Dcls{len(dense) + 1}_1d supports versions v1, gauss, max; got {self.version!r}")
+    if x.ndim != len(dense) + 3:
+      raise ValueError(f"a {len(dense) + 1}-D kernel expects [B, *{len(dense) + 1} spatial, C], got {x.shape}")
+    c_in = x.shape[-1]
+    _check_groups(c_in, self.features, self.groups)
+    shape = (self.features, c_in // self.groups, *dense, self.kernel_count)
+    uniform = _torch_uniform(math.prod(shape[1:]))
+    weight = self.param("weight", uniform, shape)
+    P = self.param("P", lambda key, s: jax.random.uniform(key, s, jnp.float32, -(dks // 2), dks // 2), (1,) + shape)
     sig = None
     if self.version in ("gauss", "max"):
-      sig = self.param("SIG", nn.initializers.constant(0.23 if self.version == "gauss" else 0.0), (n,) + shape)
-    kernel = dcls.construct_kernel(weight, P, sig, dks, self.version, impl=self.impl)   # [O, I/g, *dks]
-    kernel = jnp.moveaxis(kernel, (0, 1), (-1, -2)).astype(x.dtype)                     # [*dks, I/g, O]
-    if not isinstance(self.padding, str):
-      pad = [d // 2 for d in dks] if self.padding is None else self.padding
-      pad = [pad] * n if isinstance(pad, (int, np.integer)) else list(pad)
-      padding = [(p, p) for p in pad]
-    else:
-      padding = self.padding
-    strides = (self.strides,) * n if isinstance(self.strides, int) else tuple(self.strides)
-    y = jax.lax.conv_general_dilated(x, kernel, strides, padding, feature_group_count=self.groups,
-                                     dimension_numbers=_dimension_numbers(n))
+      sig = self.param("SIG", nn.initializers.constant(0.23 if self.version == "gauss" else 0.0), (1,) + shape)
+      if self.version == "gauss" and len(dense) == 1:
+        sig = jnp.abs(sig) + 0.73  # |σ| + 1.0 in the formula's |σ| + 0.27
+    rows = math.prod(shape[1:-1])  # fold the dense axes into the input-channel axis: one 1-D kernel each
+    flat = lambda a: a.reshape(a.shape[:-len(shape) + 1] + (rows, self.kernel_count))
+    kernel = dcls.construct_kernel(flat(weight), flat(P), None if sig is None else flat(sig), (dks,), self.version,
+                                   impl=self.impl)
+    kernel = kernel.reshape(shape[:-1] + (dks,))                                           # [O, I/g, *dense, dks]
+    y = _conv(x, kernel, self.padding, self.padding_mode, self.strides, self.groups)
+    if self.use_bias:
+      y = y + self.param("bias", uniform, (self.features,)).astype(y.dtype)
+    return y
+
+
+class Dcls2dK1d(nn.Module):
+  """The official Dcls2dK1d: a 1-D DCLS kernel [O, I/g, dks] used as a 2-D kernel, along the height
+  (flat_dim=0: [O, I/g, dks, 1]) or the width (flat_dim=1: [O, I/g, 1, dks]). x [B, H, W, C_in].
+
+  weight [O, I/g, KC], P and SIG [1, O, I/g, KC]; versions "v0", "v1" (the official default), "gauss", "max".
+  """
+  features: int
+  kernel_count: int
+  dilated_kernel_size: int
+  flat_dim: int = 0
+  groups: int = 1
+  version: str = "v1"
+  padding: int | Sequence[int] | str | None = None
+  padding_mode: str = "zeros"
+  strides: int | Sequence[int] = 1
+  use_bias: bool = True
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x):
+    if self.flat_dim not in (0, 1):
+      raise ValueError(f"flat_dim must be 0 (kernel along H) or 1 (along W), got {self.flat_dim}")
+    if x.ndim != 4:
+      raise ValueError(f"Dcls2dK1d expects [B, H, W, C], got shape {x.shape}")
+    dks = (int(self.dilated_kernel_size),)
+    _check_groups(x.shape[-1], self.features, self.groups)
+    shape = (self.features, x.shape[-1] // self.groups, self.kernel_count)
+    uniform = _torch_uniform(shape[1] * shape[2])
+    weight, P, sig = _tap_params(self, shape, dks, self.version, uniform)
+    kernel_1d = dcls.construct_kernel(weight, P, sig, dks, self.version, impl=self.impl)   # [O, I/g, dks]
+    kernel = jnp.expand_dims(kernel_1d, -1 - self.flat_dim)
+    padding = self.padding
+    if padding is None:
+      padding = (self.dilated_kernel_size // 2, 0) if self.flat_dim == 0 else (0, self.dilated_kernel_size // 2)
+    y = _conv(x, kernel, padding, self.padding_mode, self.strides, self.groups)
     if self.use_bias:
       y = y + self.param("bias", uniform, (self.features,)).astype(y.dtype)
     return y

@@ -3,10 +3,9 @@
 Layouts: images [B, H, W, C]; tokens [B, T, N, p·p·C] with T groups of N patches, each patch flattened
 in (p p c) order (as tf.image.extract_patches, which pix2seq uses).
 
-* Sub-images (the official `images2subimages2tokens`): split the image into a grid of sub-images of
-  S×S pixels, row-major, and each sub-image into p×p patches, row-major.
 * Patch windows: patchify the whole image, then take windows of w×w patches, row-major. With
-  S = w·p this is the same token order as sub-images (tested), but works on any per-patch features.
+  S = w·p this is the token order of the official `images2subimages2tokens` (sub-images of S×S pixels,
+  row-major, each cut into p×p patches, row-major; tested against it), but works on any per-patch features.
 * Strided: group (i, j) holds the patches (i + a·g_h, j + b·g_w) for the g_h×g_w group grid, so every
   group is a coarse view of the whole image (a "far-reaching" alternative to local windows).
 """
@@ -69,16 +68,6 @@ def groups_to_strided(groups, grid_hw):
   gh, gw = grid_hw
   x = groups.reshape(b, gh // window, gw // window, window, window, d).transpose(0, 3, 1, 4, 2, 5)
   return x.reshape(b, gh, gw, d)
-
-
-def subimages_to_tokens(images, sub_image_size, patch_size):
-  """The official sub-image grouping: [B, H, W, C] -> [B, (H/S)·(W/S), (S/p)², p·p·C]."""
-  b, h, w, c = images.shape
-  s = sub_image_size
-  _check(h, w, s, "sub-image size")
-  subs = images.reshape(b, h // s, s, w // s, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(-1, s, s, c)
-  tokens = patchify(subs, patch_size)
-  return tokens.reshape(b, (h // s) * (w // s), -1, tokens.shape[-1])
 
 
 def images_to_groups(images, patch_size, group_size, grouping="window"):

@@ -15,16 +15,18 @@ weights load by renaming only:
 All LayerNorms use eps 1e-6 as in the official code. Attention goes through
 `effjax.kernels.attention.attention`.
 """
+import dataclasses
 import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from effjax.kernels import attention_patterns as ap
 from effjax.kernels.attention import attention
+from effjax.layers.common import LN_EPS, DropPath
 from effjax.layers.remat import remat
 
-LN_EPS = 1e-6
 dense_init = nn.initializers.xavier_uniform()
 pos_emb_init = nn.initializers.truncated_normal(0.02)
 
@@ -54,45 +56,35 @@ def parse_layers(spec: str) -> list[tuple[int, int]]:
   return blocks
 
 
-def chunk_causal_mask(num_chunks: int, chunk_size: int) -> jnp.ndarray:
-  """Bool [L, L], L = num_chunks·chunk_size: True where query i may attend key j, i.e. chunk(j) ≤ chunk(i)."""
-  chunk = jnp.arange(num_chunks * chunk_size) // chunk_size
-  return chunk[:, None] >= chunk[None, :]
-
-
-def causal_mask(length: int) -> jnp.ndarray:
-  """Bool [L, L]: True where j ≤ i."""
-  return jnp.tril(jnp.ones((length, length), bool))
-
-
 def _largest_divisor(n: int, limit: int) -> int:
   return max(d for d in range(1, max(min(n, limit), 1) + 1) if n % d == 0)
 
 
-def chunked_attention(q, k, v, *, mask=None, scale=None, impl="auto", max_logits=0):
+def chunked_attention(q, k, v, *, pattern=None, scale=None, impl="auto", max_logits=0):
   """`attention` computed in sequential chunks so that at most ~max_logits logits exist at once.
 
-  q [B, Lq, H, D], k/v [B, Lk, H, D]; mask None or bool [Lq, Lk] (True = may attend). Chunks run under
-  `lax.map` and are rematerialised in the backward pass, so the B·H·Lq·Lk logits (and the softmax
-  temporaries of their gradient) are never all alive together. Sequences (B) are split first, then
-  queries. Exact: every query row still sees all its keys. max_logits = 0 disables chunking.
+  q [B, Lq, H, D], k/v [B, Lk, H, D]; `pattern` an `attention_patterns.Pattern` (None = full). Chunks
+  run under `lax.map` and are rematerialised in the backward pass, so the B·H·Lq·Lk logits (and the
+  softmax temporaries of their gradient) are never all alive together. Sequences (B) are split first,
+  then queries (each query chunk gets its rows of the pattern's mask, so only the XLA path can chunk
+  queries). Exact: every query row still sees all its keys. max_logits = 0 disables chunking, and so
+  does a Pallas `impl`, whose kernels never materialise the logits.
   """
   b, lq, h, _ = q.shape
   lk = k.shape[1]
-  if max_logits <= 0 or b * h * lq * lk <= max_logits:
-    return attention(q, k, v, mask=mask, scale=scale, impl=impl)
-  if mask is not None and mask.ndim != 2:
-    raise ValueError(f"chunked attention supports a [Lq, Lk] mask, got shape {mask.shape}")
+  if max_logits <= 0 or b * h * lq * lk <= max_logits or impl.startswith("pallas"):
+    return attention(q, k, v, pattern=pattern, scale=scale, impl=impl)
   per_seq = h * lq * lk
   if per_seq <= max_logits or b > 1:
     cb = _largest_divisor(b, max(max_logits // per_seq, 1))
     split = lambda t: t.reshape((b // cb, cb) + t.shape[1:])
-    body = jax.checkpoint(lambda qkv: chunked_attention(*qkv, mask=mask, scale=scale, impl=impl,
+    body = jax.checkpoint(lambda qkv: chunked_attention(*qkv, pattern=pattern, scale=scale, impl=impl,
                                                         max_logits=max_logits))
     return jax.lax.map(body, (split(q), split(k), split(v))).reshape(q.shape[:3] + v.shape[3:])
   cq = _largest_divisor(lq, max(max_logits // (h * lk), 1))
   qs = q.reshape(b, lq // cq, cq, *q.shape[2:]).swapaxes(0, 1)
-  ms = None if mask is None else mask.reshape(lq // cq, cq, lk)
+  pattern = ap.as_pattern(pattern)
+  ms = None if pattern.kind == "full" else jnp.asarray(pattern.mask(lq, lk)).reshape(lq // cq, cq, lk)
 
   def body(args):
     qc, mc = args
@@ -104,78 +96,71 @@ def chunked_attention(q, k, v, *, mask=None, scale=None, impl="auto", max_logits
 class Attention(nn.Module):
   """Multi-head attention: q [B, Lq, Dq], kv [B, Lk, Dk] -> [B, Lq, Dq].
 
-  Heads `num_heads` of width `key_dim`; mask broadcastable to [B, H, Lq, Lk], True = may attend.
-  `max_logits` > 0 bounds the attention temporaries by computing in chunks (see chunked_attention).
+  Heads `num_heads` of width `key_dim`; `pattern` (an `attention_patterns.Pattern`, None = full) says
+  which keys each query sees. `max_logits` > 0 bounds the attention temporaries by computing in chunks
+  (see chunked_attention).
   """
   num_heads: int
   key_dim: int
-  attention_impl: str = "auto"
+  pattern: ap.Pattern | None = None
+  impl: str = "auto"
   max_logits: int = 0
 
   @nn.compact
-  def __call__(self, q_in, kv_in, mask=None):
+  def __call__(self, q_in, kv_in):
     proj = lambda name: nn.DenseGeneral((self.num_heads, self.key_dim), kernel_init=dense_init, name=name)
     q, k, v = proj("query")(q_in), proj("key")(kv_in), proj("value")(kv_in)
-    y = chunked_attention(q, k, v, mask=mask, scale=self.key_dim ** -0.5, impl=self.attention_impl,
+    y = chunked_attention(q, k, v, pattern=self.pattern, scale=self.key_dim ** -0.5, impl=self.impl,
                           max_logits=self.max_logits)
     return nn.DenseGeneral(q_in.shape[-1], axis=(-2, -1), kernel_init=dense_init, name="attention_output")(y)
-
-
-class DropPath(nn.Module):
-  """Stochastic depth: zeroes the whole residual branch of an example with probability `rate`."""
-  rate: float
-
-  @nn.compact
-  def __call__(self, x, train):
-    if self.rate == 0.0 or not train:
-      return x
-    return nn.Dropout(self.rate, broadcast_dims=tuple(range(1, x.ndim)), deterministic=False)(x)
 
 
 class FeedForward(nn.Module):
   """Residual pre-LN MLP: x + W2 · GELU(W1 · LN(x)); hidden width mlp_ratio·D."""
   mlp_ratio: int
   drop_units: float = 0.0
-  drop_path: float = 0.0
+  drop_path_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x, train=False):
-    dim = x.shape[-1]
+    width = x.shape[-1]
     y = nn.LayerNorm(LN_EPS, name="ln")(x)
-    y = nn.gelu(nn.Dense(dim * self.mlp_ratio, kernel_init=dense_init, name="dense1")(y), approximate=False)
+    y = nn.gelu(nn.Dense(width * self.mlp_ratio, kernel_init=dense_init, name="dense1")(y), approximate=False)
     y = nn.Dropout(self.drop_units, deterministic=not train)(y)
-    y = nn.Dense(dim, kernel_init=dense_init, name="dense2")(y)
-    return x + DropPath(self.drop_path)(y, train)
+    y = nn.Dense(width, kernel_init=dense_init, name="dense2")(y)
+    return x + DropPath(self.drop_path_rate)(y, train)
 
 
 class TransformerLayer(nn.Module):
   """Pre-LN transformer layer on x [B, L, D]: x + MHA(LN(x)) then x + MLP(LN(x)).
 
-  `mask` (bool, broadcastable to [B, H, L, L]) restricts attention; with `self_attention=False` only
-  the MLP runs (the official `x_self_attention=False` option of the denoiser).
+  `pattern` restricts attention (None = full); with `self_attention=False` only the MLP runs (the
+  official `x_self_attention=False` option of the denoiser).
   """
   num_heads: int
   mlp_ratio: int
   drop_units: float = 0.0
-  drop_path: float = 0.0
+  drop_path_rate: float = 0.0
   self_attention: bool = True
-  attention_impl: str = "auto"
+  pattern: ap.Pattern | None = None
+  impl: str = "auto"
   max_logits: int = 0
 
   @nn.compact
-  def __call__(self, x, mask=None, train=False):
-    dim = x.shape[-1]
-    if dim % self.num_heads:
-      raise ValueError(f"width {dim} is not divisible by num_heads {self.num_heads}")
+  def __call__(self, x, train=False):
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
     if self.self_attention:
       y = nn.LayerNorm(LN_EPS, name="mha_ln")(x)
-      y = Attention(self.num_heads, dim // self.num_heads, self.attention_impl, self.max_logits, name="mha")(y, y, mask)
-      x = x + DropPath(self.drop_path)(y, train)
-    return FeedForward(self.mlp_ratio, self.drop_units, self.drop_path, name="mlp")(x, train)
+      y = Attention(self.num_heads, width // self.num_heads, self.pattern, self.impl, self.max_logits,
+                    name="mha")(y, y)
+      x = x + DropPath(self.drop_path_rate)(y, train)
+    return FeedForward(self.mlp_ratio, self.drop_units, self.drop_path_rate, name="mlp")(x, train)
 
 
 class CrossAttentionLayer(nn.Module):
-  """x [B, Lq, Dq] attends to enc [B, Lk, Dk]: x + MHA(LN(x), LN_enc(enc)), then an optional MLP.
+  """x [B, Lq, Dq] attends to all of enc [B, Lk, Dk]: x + MHA(LN(x), LN_enc(enc)), then an optional MLP.
 
   The official rule: heads = min(heads_x, heads_latent), key_dim = min(D_x, D_latent) // heads; the
   caller passes those numbers.
@@ -184,14 +169,14 @@ class CrossAttentionLayer(nn.Module):
   key_dim: int
   mlp_ratio: int = 0
   enc_ln: bool = True
-  attention_impl: str = "auto"
+  impl: str = "auto"
   max_logits: int = 0
 
   @nn.compact
-  def __call__(self, x, enc, mask=None, train=False):
+  def __call__(self, x, enc, train=False):
     q = nn.LayerNorm(LN_EPS, name="ln")(x)
     kv = nn.LayerNorm(LN_EPS, name="enc_ln")(enc) if self.enc_ln else enc
-    x = x + Attention(self.num_heads, self.key_dim, self.attention_impl, self.max_logits, name="mha")(q, kv, mask)
+    x = x + Attention(self.num_heads, self.key_dim, None, self.impl, self.max_logits, name="mha")(q, kv)
     if self.mlp_ratio:
       x = FeedForward(self.mlp_ratio, name="mlp")(x, train)
     return x
@@ -225,30 +210,121 @@ class LayerStack(nn.Module):
   num_heads: int
   mlp_ratio: int
   drop_units: float = 0.0
-  drop_path: float = 0.0
+  drop_path_rate: float = 0.0
   self_attention: bool = True
+  pattern: ap.Pattern | None = None
   remat: str = "none"
-  attention_impl: str = "auto"
+  impl: str = "auto"
   max_logits: int = 0
   chunk: int = 0
 
   @nn.compact
-  def __call__(self, x, mask=None, train=False):
+  def __call__(self, x, train=False):
     """x [B, L, D]; with chunk > 0 the B sequences (groups) are processed `chunk` at a time."""
-    if self.chunk > 0 and train and (self.drop_units > 0 or self.drop_path > 0):
+    if self.chunk > 0 and train and (self.drop_units > 0 or self.drop_path_rate > 0):
       raise ValueError("dropout / drop-path are not supported together with group chunking")
-    layer = remat(TransformerLayer, self.remat, 3)
+    layer = remat(TransformerLayer, self.remat)
     for i in range(self.num_layers):
-      module = layer(self.num_heads, self.mlp_ratio, self.drop_units, self.drop_path, self.self_attention,
-                     self.attention_impl, self.max_logits, name=f"layer{i}")
-      x = run_in_chunks(module, self.chunk, (x,), mask, train, initializing=self.is_initializing())
+      module = layer(self.num_heads, self.mlp_ratio, self.drop_units, self.drop_path_rate, self.self_attention,
+                     self.pattern, self.impl, self.max_logits, name=f"layer{i}")
+      x = run_in_chunks(module, self.chunk, (x,), train, initializing=self.is_initializing())
     return x
 
 
-def cross_heads(x_heads: int, latent_heads: int, x_dim: int, latent_dim: int) -> tuple[int, int]:
+def cross_heads(num_heads: int, latent_num_heads: int, width: int, latent_width: int) -> tuple[int, int]:
   """The official READ/WRITE attention shape: (min heads, min width // min heads)."""
-  heads = min(x_heads, latent_heads)
-  return heads, min(x_dim, latent_dim) // heads
+  heads = min(num_heads, latent_num_heads)
+  return heads, min(width, latent_width) // heads
+
+
+def shift_groups(z, batch: int):
+  """Latents [B·T, M, D] -> those of the previous group: group t gets group t−1, group 0 gets zeros."""
+  z = z.reshape(batch, -1, *z.shape[1:])
+  return jnp.concatenate([jnp.zeros_like(z[:, :1]), z[:, :-1]], axis=1).reshape(-1, *z.shape[2:])
+
+
+class Interleaved(nn.Module):
+  """The FIT block loop shared by the encoder (`fit.FIT`), the AR decoder (`fit_ar.Model`) and the denoiser
+  (`fit_denoiser.FITDenoiser`), which subclass it: their parameters live directly in the model's scope
+  (x_network{i}, l2x_cross_attn{i}, l2c_cross_attn{i}, l_network{i}, x2l_cross_attn{i}).
+
+  Per block i of the layer spec, on tokens x [B, T, N, D_x] and latents z [B, T, M, D_l]:
+
+      x <- local_i(x)                  pre-LN layers within each group ([B·T, N, D_x])
+      z <- READ_i(z, x)                latents attend to their group's tokens (+ MLP with xattn_with_mlp)
+      z <- z + MHA(LN(z), LN(ctx))     only with a context [B, S, D_l]: latents attend to it
+      z <- global_i(z)                 pre-LN layers over all T·M latents ([B, T·M, D_l])
+      x <- WRITE_i(x, z)               tokens attend to their group's latents (not after the last block)
+
+  Visibility is expressed as attention patterns, never dense masks, so the Pallas kernels serve every
+  layer: per-group attention runs on [B·T, ·, ·] with the full pattern; `causal_latents` makes the global
+  layers chunk-causal (a latent sees the latents of its own and earlier groups); `autoregressive` also
+  makes the local layers causal and lets WRITE of group t read the latents of group t−1 (zeros for t = 0).
+  Cross-attention uses min(heads) heads of width min(D_x, D_l)/heads (`cross_heads`). `remat` ("none",
+  "full", "dots") rematerialises every layer; `max_attention_logits` > 0 computes attention in exact
+  sequential chunks of at most that many logits (bounds memory on backends that do not fuse attention,
+  e.g. XLA:CPU); `chunk_groups` > 0 runs every per-group layer (local layers, READ, WRITE) on that many
+  groups at a time, sequentially and rematerialised: exact, and it bounds one layer's activations.
+  """
+  layers: str = "(2)2(2)"
+  latents_per_group: int = 4
+  width: int = 128
+  latent_width: int = 128
+  num_heads: int = 4
+  latent_num_heads: int = 4
+  mlp_ratio: int = 4
+  drop_path_rate: float = 0.0
+  drop_units: float = 0.0
+  x_self_attention: bool = True
+  xattn_with_mlp: bool = False
+  xattn_enc_ln: bool = True
+  remat: str = "none"
+  impl: str = "auto"
+  max_attention_logits: int = 0
+  chunk_groups: int = 0
+
+  def loop_options(self) -> dict:
+    """The fields of `Interleaved` with this module's values, to build an inner FIT module from them."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(Interleaved) if f.name not in ("parent", "name")}
+
+  def interleave(self, x, z, context=None, *, causal_latents=False, autoregressive=False, train=False):
+    """(x [B, T, N, D_x], z [B, T, M, D_l]) -> the same shapes after all blocks (no output norms)."""
+    blocks = parse_layers(self.layers)
+    b, t, n, dx = x.shape
+    m, dl = z.shape[2], z.shape[3]
+    heads, key_dim = cross_heads(self.num_heads, self.latent_num_heads, self.width, self.latent_width)
+    common = dict(impl=self.impl, max_logits=self.max_attention_logits)
+    cross_layer = remat(CrossAttentionLayer, self.remat)
+    xattn_mlp = self.mlp_ratio if self.xattn_with_mlp else 0
+    per_group = lambda layer, *inputs: run_in_chunks(layer, self.chunk_groups, inputs, train,
+                                                     initializing=self.is_initializing())
+    causal = ap.causal() if autoregressive else None
+    latent_pattern = ap.chunk_causal(m) if causal_latents or autoregressive else None
+    x, z = x.reshape(b * t, n, dx), z.reshape(b * t, m, dl)
+    for i, (num_local, num_global) in enumerate(blocks):
+      x = LayerStack(num_local, self.num_heads, self.mlp_ratio, self.drop_units, self.drop_path_rate,
+                     self.x_self_attention, causal, self.remat, **common, chunk=self.chunk_groups,
+                     name=f"x_network{i}")(x, train)
+      self.sow("intermediates", f"out_x_network{i}", x)
+      if num_global == 0:
+        continue
+      z = per_group(cross_layer(heads, key_dim, xattn_mlp, self.xattn_enc_ln, **common,
+                                name=f"l2x_cross_attn{i}"), z, x)
+      self.sow("intermediates", f"out_l2x_cross_attn{i}", z)
+      z = z.reshape(b, t * m, dl)
+      if context is not None:
+        z = cross_layer(self.latent_num_heads, dl // self.latent_num_heads, 0, self.xattn_enc_ln, **common,
+                        name=f"l2c_cross_attn{i}")(z, context, train)
+        self.sow("intermediates", f"out_l2c_cross_attn{i}", z)
+      z = LayerStack(num_global, self.latent_num_heads, self.mlp_ratio, self.drop_units, self.drop_path_rate,
+                     pattern=latent_pattern, remat=self.remat, **common, name=f"l_network{i}")(z, train)
+      self.sow("intermediates", f"out_l_network{i}", z)
+      z = z.reshape(b * t, m, dl)
+      if i < len(blocks) - 1:
+        x = per_group(cross_layer(heads, key_dim, xattn_mlp, self.xattn_enc_ln, **common,
+                                  name=f"x2l_cross_attn{i}"), x, shift_groups(z, b) if autoregressive else z)
+        self.sow("intermediates", f"out_x2l_cross_attn{i}", x)
+    return x.reshape(b, t, n, dx), z.reshape(b, t, m, dl)
 
 
 _KERAS_RENAMES = (
@@ -277,16 +353,14 @@ def keras_to_flax_path(name: str) -> tuple[str, ...]:
   return tuple(name.split("/"))
 
 
-def convert_keras(state_dict, prefix: str | None = None) -> dict:
-  """Official Keras weights {name: array} -> nested Flax params, dropping the model-name prefix.
-
-  `prefix` is the Keras layer name (e.g. "fit"); by default the first path component of the names.
-  """
+def convert_keras(state_dict) -> dict:
+  """Official Keras weights {name: array} -> nested Flax params, dropping the model-name prefix (the Keras
+  layer name, e.g. "fit": the first path component, which every name must share)."""
   import numpy as np
   names = list(state_dict)
   if not names:
     raise ValueError("empty state_dict")
-  prefix = prefix or names[0].split("/")[0]
+  prefix = names[0].split("/")[0]
   params: dict = {}
   for name in names:
     if not name.startswith(prefix + "/"):

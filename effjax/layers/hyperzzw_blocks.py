@@ -8,13 +8,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from effjax.kernels import hyperzzw
+from effjax.layers.common import torch_kaiming_normal
 from effjax.layers.hyperzzw_norms import BatchStd, GroupIBS, instance_std
 from effjax.layers.slow_net import KAIMING_LINEAR, LocalSlowNet, SlowNet
 
-KAIMING_NORMAL = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # torch kaiming_normal_
 
-
-def _dense(features, name, init=KAIMING_NORMAL):
+def _dense(features, name, init=torch_kaiming_normal):
   return nn.Dense(features, kernel_init=init, bias_init=nn.initializers.zeros, name=name)
 
 
@@ -88,7 +87,7 @@ class FastMultiBranch(nn.Module):
 
   With Z the input [B, *S, C], W_g = slow_net_g() [*S, C] the global hyper-kernel, K = Z ⊙ W_g:
     fast  = IS(RGU_slow(K) + RGU_fast(Z));  mix = IS(Linear(Z));  hci = IS(HyperChannelInteract(Z))
-    out   = global_mix(K, fast);  out_x = global_mix(K, mix);  out_hci = global_mix(K, hci)
+    [out, out_x, out_hci] = hyperzzw_global(W_g, Z, [fast, mix, hci])   (K @ each map, one fused kernel)
     glu   = σ(out) ⊙ out;  hyper = HyperInteract(out, Z)
     local_i = LocalConv(LocalSlowNet_i(src_i), dst_i) + b_i   for kernel sizes (3, 9, 5, 7) with
               (src, dst) = (Z, hci), (hci, Z), (mix, Z), (Z, mix)
@@ -122,14 +121,14 @@ class FastMultiBranch(nn.Module):
 
     global_hk = SlowNet(spatial, channels, self.global_hidden, self.global_layers, self.omega_0,
                         name="slow_net_g")()
-    ctx = x * global_hk                                             # HyperZ·Z·W step 1
+    ctx = x * global_hk                                             # HyperZ·Z·W step 1, for the RGU
     fast = instance_std(RGU(name="Fast_Kernel_rgu_2")(ctx) + RGU(name="Fast_Kernel_rgu")(x))
     mix = instance_std(_dense(channels, "channel_mixer_mlp")(x))
     hci = instance_std(HyperChannelInteract(self.channel_hidden, 2, self.omega_0, name="channel_mixer_hci")(x))
 
-    out = hyperzzw.global_mix(ctx, fast, impl=self.impl)            # HyperZ·Z·W step 2 (global)
-    out_x = hyperzzw.global_mix(ctx, mix, impl=self.impl)
-    out_hci = hyperzzw.global_mix(ctx, hci, impl=self.impl)
+    # HyperZ·Z·W step 2 (global): one fused call filters the three maps with K = Z ⊙ W_g.
+    mixed, _ = hyperzzw.hyperzzw_global(global_hk, x, jnp.concatenate([fast, mix, hci], axis=-1), impl=self.impl)
+    out, out_x, out_hci = jnp.split(mixed, 3, axis=-1)
     out_glu = nn.sigmoid(out) * out
     hyper = HyperInteract(self.interact_channel_hidden, self.interact_spatial_hidden, self.interact_layers,
                           self.omega_0, name="hyper_interact")(out, x)

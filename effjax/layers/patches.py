@@ -7,16 +7,25 @@ stem and of the MAE reconstruction target.
 import jax.numpy as jnp
 
 
-def patchify(images, patch_size: int):
-  """[B, H, W, C] -> [B, (H/p)·(W/p), p·p·C]."""
+def pair(patch_size) -> tuple[int, int]:
+  """(ph, pw) of an int p (square patches) or a pair, as the official CRATE and CRATE-α accept."""
+  if isinstance(patch_size, int):
+    return patch_size, patch_size
+  if len(patch_size) != 2:
+    raise ValueError(f"patch_size must be an int or (height, width), got {patch_size!r}")
+  return int(patch_size[0]), int(patch_size[1])
+
+
+def patchify(images, patch_size):
+  """[B, H, W, C] -> [B, (H/ph)·(W/pw), ph·pw·C]; patch_size p or (ph, pw)."""
   if images.ndim != 4:
     raise ValueError(f"patchify expects images [B, H, W, C], got shape {images.shape}")
   b, h, w, c = images.shape
-  p = patch_size
-  if h % p or w % p:
-    raise ValueError(f"image size {h}x{w} is not divisible by patch size {p}")
-  x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, (h // p) * (w // p), p * p * c)
+  ph, pw = pair(patch_size)
+  if h % ph or w % pw:
+    raise ValueError(f"image size {h}x{w} is not divisible by patch size {ph}x{pw}")
+  x = images.reshape(b, h // ph, ph, w // pw, pw, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (h // ph) * (w // pw), ph * pw * c)
 
 
 def unpatchify(patches, patch_size: int, grid: tuple[int, int], channels: int):

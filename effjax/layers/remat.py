@@ -4,6 +4,8 @@
 matrix multiplications without batch dimensions (the weight matmuls) and recomputes the rest, including
 attention scores.
 """
+import inspect
+
 import flax.linen as nn
 import jax
 
@@ -20,12 +22,15 @@ def check(policy: str):
     raise ValueError(f"unknown remat policy {policy!r}; expected one of {list(POLICIES)}")
 
 
-def remat(cls, policy: str, train_argnum: int = 2):
+def remat(cls, policy: str):
   """`cls` wrapped in nn.remat under the named policy ("none" returns it unchanged).
 
-  `train_argnum` is the position of the static `train` argument of `cls.__call__`, counting `self`.
+  The `train` argument of `cls.__call__` (found by name) is static, so callers pass it positionally.
   """
   check(policy)
   if policy == "none":
     return cls
-  return nn.remat(cls, policy=POLICIES[policy], static_argnums=(train_argnum,))
+  names = list(inspect.signature(cls.__call__).parameters)
+  if "train" not in names:
+    raise ValueError(f"{cls.__name__}.__call__ has no `train` argument to make static for remat")
+  return nn.remat(cls, policy=POLICIES[policy], static_argnums=(names.index("train"),))

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from effjax.layers.common import torch_default_bias, torch_default_init
+
 STATS_MODES = ("batch", "accumulated")
 
 
@@ -39,14 +41,7 @@ def coordinate_grid(sizes):
   return jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
 
 
-def torch_default_bias(fan_in):
-  """U(±1/√fan_in), PyTorch's default bias initialisation for linear and conv layers."""
-  bound = 1.0 / math.sqrt(fan_in)
-  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
 KAIMING_LINEAR = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")   # kaiming_uniform, gain 1
-TORCH_DEFAULT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # U(±1/√fan_in)
 
 
 def _constant(value):
@@ -171,10 +166,10 @@ class LocalSlowNet(nn.Module):
     size = (self.kernel_size,) * data_dim
     channels = x.shape[-1]
     pooled = adaptive_avg_pool(x, size)
-    reduced = nn.Dense(self.hidden, kernel_init=TORCH_DEFAULT, bias_init=torch_default_bias(channels),
+    reduced = nn.Dense(self.hidden, kernel_init=torch_default_init, bias_init=torch_default_bias(channels),
                        name="fast_reduce")(pooled)
     context = self._batch_mean(reduced, train)
-    context = nn.Dense(self.hidden, kernel_init=TORCH_DEFAULT, bias_init=torch_default_bias(self.hidden),
+    context = nn.Dense(self.hidden, kernel_init=torch_default_init, bias_init=torch_default_bias(self.hidden),
                        name="fast_fc1")(context)
     context = nn.gelu(context, approximate=False)
 

@@ -7,7 +7,7 @@ from effjax.kernels.attention import attention
 class MultiHeadAttention(nn.Module):
   """Self-attention: x [B, L, D] -> [B, L, D]; softmax(QKᵀ/√d)V per head, heads concatenated."""
   num_heads: int
-  attention_impl: str = "auto"
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, mask=None):
@@ -17,7 +17,7 @@ class MultiHeadAttention(nn.Module):
     head_dim = width // self.num_heads
     dense = lambda name: nn.DenseGeneral((self.num_heads, head_dim), name=name)
     q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)
-    y = attention(q, k, v, mask=mask, impl=self.attention_impl)
+    y = attention(q, k, v, mask=mask, impl=self.impl)
     return nn.DenseGeneral(width, axis=(-2, -1), name="out")(y)
 
 
@@ -38,11 +38,11 @@ class EncoderBlock(nn.Module):
   num_heads: int
   mlp_dim: int
   dropout: float = 0.0
-  attention_impl: str = "auto"
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train=False):
-    y = MultiHeadAttention(self.num_heads, self.attention_impl, name="attn")(nn.LayerNorm(name="ln1")(x))
+    y = MultiHeadAttention(self.num_heads, self.impl, name="attn")(nn.LayerNorm(name="ln1")(x))
     x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
     y = Mlp(self.mlp_dim, self.dropout, name="mlp")(nn.LayerNorm(name="ln2")(x), train)
     return x + nn.Dropout(self.dropout, deterministic=not train)(y)

@@ -11,7 +11,7 @@ ISTA step. The ISTA step is computed as one matmul, ReLU(x · (I + η (D − D�
 is formed once per call, which replaces three [B·N, d]×[d, d] matmuls by one.
 
 Stem: patches (p1 p2 c order) -> LN -> Linear -> LN, a learned position embedding over [cls, patches],
-then the layers, then LN -> Linear on the class token (or on the token mean with pool="mean").
+then the layers, then LN -> Linear on the class token (or on the token mean with pool="gap").
 
 Intermediates are sown into the "intermediates" collection (free unless that collection is mutable):
 patch_embedding, transformer_input, layer{i}/{qkv, attn_out, after_attn_residual, after_ista},
@@ -26,39 +26,41 @@ import numpy as np
 
 from effjax.kernels.subspace_attention import subspace_attention
 from effjax.layers import remat as remat_lib
+from effjax.layers.common import TORCH_LN_EPS, torch_default_init, with_variants
 from effjax.layers.patches import patchify
 
-VARIANTS = {  # dim, depth, heads (head dim = dim / heads), as in the official CRATE_tiny/small/base/large
-    "T": (384, 12, 6),
-    "S": (576, 12, 12),
-    "B": (768, 12, 12),
-    "L": (1024, 24, 16),
+VARIANTS = {  # head dim = width / heads, as the official CRATE_tiny/small/base/large; shared with crate_mae
+    "T": dict(width=384, depth=12, num_heads=6),
+    "S": dict(width=576, depth=12, num_heads=12),
+    "B": dict(width=768, depth=12, num_heads=12),
+    "L": dict(width=1024, depth=24, num_heads=16),
 }
 
-# PyTorch nn.Linear's default weight init: U(±1/√fan_in).
-torch_linear_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
-
-def variant_kwargs(variant: str) -> dict:
-  """Model kwargs of a named variant: {"dim", "depth", "num_heads"}."""
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown CRATE variant {variant!r}; expected one of {list(VARIANTS)}")
-  dim, depth, heads = VARIANTS[variant]
-  return dict(dim=dim, depth=depth, num_heads=heads)
+def check_posemb_length(module, num_tokens):
+  """One-line error when the learned position embedding was made for another token grid (another resolution
+  or patch size): the official CRATE slices it silently; resample it with effjax.weights.posemb.resample
+  (init_from does so)."""
+  if module.has_variable("params", "pos_embedding"):
+    have = module.get_variable("params", "pos_embedding").shape[1]
+    if have != num_tokens:
+      raise ValueError(f"pos_embedding has {have} tokens but this input gives {num_tokens}: resample it "
+                       f"(effjax.weights.posemb.resample; config.init_from does) for the new resolution")
 
 
 class MSSA(nn.Module):
   """Multi-head subspace self-attention: x [B, N, d] -> (out [B, N, d], W = x U [B, N, K·p]).
 
   One bias-free projection U [d, K·p] serves as query, key and value of every head;
-  out = concat_k(softmax(Wₖ Wₖᵀ p^-½) Wₖ) · U_out (+ b_out when out_bias).
+  out = concat_k(softmax(Wₖ Wₖᵀ p^-½) Wₖ) · U_out (+ b_out when out_bias); without U_out when not project_out.
   """
   num_heads: int
   head_dim: int
   out_bias: bool = True
   dropout: float = 0.0
-  attention_impl: str = "auto"
-  kernel_init: nn.initializers.Initializer = torch_linear_init
+  impl: str = "auto"
+  kernel_init: nn.initializers.Initializer = torch_default_init
+  project_out: bool = True
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -66,8 +68,10 @@ class MSSA(nn.Module):
     inner = self.num_heads * self.head_dim
     w = nn.Dense(inner, use_bias=False, kernel_init=self.kernel_init, name="qkv")(x)
     heads = w.reshape(b, n, self.num_heads, self.head_dim)
-    y = subspace_attention(heads, scale=self.head_dim ** -0.5, impl=self.attention_impl)
-    y = nn.Dense(d, use_bias=self.out_bias, kernel_init=self.kernel_init, name="out")(y.reshape(b, n, inner))
+    y = subspace_attention(heads, scale=self.head_dim ** -0.5, impl=self.impl).reshape(b, n, inner)
+    if not self.project_out:  # the official CRATE with one head of width d: to_out is the identity
+      return y, w
+    y = nn.Dense(d, use_bias=self.out_bias, kernel_init=self.kernel_init, name="out")(y)
     return nn.Dropout(self.dropout, deterministic=not train)(y), w
 
 
@@ -96,31 +100,35 @@ class Layer(nn.Module):
   eta: float = 0.1
   lmbda: float = 0.1
   dropout: float = 0.0
-  attention_impl: str = "auto"
-  kernel_init: nn.initializers.Initializer = torch_linear_init
+  impl: str = "auto"
+  kernel_init: nn.initializers.Initializer = torch_default_init
 
   @nn.compact
   def __call__(self, x, train=False):
-    attn_out, w = MSSA(self.num_heads, self.head_dim, dropout=self.dropout, attention_impl=self.attention_impl,
-                       kernel_init=self.kernel_init, name="mssa")(nn.LayerNorm(1e-5, name="norm1")(x), train)
+    project_out = not (self.num_heads == 1 and self.head_dim == x.shape[-1])  # the official rule
+    attn_out, w = MSSA(self.num_heads, self.head_dim, dropout=self.dropout, impl=self.impl,
+                       kernel_init=self.kernel_init, project_out=project_out,
+                       name="mssa")(nn.LayerNorm(TORCH_LN_EPS, name="norm1")(x), train)
     self.sow("intermediates", "qkv", w)
     self.sow("intermediates", "attn_out", attn_out)
     x = attn_out + x
     self.sow("intermediates", "after_attn_residual", x)
-    x = ISTA(self.eta, self.lmbda, name="ista")(nn.LayerNorm(1e-5, name="norm2")(x))
+    x = ISTA(self.eta, self.lmbda, name="ista")(nn.LayerNorm(TORCH_LN_EPS, name="norm2")(x))
     self.sow("intermediates", "after_ista", x)
     return x
 
 
-class Model(nn.Module):
-  """CRATE classifier: images [B, H, W, C] -> logits [B, num_classes].
+class CRATE(nn.Module):
+  """CRATE classifier: images [B, H, W, C] -> logits [B, num_classes]; build it with `Model(variant=...)`.
 
-  `head_dim` defaults to dim / num_heads (as in the official variants). `dropout` acts on the attention
+  `head_dim` defaults to width / num_heads (as in the official variants); one head with head_dim == width
+  has no attention output projection (as the official code). `patch_size` is p or (ph, pw). `pool` is "cls" (the class
+  token) or "gap" (the token mean). `dropout` acts on the attention
   output projection, `emb_dropout` on the embedded tokens. `remat` is "none", "full" or "dots".
   """
   num_classes: int
-  patch_size: int = 16
-  dim: int = 384
+  patch_size: int | tuple[int, int] = 16
+  width: int = 384
   depth: int = 12
   num_heads: int = 6
   head_dim: int | None = None
@@ -130,35 +138,39 @@ class Model(nn.Module):
   dropout: float = 0.0
   emb_dropout: float = 0.0
   remat: str = "none"
-  attention_impl: str = "auto"
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, images, train=False):
-    if self.pool not in ("cls", "mean"):
-      raise ValueError(f"pool must be 'cls' or 'mean', got {self.pool!r}")
+    if self.pool not in ("cls", "gap"):
+      raise ValueError(f"pool must be 'cls' or 'gap', got {self.pool!r}")
     remat_lib.check(self.remat)
-    head_dim = self.head_dim or self.dim // self.num_heads
+    head_dim = self.head_dim or self.width // self.num_heads
     x = patchify(images, self.patch_size)
-    x = nn.LayerNorm(1e-5, name="patch_norm")(x)
-    x = nn.Dense(self.dim, kernel_init=torch_linear_init, name="patch_proj")(x)
-    x = nn.LayerNorm(1e-5, name="embed_norm")(x)
+    x = nn.LayerNorm(TORCH_LN_EPS, name="patch_norm")(x)
+    x = nn.Dense(self.width, kernel_init=torch_default_init, name="patch_proj")(x)
+    x = nn.LayerNorm(TORCH_LN_EPS, name="embed_norm")(x)
     self.sow("intermediates", "patch_embedding", x)
     b, n, _ = x.shape
-    cls = self.param("cls", nn.initializers.normal(1.0), (1, 1, self.dim), jnp.float32)
-    pos = self.param("pos_embedding", nn.initializers.normal(1.0), (1, n + 1, self.dim), jnp.float32)
-    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, self.dim)), x], axis=1)
+    cls = self.param("cls", nn.initializers.normal(1.0), (1, 1, self.width), jnp.float32)
+    check_posemb_length(self, n + 1)
+    pos = self.param("pos_embedding", nn.initializers.normal(1.0), (1, n + 1, self.width), jnp.float32)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, self.width)), x], axis=1)
     x = x + pos.astype(x.dtype)
     self.sow("intermediates", "transformer_input", x)
     x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
     layer = remat_lib.remat(Layer, self.remat)
     for i in range(self.depth):
-      x = layer(self.num_heads, head_dim, self.eta, self.lmbda, self.dropout, self.attention_impl,
+      x = layer(self.num_heads, head_dim, self.eta, self.lmbda, self.dropout, self.impl,
                 name=f"layer{i}")(x, train)
     self.sow("intermediates", "transformer_output", x)
     x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
     self.sow("intermediates", "pooled", x)
-    x = nn.LayerNorm(1e-5, name="head_norm")(x)
-    return nn.Dense(self.num_classes, kernel_init=torch_linear_init, name="head")(x)
+    x = nn.LayerNorm(TORCH_LN_EPS, name="head_norm")(x)
+    return nn.Dense(self.num_classes, kernel_init=torch_default_init, name="head")(x)
+
+
+Model = with_variants(CRATE, VARIANTS, "CRATE")
 
 
 class OfficialStateDict(dict):
@@ -197,7 +209,8 @@ def convert_layer(sd: OfficialStateDict, prefix: str) -> dict:
   """Params of one `Layer` from an official PreNorm(Attention), PreNorm(FeedForward) pair at `prefix`."""
   return {
       "norm1": sd.layer_norm(f"{prefix}.0.norm"),
-      "mssa": {"qkv": sd.linear(f"{prefix}.0.fn.qkv", bias=False), "out": sd.linear(f"{prefix}.0.fn.to_out.0")},
+      "mssa": {"qkv": sd.linear(f"{prefix}.0.fn.qkv", bias=False),
+               **({"out": sd.linear(f"{prefix}.0.fn.to_out.0")} if f"{prefix}.0.fn.to_out.0.weight" in sd else {})},
       "norm2": sd.layer_norm(f"{prefix}.1.norm"),
       "ista": {"D": sd[f"{prefix}.1.fn.weight"]},
   }
@@ -225,15 +238,3 @@ def convert_official(state_dict) -> dict:
   sd.check_all_used()
   return jax.tree.map(jnp.asarray, params)
 
-
-def read_torch_checkpoint(path: str) -> dict:
-  """State dict of a PyTorch checkpoint file (needs torch; unwraps a {"state_dict": ...} or {"model": ...})."""
-  try:
-    import torch
-  except ImportError as e:
-    raise ImportError("reading a .pth checkpoint needs torch; convert it to a dict of numpy arrays instead") from e
-  ckpt = torch.load(path, map_location="cpu", weights_only=True)
-  for key in ("state_dict", "model"):
-    if isinstance(ckpt, dict) and key in ckpt and isinstance(ckpt[key], dict):
-      ckpt = ckpt[key]
-  return {k: v.detach().cpu().numpy() for k, v in ckpt.items()}

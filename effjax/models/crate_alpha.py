@@ -21,24 +21,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from effjax.layers import remat as remat_lib
-from effjax.models.crate import MSSA
+from effjax.layers.common import LN_EPS, DropPath, with_variants
+from effjax.layers.patches import pair
+from effjax.models.crate import MSSA, check_posemb_length
 
-VARIANTS = {  # width, depth, heads: the official decode_variant (Ti, S, B, L, H)
-    "Ti": (192, 12, 3),
-    "S": (576, 12, 12),
-    "B": (768, 12, 12),
-    "L": (1024, 24, 16),
-    "H": (1280, 32, 16),
+VARIANTS = {  # the official decode_variant
+    "Ti": dict(width=192, depth=12, num_heads=3),
+    "S": dict(width=576, depth=12, num_heads=12),
+    "B": dict(width=768, depth=12, num_heads=12),
+    "L": dict(width=1024, depth=24, num_heads=16),
+    "H": dict(width=1280, depth=32, num_heads=16),
 }
-
-
-def variant_kwargs(variant: str) -> dict:
-  """Model kwargs of "B" or "B/16": {"width", "depth", "num_heads"[, "patch_size"]}."""
-  name, _, patch = variant.partition("/")
-  if name not in VARIANTS:
-    raise ValueError(f"unknown CRATE-α variant {variant!r}; expected one of {list(VARIANTS)} (optionally /patch)")
-  width, depth, heads = VARIANTS[name]
-  return dict(width=width, depth=depth, num_heads=heads, **({"patch_size": int(patch)} if patch else {}))
 
 
 def posemb_sincos_2d(h: int, w: int, width: int):
@@ -75,28 +68,15 @@ class OvercompleteISTA(nn.Module):
     return z2 @ decoder.T
 
 
-class DropPath(nn.Module):
-  """Stochastic depth: zeroes whole samples with probability `rate` in training, scales the rest by 1/(1−rate)."""
-  rate: float = 0.0
-
-  @nn.compact
-  def __call__(self, x, train=False):
-    if not train or self.rate == 0.0:
-      return x
-    keep = 1.0 - self.rate
-    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(mask, x / keep, 0).astype(x.dtype)
-
-
 class Block(nn.Module):
   """One CRATE-α block; see the module docstring. [B, N, d] -> [B, N, d]."""
   num_heads: int
   eta: float = 0.1
   lmbda: float = 0.1
   dropout: float = 0.0
-  drop_path: float = 0.0
+  drop_path_rate: float = 0.0
   layer_scale: float | None = None
-  attention_impl: str = "auto"
+  impl: str = "auto"
 
   def _scale(self, name, y):
     if self.layer_scale is None:
@@ -109,28 +89,32 @@ class Block(nn.Module):
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
     y, w = MSSA(self.num_heads, d // self.num_heads, out_bias=False, dropout=self.dropout,
-                attention_impl=self.attention_impl, kernel_init=nn.initializers.normal(0.02),
-                name="mssa")(nn.LayerNorm(1e-6, name="norm1")(x), train)
+                impl=self.impl, kernel_init=nn.initializers.normal(0.02),
+                name="mssa")(nn.LayerNorm(LN_EPS, name="norm1")(x), train)
     self.sow("intermediates", "qkv", w)
     self.sow("intermediates", "attn_out", y)
-    x = x + DropPath(self.drop_path)(self._scale("ls1", y), train)
+    x = x + DropPath(self.drop_path_rate)(self._scale("ls1", y), train)
     self.sow("intermediates", "after_attn_residual", x)
-    y = OvercompleteISTA(self.eta, self.lmbda, name="ista")(nn.LayerNorm(1e-6, name="norm2")(x))
+    y = OvercompleteISTA(self.eta, self.lmbda, name="ista")(nn.LayerNorm(LN_EPS, name="norm2")(x))
     self.sow("intermediates", "ista_out", y)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    x = x + DropPath(self.drop_path)(self._scale("ls2", y), train)
+    x = x + DropPath(self.drop_path_rate)(self._scale("ls2", y), train)
     self.sow("intermediates", "output", x)
     return x
 
 
-class Model(nn.Module):
-  """CRATE-α classifier: images [B, H, W, C] -> logits [B, num_classes].
+class CRATEAlpha(nn.Module):
+  """CRATE-α classifier: images [B, H, W, C] -> logits [B, num_classes]; build it with `Model(variant=...)`.
 
-  drop_path is the stochastic-depth rate of the last block (linearly increasing from 0 over depth);
+  drop_path_rate is the stochastic-depth rate of the last block (linearly increasing from 0 over depth);
   layer_scale is the LayerScale init value (None: no LayerScale); remat is "none", "full" or "dots".
+  Official options: patch_size p or (ph, pw); num_classes None (or 0) returns the pre-logits [B, width]
+  (token 0 after encoder_norm) and has no head; emb_head_bias=False drops the biases of the patch embedding
+  and the head; post_norm=True normalises the input images as (x - mean) / std inside the model;
+  final_drop is a dropout rate before the head.
   """
-  num_classes: int
-  patch_size: int = 16
+  num_classes: int | None
+  patch_size: int | tuple[int, int] = 16
   width: int = 768
   depth: int = 12
   num_heads: int = 12
@@ -138,27 +122,35 @@ class Model(nn.Module):
   lmbda: float = 0.1
   posemb: str = "learn"
   dropout: float = 0.0
-  drop_path: float = 0.0
+  drop_path_rate: float = 0.0
   layer_scale: float | None = None
   remat: str = "none"
-  attention_impl: str = "auto"
+  impl: str = "auto"
+  emb_head_bias: bool = True
+  post_norm: bool = False
+  mean: tuple = (0.485, 0.456, 0.406)
+  std: tuple = (0.229, 0.224, 0.225)
+  final_drop: float = 0.0
 
   @nn.compact
   def __call__(self, images, train=False):
     if images.ndim != 4:
       raise ValueError(f"CRATE-α expects images [B, H, W, C], got shape {images.shape}")
     remat_lib.check(self.remat)
-    p = self.patch_size
-    if images.shape[1] % p or images.shape[2] % p:
+    p = pair(self.patch_size)
+    if images.shape[1] % p[0] or images.shape[2] % p[1]:
       raise ValueError(f"image size {images.shape[1]}x{images.shape[2]} is not divisible by patch size {p}")
-    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", kernel_init=nn.initializers.kaiming_uniform(),
-                name="embedding")(images)
+    if self.post_norm:
+      images = (images - jnp.asarray(self.mean, images.dtype)) / jnp.asarray(self.std, images.dtype)
+    x = nn.Conv(self.width, p, strides=p, padding="VALID", kernel_init=nn.initializers.kaiming_uniform(),
+                use_bias=self.emb_head_bias, name="embedding")(images)
     self.sow("intermediates", "stem", x)
     b, h, w, c = x.shape
     x = x.reshape(b, h * w, c)
     cls = self.param("cls", nn.initializers.normal(1e-6), (1, 1, c), jnp.float32).astype(x.dtype)
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c)), x], axis=1)
     if self.posemb == "learn":
+      check_posemb_length(self, h * w + 1)
       pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, h * w + 1, c), jnp.float32)
     elif self.posemb == "sincos2d":
       pos = posemb_sincos_2d(h, w, c)
@@ -168,14 +160,21 @@ class Model(nn.Module):
     self.sow("intermediates", "with_posemb", x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     block = remat_lib.remat(Block, self.remat)
-    rates = np.linspace(0.0, self.drop_path, self.depth)
+    rates = np.linspace(0.0, self.drop_path_rate, self.depth)
     for i in range(self.depth):
       x = block(self.num_heads, self.eta, self.lmbda, self.dropout, float(rates[i]), self.layer_scale,
-                self.attention_impl, name=f"layer{i}")(x, train)
+                self.impl, name=f"layer{i}")(x, train)
     self.sow("intermediates", "encoded", x)
-    x = nn.LayerNorm(1e-6, name="encoder_norm")(x)[:, 0]
+    x = nn.LayerNorm(LN_EPS, name="encoder_norm")(x)[:, 0]
     self.sow("intermediates", "head_input", x)
-    return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.02), name="head")(x)
+    if not self.num_classes:
+      return x
+    x = nn.Dropout(self.final_drop, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, use_bias=self.emb_head_bias, kernel_init=nn.initializers.normal(0.02),
+                    name="head")(x)
+
+
+Model = with_variants(CRATEAlpha, VARIANTS, "CRATE-α")
 
 
 def _flatten(tree, prefix=""):
@@ -187,15 +186,17 @@ def _flatten(tree, prefix=""):
   return out
 
 
-def convert_official(params) -> dict:
-  """Official CRATE-α Flax params (nested dict, or flat {"a/b/c": array}) -> params of `Model`.
+def convert_official(state_dict) -> dict:
+  """Official CRATE-α Flax params `state_dict` (nested dict, or flat {"a/b/c": array}) -> params of `Model`.
 
-  The official tree: embedding, cls, pos_embedding (absent with posemb="sincos2d"),
+  The official tree: embedding (no bias with emb_head_bias=False), cls, pos_embedding (absent with
+  posemb="sincos2d"),
   Transformer/encoderblock_{i}/{LayerNorm_0, MultiHeadDotProductSubspaceAttention_0/{proj, out}, LayerNorm_1,
   OvercompleteISTABlock_0/{D, D1}, ls1/ls1, ls2/ls2}, encoder_norm, head. Projections [d, H, p] and
-  [H, p, d] are reshaped to [d, H·p] and [H·p, d]. Missing or unexpected keys raise ValueError.
+  [H, p, d] are reshaped to [d, H·p] and [H·p, d]; head is absent with num_classes=None. Missing or
+  unexpected keys raise ValueError.
   """
-  flat = _flatten(params)
+  flat = _flatten(state_dict)
   used = set()
 
   def get(key):
@@ -207,10 +208,11 @@ def convert_official(params) -> dict:
   def ln(prefix):
     return {"scale": get(f"{prefix}/scale"), "bias": get(f"{prefix}/bias")}
 
-  out = {"embedding": {"kernel": get("embedding/kernel"), "bias": get("embedding/bias")}, "cls": get("cls"),
-         "encoder_norm": ln("encoder_norm"), "head": {"kernel": get("head/kernel"), "bias": get("head/bias")}}
-  if "pos_embedding" in flat:
-    out["pos_embedding"] = get("pos_embedding")
+  optional = lambda *keys: {k.split("/")[-1]: get(k) for k in keys if k in flat}
+  out = {"embedding": {"kernel": get("embedding/kernel"), **optional("embedding/bias")}, "cls": get("cls"),
+         "encoder_norm": ln("encoder_norm"), **optional("pos_embedding")}
+  if "head/kernel" in flat:
+    out["head"] = {"kernel": get("head/kernel"), **optional("head/bias")}
   depth = len({m.group(1) for k in flat if (m := re.match(r"Transformer/encoderblock_(\d+)/", k))})
   for i in range(depth):
     pre = f"Transformer/encoderblock_{i}"

@@ -24,22 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from effjax.layers import remat as remat_lib
+from effjax.layers.common import LN_EPS, TORCH_LN_EPS, with_variants
 from effjax.layers.patches import sincos_2d
 from effjax.models import crate
 
-VARIANTS = {  # dim, depth, heads (decoder: same width, depth and heads), as mae_crate_tiny/small/base/large
-    "T": (384, 12, 6),
-    "S": (576, 12, 12),
-    "B": (768, 12, 12),
-    "L": (1024, 24, 16),
-}
-
-
-def variant_kwargs(variant: str) -> dict:
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown CRATE-MAE variant {variant!r}; expected one of {list(VARIANTS)}")
-  dim, depth, heads = VARIANTS[variant]
-  return dict(dim=dim, depth=depth, num_heads=heads, decoder_depth=depth)
+# mae_crate_tiny/small/base/large: CRATE's table, the decoder with the encoder's width, depth and heads.
+VARIANTS = {name: dict(v, decoder_depth=v["depth"]) for name, v in crate.VARIANTS.items()}
+POS_EMBED_ATOL = 1e-5  # how far an official fixed sin-cos embedding may be from `sincos_2d`
 
 
 def _xavier_conv(key, shape, dtype=jnp.float32):
@@ -68,25 +59,27 @@ class DecoderLayer(nn.Module):
   """Z -> Z½ − MSSA(LN₂(Z½)), Z½ = LN₁(Z) Dᵀ with D [d, d]; [B, N, d] -> [B, N, d]."""
   num_heads: int
   head_dim: int
-  attention_impl: str = "auto"
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train=False):
     d = x.shape[-1]
     dictionary = self.param("D", nn.initializers.kaiming_uniform(), (d, d), jnp.float32).astype(x.dtype)
-    y = nn.LayerNorm(1e-5, name="norm1")(x) @ dictionary.T
+    y = nn.LayerNorm(TORCH_LN_EPS, name="norm1")(x) @ dictionary.T
     self.sow("intermediates", "after_dict", y)
-    attn, _ = crate.MSSA(self.num_heads, self.head_dim, attention_impl=self.attention_impl,
-                         kernel_init=nn.initializers.xavier_uniform(), name="mssa")(nn.LayerNorm(1e-5, name="norm2")(y), train)
+    mssa = crate.MSSA(self.num_heads, self.head_dim, impl=self.impl, kernel_init=nn.initializers.xavier_uniform(),
+                      name="mssa")
+    attn, _ = mssa(nn.LayerNorm(TORCH_LN_EPS, name="norm2")(y), train)
     y = y - attn
     self.sow("intermediates", "output", y)
     return y
 
 
-class Model(nn.Module):
-  """CRATE-MAE; see the module docstring. decoder_num_heads defaults to num_heads."""
+class CRATEMAE(nn.Module):
+  """CRATE-MAE; see the module docstring; build it with `Model(variant=...)`. decoder_num_heads defaults to
+  num_heads."""
   patch_size: int = 16
-  dim: int = 768
+  width: int = 768
   depth: int = 12
   num_heads: int = 12
   decoder_depth: int = 12
@@ -94,7 +87,7 @@ class Model(nn.Module):
   eta: float = 0.1
   lmbda: float = 0.5
   remat: str = "none"
-  attention_impl: str = "auto"
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, images, train=False, mask_ratio=0.75, noise=None):
@@ -105,9 +98,9 @@ class Model(nn.Module):
     p = self.patch_size
     if h % p or w % p:
       raise ValueError(f"image size {h}x{w} is not divisible by patch size {p}")
-    x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", kernel_init=_xavier_conv,
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", kernel_init=_xavier_conv,
                 name="patch_embed")(images)
-    x = x.reshape(b, -1, self.dim)
+    x = x.reshape(b, -1, self.width)
     self.sow("intermediates", "patch_tokens", x)
     n = x.shape[1]
     if noise is None:
@@ -115,33 +108,37 @@ class Model(nn.Module):
     if noise.shape != (b, n):
       raise ValueError(f"masking noise must have shape {(b, n)}, got {noise.shape}")
     mask, ids_restore, _ = random_masking(noise, mask_ratio)
-    mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.dim), jnp.float32)
+    mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.width), jnp.float32)
     x = jnp.where(mask[..., None] > 0, mask_token.astype(x.dtype), x)
-    cls = self.param("cls", nn.initializers.normal(0.02), (1, 1, self.dim), jnp.float32).astype(x.dtype)
-    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.dim)), x], axis=1)
-    x = x + sincos_2d(self.dim, (h // p, w // p), cls_token=True)[None].astype(x.dtype)
+    cls = self.param("cls", nn.initializers.normal(0.02), (1, 1, self.width), jnp.float32).astype(x.dtype)
+    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)), x], axis=1)
+    x = x + sincos_2d(self.width, (h // p, w // p), cls_token=True)[None].astype(x.dtype)
 
     encoder_layer = remat_lib.remat(crate.Layer, self.remat)
     decoder_layer = remat_lib.remat(DecoderLayer, self.remat)
     for i in range(self.depth):
-      x = encoder_layer(self.num_heads, self.dim // self.num_heads, self.eta, self.lmbda,
-                        attention_impl=self.attention_impl, kernel_init=nn.initializers.xavier_uniform(),
+      x = encoder_layer(self.num_heads, self.width // self.num_heads, self.eta, self.lmbda,
+                        impl=self.impl, kernel_init=nn.initializers.xavier_uniform(),
                         name=f"layer{i}")(x, train)
-    x = nn.LayerNorm(1e-6, name="norm")(x)
+    x = nn.LayerNorm(LN_EPS, name="norm")(x)
     self.sow("intermediates", "latent", x)
     heads = self.decoder_num_heads or self.num_heads
     for i in range(self.decoder_depth):
-      x = decoder_layer(heads, self.dim // heads, self.attention_impl, name=f"decoder_layer{i}")(x, train)
-    x = nn.LayerNorm(1e-6, name="decoder_norm")(x)
+      x = decoder_layer(heads, self.width // heads, self.impl, name=f"decoder_layer{i}")(x, train)
+    x = nn.LayerNorm(LN_EPS, name="decoder_norm")(x)
     pred = nn.Dense(p * p * c, kernel_init=nn.initializers.xavier_uniform(), name="decoder_pred")(x)[:, 1:]
     return {"pred": pred, "mask": mask, "ids_restore": ids_restore}
 
 
-def convert_official(state_dict, atol_pos_embed: float = 1e-5) -> dict:
+Model = with_variants(CRATEMAE, VARIANTS, "CRATE-MAE")
+
+
+def convert_official(state_dict) -> dict:
   """Official `MaskedAutoencoderViT` (CRATE blocks) state dict -> params of `Model`.
 
   The fixed sin-cos embeddings (`pos_embed`, `decoder_pos_embed`) are checked against `sincos_2d` (they are
-  not parameters here); the unused `decoder_embed` is skipped. Other missing or unexpected keys raise.
+  not parameters here, and may differ by POS_EMBED_ATOL); the unused `decoder_embed` is skipped. Other missing
+  or unexpected keys raise.
   """
   sd = crate.OfficialStateDict(state_dict)
   weight = sd["patch_embed.proj.weight"]
@@ -157,7 +154,7 @@ def convert_official(state_dict, atol_pos_embed: float = 1e-5) -> dict:
     pos = sd[name][0]
     grid = int(round(np.sqrt(pos.shape[0] - 1)))
     expected = np.asarray(sincos_2d(pos.shape[1], (grid, grid), cls_token=True))
-    if pos.shape != expected.shape or np.abs(pos - expected).max() > atol_pos_embed:
+    if pos.shape != expected.shape or np.abs(pos - expected).max() > POS_EMBED_ATOL:
       raise ValueError(f"official {name} is not the fixed 2-D sin-cos embedding this model uses")
   layer_ids = lambda prefix: sorted({int(m.group(1)) for k in sd if (m := re.match(rf"{prefix}\.(\d+)\.", k))})
   for i in layer_ids("blocks"):

@@ -26,18 +26,20 @@ import math
 import re
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effjax.kernels.grid_attention import grid_attention, pad_grid
+from effjax.kernels import attention_patterns as ap
+from effjax.kernels.attention import attention
 from effjax.layers import remat as remat_lib
+from effjax.layers.common import TORCH_LN_EPS, DropPath
 from effjax.layers.transformer import Mlp
 
-LN_EPS = 1e-5
 FIDELITIES = ("official", "fixed")
+
+
 def _layer_norm(name):
-  return nn.LayerNorm(epsilon=LN_EPS, name=name)
+  return nn.LayerNorm(epsilon=TORCH_LN_EPS, name=name)
 
 
 def depth_to_space(x, factors):
@@ -49,32 +51,37 @@ def depth_to_space(x, factors):
   return x.transpose(order).reshape(x.shape[0], *[s * f for s, f in zip(grid, factors)], c)
 
 
-class DropPath(nn.Module):
-  """Stochastic depth: zeroes a whole sample's residual branch with probability `rate` (train only)."""
-  rate: float
-
-  @nn.compact
-  def __call__(self, x, train):
-    if not train or self.rate == 0.0:
-      return x
-    keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.rate, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(keep, x / (1.0 - self.rate), 0.0)
-
-
 class GroupAttention(nn.Module):
-  """Multi-head self-attention within groups: [B, S_1..S_n, C] -> same; qkv split as (3, heads, C/heads)."""
+  """Multi-head self-attention under a grid pattern: [B, S_1..S_n, C] -> same; qkv split as (3, heads, C/heads).
+
+  `pattern` is an `attention_patterns` pattern over the row-major token grid (grid_local, grid_dilated or
+  full); `valid` [B|1, S_1..S_n] marks the keys that may be attended to.
+  """
   num_heads: int
-  attention_impl: str = "auto"
+  impl: str = "auto"
 
   @nn.compact
-  def __call__(self, x, pattern, shape, valid=None):
-    c = x.shape[-1]
+  def __call__(self, x, pattern, valid=None):
+    b, c = x.shape[0], x.shape[-1]
     if c % self.num_heads:
       raise ValueError(f"width {c} is not divisible by num_heads {self.num_heads}")
-    qkv = nn.Dense(3 * c, name="qkv")(x).reshape(*x.shape[:-1], 3, self.num_heads, c // self.num_heads)
-    y = grid_attention(qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :], pattern, shape, valid=valid,
-                       impl=self.attention_impl)
-    return nn.Dense(c, name="proj")(y.reshape(*x.shape[:-1], c))
+    qkv = nn.Dense(3 * c, name="qkv")(x).reshape(b, -1, 3, self.num_heads, c // self.num_heads)
+    key_mask = None if valid is None else jnp.broadcast_to(valid, x.shape[:-1]).reshape(b, -1)
+    y = attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], pattern=pattern, key_mask=key_mask,
+                  impl=self.impl)
+    return nn.Dense(c, name="proj")(y.reshape(x.shape))
+
+
+def pad_grid(x, multiple):
+  """Zero-pads the grid axes of x [B, S_1..S_n, C] at the end up to multiples of `multiple`.
+
+  Returns (x_padded [B, P_1..P_n, C], valid bool [P_1..P_n]) with valid True on the original tokens.
+  """
+  extra = [(-s) % m for s, m in zip(x.shape[1:-1], multiple)]
+  valid = jnp.ones(x.shape[1:-1], bool)
+  if not any(extra):
+    return x, valid
+  return jnp.pad(x, [(0, 0)] + [(0, e) for e in extra] + [(0, 0)]), jnp.pad(valid, [(0, e) for e in extra])
 
 
 class DilatedBlock(nn.Module):
@@ -93,21 +100,21 @@ class DilatedBlock(nn.Module):
   group_size: tuple
   interval: int = 1
   mlp_ratio: float = 4.0
-  drop_path: float = 0.0
+  drop_path_rate: float = 0.0
   fallback_axes: tuple | None = None
   official_padding_mask: bool = False
-  attention_impl: str = "auto"
+  impl: str = "auto"
 
   def _layout(self, grid):
-    """(pattern, group shape, pad multiple) for this grid."""
+    """(pattern maker: padded grid -> attention pattern, pad multiple) for this grid."""
     n = len(grid)
     if len(self.group_size) != n:
       raise ValueError(f"group_size {tuple(self.group_size)} does not match the token grid {tuple(grid)}")
     axes = range(n) if self.fallback_axes is None else self.fallback_axes
     if any(grid[a] < self.group_size[a] for a in axes):
-      return "global", grid, (1,) * n
+      return lambda padded: ap.full(), (1,) * n
     if self.pattern == "local":
-      return "local", tuple(self.group_size), tuple(self.group_size)
+      return lambda padded: ap.grid_local(padded, self.group_size), tuple(self.group_size)
     if self.pattern != "dilated":
       raise ValueError(f"unknown block pattern {self.pattern!r}; expected 'local' or 'dilated'")
     padded = [-(-s // self.interval) * self.interval for s in grid]
@@ -115,21 +122,23 @@ class DilatedBlock(nn.Module):
     if any(i == 0 or p % i for p, i in zip(padded, strides)):
       raise ValueError(f"dilated groups {tuple(self.group_size)} do not tile the grid {tuple(grid)} padded to "
                        f"a multiple of interval {self.interval}")
-    return "dilated", tuple(p // i for p, i in zip(padded, strides)), (self.interval,) * n
+    return lambda padded: ap.grid_dilated(padded, strides), (self.interval,) * n
 
   @nn.compact
   def __call__(self, x, train=False):
     grid, width = x.shape[1:-1], x.shape[-1]
-    pattern, shape, multiple = self._layout(grid)
+    make_pattern, multiple = self._layout(grid)
     y, valid = pad_grid(_layer_norm("norm1")(x), multiple)
+    pattern = make_pattern(y.shape[1:-1])
     padded_axes = [p != s for p, s in zip(y.shape[1:-1], grid)]
-    if not any(padded_axes) or (pattern == "dilated" and self.official_padding_mask and not any(padded_axes[1:])):
+    dilated = pattern.kind == "grid_dilated"
+    if not any(padded_axes) or (dilated and self.official_padding_mask and not any(padded_axes[1:])):
       valid = None
-    y = GroupAttention(self.num_heads, self.attention_impl, name="attn")(y, pattern, shape, valid)
+    y = GroupAttention(self.num_heads, self.impl, name="attn")(y, pattern, valid)
     y = y[(slice(None),) + tuple(slice(0, s) for s in grid)]
-    x = x + DropPath(self.drop_path)(y, train)
+    x = x + DropPath(self.drop_path_rate)(y, train)
     y = Mlp(int(width * self.mlp_ratio), name="mlp")(_layer_norm("norm2")(x))
-    return x + DropPath(self.drop_path)(y, train)
+    return x + DropPath(self.drop_path_rate)(y, train)
 
 
 class PositionConv(nn.Module):
@@ -188,12 +197,12 @@ class Stage(nn.Module):
   group_size: tuple
   interval: int
   mlp_ratio: float = 4.0
-  drop_path: tuple = ()
+  drop_path_rates: tuple = ()
   resample: str | None = None
   fallback_axes: tuple | None = None
   official_padding_mask: bool = False
   remat: str = "none"
-  attention_impl: str = "auto"
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -201,8 +210,8 @@ class Stage(nn.Module):
     x = PositionConv(name="pos_block")(x)
     for i in range(self.depth):
       x = block(self.num_heads, "local" if i % 2 == 0 else "dilated", tuple(self.group_size), self.interval,
-                self.mlp_ratio, self.drop_path[i] if self.drop_path else 0.0, self.fallback_axes,
-                self.official_padding_mask, self.attention_impl, name=f"blocks_{i}")(x, train)
+                self.mlp_ratio, self.drop_path_rates[i] if self.drop_path_rates else 0.0, self.fallback_axes,
+                self.official_padding_mask, self.impl, name=f"blocks_{i}")(x, train)
     if self.resample == "merge":
       x = PatchMerging(name="downsample")(x)
     elif self.resample == "expand":
@@ -218,11 +227,12 @@ class Model(nn.Module):
   full resolution first, then 1/2, 1/4, ... per axis.
   fidelity "official" reproduces the reference's behaviour where it is a bug (global fallback decided
   by H alone; GS-MSA padding along D alone left unmasked); "fixed" checks every axis and masks all padding.
-  Both agree whenever no GS-MSA block pads D alone and D is not the only axis below group_size.
+  They differ whenever a block sees H >= group_size[1] while D < group_size[0] or W < group_size[2], or a
+  GS-MSA block pads D alone (tests/models/test_dformer_fidelity.py); they agree everywhere else.
   """
   num_classes: int = 14
   in_channels: int = 1
-  embed_dim: int = 96
+  width: int = 96
   depths: tuple = (2, 2, 6, 2)
   num_heads: tuple = (3, 6, 12, 24)
   patch_size: tuple = (2, 4, 4)
@@ -233,7 +243,7 @@ class Model(nn.Module):
   deep_supervision: bool = True
   fidelity: str = "official"
   remat: str = "none"
-  attention_impl: str = "auto"
+  impl: str = "auto"
 
   def _check(self, x):
     if x.ndim != 5 or x.shape[-1] != self.in_channels:
@@ -257,9 +267,9 @@ class Model(nn.Module):
     stage = lambda i, **kw: Stage(
         self.depths[i], self.num_heads[i], tuple(self.group_size), self.intervals[i], self.mlp_ratio,
         tuple(rates[sum(self.depths[:i]):sum(self.depths[:i + 1])]), fallback_axes=(1,) if official else None,
-        official_padding_mask=official, remat=self.remat, attention_impl=self.attention_impl, **kw)
+        official_padding_mask=official, remat=self.remat, impl=self.impl, **kw)
 
-    x = nn.Conv(self.embed_dim, tuple(self.patch_size), strides=tuple(self.patch_size), padding="VALID",
+    x = nn.Conv(self.width, tuple(self.patch_size), strides=tuple(self.patch_size), padding="VALID",
                 name="patch_embed_proj")(x)
     x = _layer_norm("patch_embed_norm")(x)
     skips = []

@@ -14,20 +14,21 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from effjax.models.dformer import LN_EPS, Stage
+from effjax.layers.common import TORCH_LN_EPS
+from effjax.models.dformer import Stage
 
 
 class Model(nn.Module):
   """Hierarchical dilated-attention classifier.
 
   patch_size: one int per grid axis (its length sets the rank). depths / num_heads / intervals: one entry
-  per stage; stage i works on width embed_dim·2^i and ends with patch merging except the last.
+  per stage; stage i works on width·2^i channels and ends with patch merging except the last.
   group_size: window shape of the local blocks and member counts of the dilated blocks (per axis).
   intervals: per stage, dilated blocks pad the grid to a multiple of it (1 = the grid must already tile).
   """
   num_classes: int
   patch_size: tuple = (4, 4)
-  embed_dim: int = 64
+  width: int = 64
   depths: tuple = (2, 2)
   num_heads: tuple = (2, 4)
   group_size: tuple = (4, 4)
@@ -36,7 +37,7 @@ class Model(nn.Module):
   drop_path_rate: float = 0.0
   vocab_size: int = 0
   remat: str = "none"
-  attention_impl: str = "auto"
+  impl: str = "auto"
 
   def _embed(self, x):
     rank = len(self.patch_size)
@@ -44,12 +45,12 @@ class Model(nn.Module):
       if x.ndim != 2 or not jnp.issubdtype(x.dtype, jnp.integer) or tuple(self.patch_size) != (1,):
         raise ValueError(f"with vocab_size, inputs must be int token ids [B, L] and patch_size (1,); got "
                          f"{x.dtype} {x.shape} and patch_size {tuple(self.patch_size)}")
-      return nn.Embed(self.vocab_size, self.embed_dim, name="token_embed")(x)
+      return nn.Embed(self.vocab_size, self.width, name="token_embed")(x)
     if x.ndim != rank + 2:
       raise ValueError(f"patch_size {tuple(self.patch_size)} needs inputs [B, {rank} grid axes, C], got {x.shape}")
     if any(s % p for s, p in zip(x.shape[1:-1], self.patch_size)):
       raise ValueError(f"input grid {x.shape[1:-1]} is not divisible by patch_size {tuple(self.patch_size)}")
-    return nn.Conv(self.embed_dim, tuple(self.patch_size), strides=tuple(self.patch_size), padding="VALID",
+    return nn.Conv(self.width, tuple(self.patch_size), strides=tuple(self.patch_size), padding="VALID",
                    name="patch_embed_proj")(x)
 
   @nn.compact
@@ -59,14 +60,14 @@ class Model(nn.Module):
                        "have one entry per stage")
     if len(self.group_size) != len(self.patch_size):
       raise ValueError(f"group_size {tuple(self.group_size)} and patch_size {tuple(self.patch_size)} differ in rank")
-    x = nn.LayerNorm(epsilon=LN_EPS, name="patch_embed_norm")(self._embed(x))
+    x = nn.LayerNorm(epsilon=TORCH_LN_EPS, name="patch_embed_norm")(self._embed(x))
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
     n = len(self.depths)
     for i in range(n):
       x = Stage(self.depths[i], self.num_heads[i], tuple(self.group_size), self.intervals[i], self.mlp_ratio,
                 tuple(rates[sum(self.depths[:i]):sum(self.depths[:i + 1])]),
-                resample="merge" if i < n - 1 else None, remat=self.remat, attention_impl=self.attention_impl,
+                resample="merge" if i < n - 1 else None, remat=self.remat, impl=self.impl,
                 name=f"layers_{i}")(x, train)
-    x = nn.LayerNorm(epsilon=LN_EPS, name="norm")(x)
+    x = nn.LayerNorm(epsilon=TORCH_LN_EPS, name="norm")(x)
     x = x.reshape(x.shape[0], -1, x.shape[-1]).mean(axis=1)
     return nn.Dense(self.num_classes, name="head")(x)

@@ -1,6 +1,6 @@
 """FIT denoiser for pixel diffusion (the official pix2seq `FITDenoiser`) and its image wrapper `Model`.
 
-Per block b, on tokens x [B·T, N, D_x] and latents z:
+Per block b (the loop of `effjax.layers.fit_layers.Interleaved`), on tokens x [B·T, N, D_x] and latents z:
 
     x <- local_b(x)
     z <- READ_b(z, x) (+ MLP)                   latents attend to their group's tokens
@@ -17,9 +17,7 @@ Output: Dense(LN(x)) per token, and the final latents (no LayerNorm) for self-co
 import flax.linen as nn
 import jax.numpy as jnp
 
-from effjax.layers import fit_grouping
-from effjax.layers import fit_layers as fl
-from effjax.layers.remat import remat
+from effjax.layers import fit_grouping, fit_layers as fl
 
 
 def time_encoding(t, dim):
@@ -41,46 +39,36 @@ class TimeEmbedding(nn.Module):
     return nn.Dense(4 * self.dim, kernel_init=fl.dense_init, name="dense1")(e)
 
 
-class FITDenoiser(nn.Module):
+class FITDenoiser(fl.Interleaved, kw_only=True):
   """(x [B, T, N, C], time [B], cond [B, K] or [B, S, K] or None, latents_prev [B, T, M, D_l] or None)
-  -> (prediction [B, T, N, out_dim or C], latents [B, T, M, D_l])."""
-  layers: str
-  latents_per_group: int
-  x_dim: int
-  latent_dim: int
-  x_num_heads: int
-  latent_num_heads: int
+  -> (prediction [B, T, N, out_dim or C], latents [B, T, M, D_l]).
+
+  The block loop is `fit_layers.Interleaved` with the conditioning tokens as its context; READ and WRITE
+  carry an MLP by default (`xattn_with_mlp`) as in the official denoiser.
+  """
+  xattn_with_mlp: bool = True
   out_dim: int | None = None
-  mlp_ratio: int = 4
-  drop_path: float = 0.0
-  drop_units: float = 0.0
   mask: str = "none"
   self_cond: str = "latent"
-  x_self_attention: bool = True
-  xattn_with_mlp: bool = True
-  xattn_enc_ln: bool = True
-  remat: str = "none"
-  attention_impl: str = "auto"
-  max_attention_logits: int = 0
 
   def __call__(self, x, time, cond=None, latents_prev=None, train=False):
     return self.denoise(x, time, cond, latents_prev, train)
 
   @nn.compact
   def denoise(self, x, time, cond=None, latents_prev=None, train=False):
-    blocks = fl.parse_layers(self.layers)
+    fl.parse_layers(self.layers)
     if x.ndim != 4:
       raise ValueError(f"FITDenoiser expects tokens [batch, groups, tokens_per_group, channels], got {x.shape}")
     if self.mask not in ("none", "causal"):
       raise ValueError(f"unknown FIT mask {self.mask!r}; expected 'none' or 'causal'")
     if self.self_cond not in ("none", "latent"):
       raise ValueError(f"unknown self_cond {self.self_cond!r}; expected 'none' or 'latent'")
-    if self.latent_dim % 4:
-      raise ValueError(f"latent_dim {self.latent_dim} must be divisible by 4 for the time embedding")
+    if self.latent_width % 4:
+      raise ValueError(f"latent_width {self.latent_width} must be divisible by 4 for the time embedding")
     b, t, n, c = x.shape
-    m, dl = self.latents_per_group, self.latent_dim
-    x = nn.LayerNorm(fl.LN_EPS, name="stem_ln")(nn.Dense(self.x_dim, kernel_init=fl.dense_init, name="stem")(x))
-    x = x + self.param("x_pos_emb", fl.pos_emb_init, (n, self.x_dim)).astype(x.dtype)
+    m, dl = self.latents_per_group, self.latent_width
+    x = nn.LayerNorm(fl.LN_EPS, name="stem_ln")(nn.Dense(self.width, kernel_init=fl.dense_init, name="stem")(x))
+    x = x + self.param("x_pos_emb", fl.pos_emb_init, (n, self.width)).astype(x.dtype)
 
     latents = self.param("latent_pos_emb", fl.pos_emb_init, (t * m, dl)).astype(x.dtype)
     latents = jnp.broadcast_to(latents.reshape(1, t, m, dl), (b, t, m, dl))
@@ -97,41 +85,18 @@ class FITDenoiser(nn.Module):
       context.append(cond[:, None] if cond.ndim == 2 else cond)
     context = jnp.concatenate(context, axis=1)
 
-    latent_mask = fl.chunk_causal_mask(t, m) if self.mask == "causal" else None
-    heads, key_dim = fl.cross_heads(self.x_num_heads, self.latent_num_heads, self.x_dim, dl)
-    xattn_mlp = self.mlp_ratio if self.xattn_with_mlp else 0
-    cross_layer = remat(fl.CrossAttentionLayer, self.remat, 4)
-    cross = lambda heads_, key_dim_, mlp, name: cross_layer(
-        heads_, key_dim_, mlp, self.xattn_enc_ln, self.attention_impl, self.max_attention_logits, name=name)
-    stack = lambda num, heads_, name, sa=True: fl.LayerStack(
-        num, heads_, self.mlp_ratio, self.drop_units, self.drop_path, sa, self.remat, self.attention_impl,
-        self.max_attention_logits, name=name)
-    x = x.reshape(b * t, n, self.x_dim)
-    z = latents.reshape(b * t, m, dl)
-    for i, (num_local, num_global) in enumerate(blocks):
-      x = stack(num_local, self.x_num_heads, f"x_network{i}", self.x_self_attention)(x, None, train)
-      if num_global == 0:
-        continue
-      z = cross(heads, key_dim, xattn_mlp, f"l2x_cross_attn{i}")(z, x, None, train)
-      self.sow("intermediates", f"out_l2x_cross_attn{i}", z)
-      z = cross(self.latent_num_heads, dl // self.latent_num_heads, 0, f"l2c_cross_attn{i}")(
-          z.reshape(b, t * m, dl), context, None, train)
-      self.sow("intermediates", f"out_l2c_cross_attn{i}", z)
-      z = stack(num_global, self.latent_num_heads, f"l_network{i}")(z, latent_mask, train).reshape(b * t, m, dl)
-      if i < len(blocks) - 1:
-        x = cross(heads, key_dim, xattn_mlp, f"x2l_cross_attn{i}")(x, z, None, train)
-        self.sow("intermediates", f"out_x2l_cross_attn{i}", x)
-    x = nn.LayerNorm(fl.LN_EPS, name="x_output_ln")(x.reshape(b, t, n, self.x_dim))
+    x, z = self.interleave(x, latents, context, causal_latents=self.mask == "causal", train=train)
+    x = nn.LayerNorm(fl.LN_EPS, name="x_output_ln")(x)
     x = nn.Dense(self.out_dim or c, kernel_init=fl.dense_init, name="x_output_linear")(x)
-    return x, z.reshape(b, t, m, dl)
+    return x, z
 
 
-def convert_official(state_dict, prefix: str | None = None) -> dict:
+def convert_official(state_dict) -> dict:
   """Official pix2seq Keras weights of a `FITDenoiser` -> params of `FITDenoiser` / `Model` (same tree)."""
-  return fl.convert_keras(state_dict, prefix)
+  return fl.convert_keras(state_dict)
 
 
-class Model(FITDenoiser):
+class Model(FITDenoiser, kw_only=True):
   """FIT pixel denoiser on images: (images [B, H, W, C], time [B], cond, latents_prev) ->
   (prediction [B, H, W, C], latents [B, T, M, D_l]).
 

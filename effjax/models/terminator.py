@@ -22,7 +22,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from effjax.layers.hyperzzw_blocks import KAIMING_NORMAL, SFNEBlock
+from effjax.layers.common import torch_kaiming_normal
+from effjax.layers.hyperzzw_blocks import SFNEBlock
+from effjax.layers.remat import remat
 
 OFFICIAL_SKIPS = ((), (), (0,), (1,), (2, 1))
 
@@ -40,6 +42,7 @@ class Model(nn.Module):
     norm_groups: G-IBS groups; every block output width must be divisible by it.
     stats_mode, stats_momentum: "batch" (official) or "accumulated" statistics, see hyperzzw_norms.
     branch: extra FastMultiBranch options (slow-network widths, omega_0, local_sizes, impl).
+    remat: "none", "full" or "dots" (see effjax.layers.remat), per block.
   """
   num_classes: int
   expansions: tuple = (4, 3, 2, 2, 2)
@@ -63,9 +66,7 @@ class Model(nn.Module):
     for i, skip in enumerate(self.skips):
       if any(j >= i or j < 0 for j in skip):
         raise ValueError(f"block {i} may only concatenate outputs of earlier blocks, got {skip}")
-    if self.remat not in ("none", "full"):
-      raise ValueError(f"remat must be 'none' or 'full', got {self.remat!r}")
-    block_cls = nn.remat(SFNEBlock, static_argnums=(3,)) if self.remat == "full" else SFNEBlock
+    block_cls = remat(SFNEBlock, self.remat)
 
     outputs, hyper_kernels = [], []
     for i in range(n):
@@ -75,7 +76,7 @@ class Model(nn.Module):
       outputs.append(x)
       hyper_kernels.append(hk)
     pooled = jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
-    logits = nn.Dense(self.num_classes, kernel_init=KAIMING_NORMAL, bias_init=nn.initializers.zeros,
+    logits = nn.Dense(self.num_classes, kernel_init=torch_kaiming_normal, bias_init=nn.initializers.zeros,
                       name="out_layer")(pooled)
     return (logits, hyper_kernels) if return_hyper_kernels else logits
 
@@ -83,13 +84,14 @@ class Model(nn.Module):
 _LIST_INDEX = re.compile(r"\.(\d+)(?=\.|$)")
 
 
-def convert_official(state_dict, num_blocks=5):
+def convert_official(state_dict):
   """Official PyTorch Terminator state dict (name -> array) -> params pytree of `Model`.
 
   Renames `blocks.i.fast_multi_branch...Kernel.linears.j.weight` to
   `blocks_i/fast_multi_branch/.../linears_j/kernel`, turns 1×1-conv / linear weights [out, in, (1, 1)]
   into Dense kernels [in, out] and position biases [1, 1, *size] into [*size]. Buffers (train_length,
-  kernel_coords, initialized) are skipped; every parameter of the model must be present.
+  kernel_coords, initialized) are skipped. The blocks must be numbered 0..n-1 without gaps (n = the
+  model's len(expansions); a parameter missing inside a block shows when the params are applied).
   """
   params = {}
   for name, value in state_dict.items():
@@ -108,7 +110,7 @@ def convert_official(state_dict, num_blocks=5):
     for part in path[:-1]:
       node = node.setdefault(part, {})
     node[path[-1]] = value
-  missing = [f"blocks_{i}" for i in range(num_blocks) if f"blocks_{i}" not in params]
-  if missing:
-    raise ValueError(f"official state dict lacks {', '.join(missing)}")
+  blocks = sorted(int(k[len("blocks_"):]) for k in params if k.startswith("blocks_"))
+  if not blocks or blocks != list(range(len(blocks))):
+    raise ValueError(f"official state dict must hold blocks 0..n-1, got block indices {blocks}")
   return params

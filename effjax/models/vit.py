@@ -6,11 +6,20 @@ minutes on a CPU.
 import flax.linen as nn
 import jax.numpy as jnp
 
+from effjax.layers.common import with_variants
 from effjax.layers.remat import remat
 from effjax.layers.transformer import EncoderBlock
 
-class Model(nn.Module):
-  """ViT classifier.
+VARIANTS = {  # the standard ViT sizes (Dosovitskiy et al.; Ti from DeiT)
+    "Ti": dict(width=192, depth=12, num_heads=3, mlp_dim=768),
+    "S": dict(width=384, depth=12, num_heads=6, mlp_dim=1536),
+    "B": dict(width=768, depth=12, num_heads=12, mlp_dim=3072),
+    "L": dict(width=1024, depth=24, num_heads=16, mlp_dim=4096),
+}
+
+
+class ViT(nn.Module):
+  """ViT classifier; build it with `Model(variant="B/16", ...)` or from explicit fields.
 
   Input images [B, H, W, C]; output logits [B, num_classes]. Tokens: (H/p)·(W/p) patches of p×p pixels,
   linearly embedded, plus a learned position embedding; `pool` is "cls" (prepended class token) or
@@ -25,7 +34,7 @@ class Model(nn.Module):
   dropout: float = 0.0
   pool: str = "cls"
   remat: str = "none"
-  attention_impl: str = "auto"
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, images, train=False):
@@ -46,7 +55,10 @@ class Model(nn.Module):
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     block = remat(EncoderBlock, self.remat)
     for i in range(self.depth):
-      x = block(self.num_heads, self.mlp_dim, self.dropout, self.attention_impl, name=f"block{i}")(x, train)
+      x = block(self.num_heads, self.mlp_dim, self.dropout, self.impl, name=f"block{i}")(x, train)
     x = nn.LayerNorm(name="encoder_norm")(x)
     x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
     return nn.Dense(self.num_classes, name="head")(x)
+
+
+Model = with_variants(ViT, VARIANTS, "ViT")

@@ -1,7 +1,6 @@
 """Image/sequence classification: softmax cross-entropy with optional label smoothing, Mixup and CutMix.
 
-A task owns how a model is called on a batch and what it is trained on. The trainer only uses
-`Task(config)`, `init_variables`, `loss`; evaluators use `predict`.
+The task contract (init_variables, loss, predict) and the shared plumbing are in effjax/tasks/_base.py.
 
 Batch contract: {"image": float [B, ...], "label": int32 [B], "mask": float [B]} where `mask` is 0 for
 padding examples that the evaluation pipeline adds to fill the last batch.
@@ -18,6 +17,8 @@ With both α > 0, each batch uses one of the two with probability 1/2. Evaluatio
 import jax
 import jax.numpy as jnp
 import optax
+
+from effjax.tasks import _base
 
 
 def mix_batch(rng, images, targets, mixup_alpha=0.0, cutmix_alpha=0.0):
@@ -66,21 +67,32 @@ def _cutmix(rng, images, other, alpha):
   return jnp.where(box, other, images), (1.0 - area / (h * w)).astype(jnp.float32)
 
 
-class Task:
+class Task(_base.Task):
   """Classification; config.task: label_smoothing, mixup_alpha, cutmix_alpha (floats, 0 = off)."""
 
   def __init__(self, config):
-    self.config = config
+    super().__init__(config)
     self.label_smoothing = config.task.get("label_smoothing", 0.0)
     self.mixup_alpha = config.task.get("mixup_alpha", 0.0)
     self.cutmix_alpha = config.task.get("cutmix_alpha", 0.0)
     if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
-      raise ValueError(f"config.task.mixup_alpha / cutmix_alpha must be >= 0, got {self.mixup_alpha}, {self.cutmix_alpha}")
+      raise ValueError(f"config.task.mixup_alpha / cutmix_alpha must be >= 0, got {self.mixup_alpha}, "
+                       f"{self.cutmix_alpha}")
     self.num_classes = config.model.num_classes
 
   def init_variables(self, model, rng, batch):
     params_rng, dropout_rng = jax.random.split(rng)
     return model.init({"params": params_rng, "dropout": dropout_rng}, batch["image"], train=False)
+
+  def targets(self, labels):
+    """Label-smoothed one-hot targets [B, K] of int labels [B]."""
+    return optax.smooth_labels(jax.nn.one_hot(labels, self.num_classes), self.label_smoothing)
+
+  def cross_entropy(self, logits, targets, batch):
+    """(mean cross-entropy against soft targets [B, K], accuracy against batch["label"]) over real examples."""
+    weights = self.weights(batch, logits.shape[0])
+    loss = _base.weighted_mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets), weights)
+    return loss, _base.weighted_mean(jnp.argmax(logits, -1) == batch["label"], weights)
 
   def loss(self, model, variables, batch, rng, train):
     """Returns (mean loss, aux) with aux = {"metrics": {...}, "model_state": updated collections}.
@@ -88,21 +100,15 @@ class Task:
     Training batches are mixed when mixup_alpha or cutmix_alpha > 0 (metric "mix_lambda" = λ); the
     accuracy metric then compares against the original labels.
     """
-    images = batch["image"]
-    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], self.num_classes), self.label_smoothing)
-    metrics = {}
+    images, targets, metrics = batch["image"], self.targets(batch["label"]), {}
     if train and (self.mixup_alpha or self.cutmix_alpha):
       mix_rng, rng = jax.random.split(rng)
-      images, targets, metrics["mix_lambda"] = mix_batch(mix_rng, images, targets, self.mixup_alpha, self.cutmix_alpha)
-    mutable = [k for k in variables if k != "params"] if train else []
-    out = model.apply(variables, images, train=train, rngs={"dropout": rng}, mutable=mutable or False)
-    logits, model_state = out if mutable else (out, {})
-    per_example = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
-    weights = batch.get("mask", jnp.ones_like(per_example))
-    loss = jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-    metrics["accuracy"] = jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+      images, targets, metrics["mix_lambda"] = mix_batch(mix_rng, images, targets, self.mixup_alpha,
+                                                         self.cutmix_alpha)
+    logits, model_state = self.apply(model, variables, images, train=train, rngs={"dropout": rng})
+    loss, metrics["accuracy"] = self.cross_entropy(logits, targets, batch)
     return loss, {"metrics": metrics, "model_state": model_state}
 
-  def predict(self, model, variables, batch):
-    """Logits [B, num_classes] in evaluation mode."""
-    return model.apply(variables, batch["image"], train=False)
+  def predict(self, model, variables, batch, capture=None):
+    """Logits [B, num_classes] in evaluation mode (with `capture`: see effjax/tasks/_base.py)."""
+    return self.prediction(*self.apply(model, variables, batch["image"], train=False, capture=capture), capture)

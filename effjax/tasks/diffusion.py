@@ -21,6 +21,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from effjax.tasks import _base
+
 PRED_TYPES = ("eps", "x", "v")
 
 
@@ -57,10 +59,11 @@ def x0_eps_from_prediction(pred, x_t, gamma, pred_type, clip):
   return x0, (x_t - sg * x0) / sn
 
 
-class Task:
+class Task(_base.Task):
   """config.task: schedule, pred_type, b_scale, self_cond_rate, num_classes (0: unconditional), cond_dropout."""
 
   def __init__(self, config):
+    super().__init__(config)
     t = config.task
     self.schedule_name = t.get("schedule", "cosine")
     self.gamma = make_schedule(self.schedule_name)
@@ -132,20 +135,23 @@ class Task:
     else:
       target = jnp.sqrt(g) * eps - jnp.sqrt(1.0 - g) * x0
     per_example = jnp.mean(jnp.square(pred - target), axis=tuple(range(1, x0.ndim)))
-    weights = batch.get("mask", jnp.ones((b,)))
-    loss = jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    loss = _base.weighted_mean(per_example, self.weights(batch, b))
     return loss, {"metrics": {"mse": loss}, "model_state": {}}
 
-  def predict(self, model, variables, batch):
-    """The x0 estimate in [0, 1] from x_t at γ = 0.5 with fixed noise (for quick visual checks)."""
+  def predict(self, model, variables, batch, capture=None):
+    """The x0 estimate in [0, 1] from x_t at γ = 0.5 with fixed noise (for quick visual checks).
+
+    With `capture`: (estimate, intermediates), see effjax/tasks/_base.py.
+    """
     images = batch["image"]
     x0 = (images.astype(jnp.float32) * 2.0 - 1.0) * self.b_scale
     eps = jax.random.normal(jax.random.PRNGKey(0), x0.shape)
     gamma = jnp.full((x0.shape[0],), 0.5)
     x_t = jnp.sqrt(0.5) * x0 + jnp.sqrt(0.5) * eps
-    pred, _ = model.apply(variables, x_t, gamma, self._cond(batch.get("label"), x0.shape[0]), None, train=False)
+    (pred, _), collections = self.apply(model, variables, x_t, gamma, self._cond(batch.get("label"), x0.shape[0]),
+                                        None, train=False, capture=capture)
     est, _ = x0_eps_from_prediction(pred.astype(jnp.float32), x_t, 0.5, self.pred_type, self.b_scale)
-    return est / self.b_scale / 2.0 + 0.5
+    return self.prediction(est / self.b_scale / 2.0 + 0.5, collections, capture)
 
   # -- sampling -------------------------------------------------------------------------------------
   def sample(self, model, variables, rng, shape, *, steps=50, method="ddim", labels=None, guidance=0.0,

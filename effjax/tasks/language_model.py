@@ -14,11 +14,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from effjax.tasks import _base
 
-class Task:
+
+class Task(_base.Task):
   """config.task: label_smoothing (0.0)."""
 
+  compute_inputs = ()  # int tokens
+
   def __init__(self, config):
+    super().__init__(config)
     self.label_smoothing = float(config.task.get("label_smoothing", 0.0))
 
   def init_variables(self, model, rng, batch):
@@ -29,19 +34,21 @@ class Task:
     tokens = batch["tokens"]
     if tokens.ndim != 2:
       raise ValueError(f"language modelling expects tokens [B, L+1], got shape {tokens.shape}")
-    logits = model.apply(variables, tokens[:, :-1], train=train, rngs={"dropout": rng}).astype(jnp.float32)
+    logits, model_state = self.apply(model, variables, tokens[:, :-1], train=train, rngs={"dropout": rng})
+    logits = logits.astype(jnp.float32)
     targets = tokens[:, 1:]
     labels = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), self.label_smoothing)
     per_token = optax.softmax_cross_entropy(logits, labels)
-    weights = batch.get("mask", jnp.ones(tokens.shape[:1]))[:, None] * jnp.ones_like(per_token)
-    denom = jnp.maximum(weights.sum(), 1.0)
-    loss = (per_token * weights).sum() / denom
-    accuracy = ((jnp.argmax(logits, -1) == targets) * weights).sum() / denom
-    return loss, {"metrics": {"accuracy": accuracy, "bits_per_token": loss / math.log(2)}, "model_state": {}}
+    weights = self.weights(batch, tokens.shape[0])[:, None]
+    loss = _base.weighted_mean(per_token, weights)
+    accuracy = _base.weighted_mean(jnp.argmax(logits, -1) == targets, weights)
+    return loss, {"metrics": {"accuracy": accuracy, "bits_per_token": loss / math.log(2)},
+                  "model_state": model_state}
 
-  def predict(self, model, variables, batch):
-    """Logits [B, L, V] for tokens[:, :-1]."""
-    return model.apply(variables, batch["tokens"][:, :-1], train=False)
+  def predict(self, model, variables, batch, capture=None):
+    """Logits [B, L, V] for tokens[:, :-1] (with `capture`: see effjax/tasks/_base.py)."""
+    return self.prediction(*self.apply(model, variables, batch["tokens"][:, :-1], train=False, capture=capture),
+                           capture)
 
 
 def generate(model, variables, prompt, num_tokens, rng, *, seq_len, temperature=0.0, top_k=0):

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from effjax.layers.patches import patchify
+from effjax.tasks import _base
 
 OPTIONS = ("mask_ratio", "norm_pix_loss", "eval_seed")
 
@@ -35,10 +36,11 @@ def reconstruction_loss(pred, images, mask, patch_size: int, norm_pix_loss: bool
   return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-class Task:
+class Task(_base.Task):
   """Masked autoencoding; see the module docstring."""
 
   def __init__(self, config):
+    super().__init__(config)
     unknown = set(config.task) - set(OPTIONS)
     if unknown:
       raise ValueError(f"unknown config.task option(s) for mae: {sorted(unknown)}; valid: {list(OPTIONS)}")
@@ -54,23 +56,27 @@ class Task:
     return model.init({"params": params_rng, "masking": masking_rng, "dropout": dropout_rng}, batch["image"],
                       train=False, mask_ratio=self.mask_ratio)
 
-  def forward(self, model, variables, images, rng, train=False, mutable=False):
-    """The model's output dict (and updated collections when `mutable`) with masking drawn from `rng`."""
+  @staticmethod
+  def _rngs(rng):
     masking_rng, dropout_rng = jax.random.split(rng)
-    return model.apply(variables, images, train=train, mask_ratio=self.mask_ratio,
-                       rngs={"masking": masking_rng, "dropout": dropout_rng}, mutable=mutable)
+    return {"masking": masking_rng, "dropout": dropout_rng}
+
+  def forward(self, model, variables, images, rng, capture=None):
+    """The model's output dict in evaluation mode, masking drawn from `rng` (`capture`: effjax/tasks/_base.py)."""
+    out = self.apply(model, variables, images, train=False, rngs=self._rngs(rng), capture=capture,
+                     mask_ratio=self.mask_ratio)
+    return self.prediction(*out, capture)
 
   def loss(self, model, variables, batch, rng, train):
     """Returns (masked-patch MSE, aux) with aux = {"metrics": {...}, "model_state": updated collections}."""
-    mutable = [k for k in variables if k != "params"] if train else []
-    result = self.forward(model, variables, batch["image"], rng, train, mutable or False)
-    out, model_state = result if mutable else (result, {})
-    weights = batch.get("mask")
+    out, model_state = self.apply(model, variables, batch["image"], train=train, rngs=self._rngs(rng),
+                                  mask_ratio=self.mask_ratio)
+    weights = batch.get(self.padding_key)
     loss = reconstruction_loss(out["pred"], batch["image"], out["mask"], self.patch_size, self.norm_pix_loss, weights)
     visible = reconstruction_loss(out["pred"], batch["image"], 1.0 - out["mask"], self.patch_size,
                                   self.norm_pix_loss, weights)
     return loss, {"metrics": {"mse_visible": visible}, "model_state": model_state}
 
-  def predict(self, model, variables, batch):
+  def predict(self, model, variables, batch, capture=None):
     """Model outputs {"pred", "mask", ...} in evaluation mode with the fixed evaluation masking."""
-    return self.forward(model, variables, batch["image"], jax.random.PRNGKey(self.eval_seed))
+    return self.forward(model, variables, batch["image"], jax.random.PRNGKey(self.eval_seed), capture)

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from effjax.tasks import _base
+
 
 def subsample_labels(labels, shape):
   """Nearest-neighbour subsampling [B, *S] -> [B, *shape], with S an integer multiple of shape."""
@@ -32,10 +34,11 @@ def soft_dice(probs, onehot, weights, eps=1e-5):
   return (2.0 * intersection + eps) / (total + eps)
 
 
-class Task:
+class Task(_base.Task):
   """Segmentation; config.task: ce_weight, dice_weight, deep_supervision_weights, dice_include_background."""
 
   def __init__(self, config):
+    super().__init__(config)
     self.num_classes = config.model.num_classes
     self.ce_weight = config.task.get("ce_weight", 1.0)
     self.dice_weight = config.task.get("dice_weight", 1.0)
@@ -54,17 +57,15 @@ class Task:
     labels = subsample_labels(labels, logits.shape[1:-1])
     onehot = jax.nn.one_hot(labels, self.num_classes)
     ce = optax.softmax_cross_entropy(logits, onehot)
-    ce = jnp.sum(ce.reshape(ce.shape[0], -1).mean(-1) * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    ce = _base.weighted_mean(ce.reshape(ce.shape[0], -1).mean(-1), weights)
     dice = soft_dice(jax.nn.softmax(logits), onehot, weights)[self.first_class:].mean()
     return self.ce_weight * ce + self.dice_weight * (1.0 - dice), ce, dice
 
   def loss(self, model, variables, batch, rng, train):
     """Returns (loss, aux) with aux = {"metrics": {"ce", "soft_dice", "dice"}, "model_state": ...}."""
-    mutable = [k for k in variables if k != "params"] if train else []
-    out = model.apply(variables, batch["image"], train=train, rngs={"dropout": rng}, mutable=mutable or False)
-    outputs, model_state = out if mutable else (out, {})
+    outputs, model_state = self.apply(model, variables, batch["image"], train=train, rngs={"dropout": rng})
     heads = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-    weights = batch.get("mask", jnp.ones(batch["label"].shape[0], jnp.float32))
+    weights = self.weights(batch, batch["label"].shape[0])
     total, norm, metrics = 0.0, 0.0, {}
     for j, (logits, w) in enumerate(zip(heads, self.head_weights)):
       if w == 0:
@@ -78,7 +79,7 @@ class Task:
     metrics["dice"] = soft_dice(hard, onehot, weights)[self.first_class:].mean()
     return total / norm, {"metrics": metrics, "model_state": model_state}
 
-  def predict(self, model, variables, batch):
-    """Full-resolution logits [B, *S, K] in evaluation mode."""
-    out = model.apply(variables, batch["image"], train=False)
-    return out[0] if isinstance(out, (tuple, list)) else out
+  def predict(self, model, variables, batch, capture=None):
+    """Full-resolution logits [B, *S, K] in evaluation mode (with `capture`: see effjax/tasks/_base.py)."""
+    out, collections = self.apply(model, variables, batch["image"], train=False, capture=capture)
+    return self.prediction(out[0] if isinstance(out, (tuple, list)) else out, collections, capture)

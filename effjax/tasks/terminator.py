@@ -16,9 +16,7 @@ Evaluation (train=False) reports the smoothed cross-entropy only, as the officia
 """
 import re
 
-import jax
 import jax.numpy as jnp
-import optax
 from flax import traverse_util
 
 from effjax.tasks import classification
@@ -61,7 +59,9 @@ def norm_penalty(params, fast_regex, slow_regex, slow_factor):
 
 
 class Task(classification.Task):
-  """config.task: label_smoothing (0.09), slow_loss_weight (1.0), l2_reg (5e-5), slow_factor (1e-6),
+  """Classification's targets, cross-entropy, accuracy and predict, plus the Terminator losses.
+
+  config.task: label_smoothing (0.09), slow_loss_weight (1.0), l2_reg (5e-5), slow_factor (1e-6),
   fast_regex ("fast"), slow_regex (weights of slow_net_g / slow_net_l* / slow_net_gs)."""
 
   def __init__(self, config):
@@ -75,17 +75,10 @@ class Task(classification.Task):
     self.slow_regex = t.get("slow_regex", r"slow_net_(g|gs|l\d)/.*kernel$")
 
   def loss(self, model, variables, batch, rng, train):
-    mutable = [k for k in variables if k != "params"] if train else []
-    mutable = mutable or False
-    out = model.apply(variables, batch["image"], train=train, return_hyper_kernels=True,
-                      rngs={"dropout": rng}, mutable=mutable)
-    (logits, hyper_kernels), model_state = out if train and mutable else (out, {})
-    labels = optax.smooth_labels(jax.nn.one_hot(batch["label"], self.num_classes), self.label_smoothing)
-    per_example = optax.softmax_cross_entropy(logits.astype(jnp.float32), labels)
-    weights = batch.get("mask", jnp.ones_like(per_example))
-    denom = jnp.maximum(jnp.sum(weights), 1.0)
-    ce = jnp.sum(per_example * weights) / denom
-    accuracy = jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * weights) / denom
+    """Returns (L, aux); aux["metrics"]: accuracy, ce (and slow_loss, reg_loss in training)."""
+    (logits, hyper_kernels), model_state = self.apply(model, variables, batch["image"], train=train,
+                                                      rngs={"dropout": rng}, return_hyper_kernels=True)
+    ce, accuracy = self.cross_entropy(logits, self.targets(batch["label"]), batch)
     metrics = {"accuracy": accuracy, "ce": ce}
     loss = ce
     if train:

@@ -76,7 +76,7 @@ def main():
     json.dump(summary, f, indent=1, sort_keys=True)
   coding_rate.plot_curves(None, os.path.join(args.out, "coding_rate_init_vs_trained.png"),
                           labels_and_metrics=[("init", init), (f"trained ({result['step']} steps)", trained)])
-  md = (f"Small CRATE (`configs/crate.py:runlocal`: dim {config.model.dim}, depth {depth}, "
+  md = (f"Small CRATE (`configs/crate.py:runlocal`: width {config.model.width}, depth {depth}, "
         f"{config.model.num_heads} heads, patch {config.model.patch_size}) trained {result['step']} steps on "
         f"mnist5k on {jax.device_count()} CPU device.\n\n"
         f"Test accuracy: **{100 * trained['accuracy']:.1f}%** (1,000 test images). Wall time of training and "

@@ -18,17 +18,30 @@ import time
 import jax
 import jax.numpy as jnp
 
-from effjax.kernels.grid_attention import grid_attention
+from effjax.kernels import attention_patterns as ap
+from effjax.kernels.attention import attention
 
 VOLUMES = [(16, 32, 32), (16, 64, 64), (32, 64, 64), (32, 128, 128), (64, 128, 128)]
 GROUP = (2, 8, 8)
 HEADS, HEAD_DIM = 3, 32
 
 
-def pair(pattern_a, pattern_b):
+def pattern(name, grid):
+  """The attention pattern of one block over the token grid (GROUP is the window, or the members per axis)."""
+  if name == "local":
+    return ap.grid_local(grid, GROUP)
+  if name == "dilated":
+    return ap.grid_dilated(grid, [s // g for s, g in zip(grid, GROUP)])
+  return ap.full()
+
+
+def pair(name_a, name_b):
   def loss(q, k, v):
-    y = grid_attention(q, k, v, pattern_a, GROUP)
-    y = grid_attention(y, k, v, pattern_b, GROUP)
+    grid = q.shape[1:-2]
+    flat = lambda t: t.reshape(t.shape[0], -1, *t.shape[-2:])
+    q, k, v = flat(q), flat(k), flat(v)
+    y = attention(q, k, v, pattern=pattern(name_a, grid))
+    y = attention(y, k, v, pattern=pattern(name_b, grid))
     return jnp.sum(y * y)
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 

@@ -45,8 +45,8 @@ def build(kind, side, window, cfg, remat):
   from effjax.models import fit, vit
   if kind == "fit":
     model = fit.Model(num_classes=10, layers=cfg["layers"], patch_size=PATCH, group_size=window,
-                      latents_per_group=cfg["latents"], x_dim=cfg["width"], latent_dim=cfg["width"],
-                      x_num_heads=cfg["heads"], latent_num_heads=cfg["heads"], mlp_ratio=cfg["mlp_ratio"],
+                      latents_per_group=cfg["latents"], width=cfg["width"], latent_width=cfg["width"],
+                      num_heads=cfg["heads"], latent_num_heads=cfg["heads"], mlp_ratio=cfg["mlp_ratio"],
                       remat=remat, chunk_groups=cfg.get("chunk_groups", 0),
                       max_attention_logits=cfg.get("max_attention_logits", 0))
   else:

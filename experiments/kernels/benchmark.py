@@ -21,8 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effjax.kernels import attention_patterns as ap
-from effjax.kernels import dcls, hyperzzw
+from effjax.kernels import attention_patterns as ap, dcls, hyperzzw
 from effjax.kernels.attention import attention
 from effjax.kernels.depthwise_conv import depthwise_conv
 from effjax.kernels.hyperzzw_pallas import hyperzzw_global_pallas

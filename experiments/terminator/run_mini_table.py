@@ -1,6 +1,7 @@
 """CPU mini-table for the 1D Terminator: sMNIST and pMNIST on the embedded 5,000-image MNIST subset.
 
-  python experiments/terminator/run_mini_table.py [--datasets smnist,pmnist] [--steps 400] [--out experiments/terminator]
+  python experiments/terminator/run_mini_table.py [--datasets smnist,pmnist] [--steps 400] \
+      [--out experiments/terminator]
 
 Trains `configs/terminator.py:dataset=<d>,runlocal` through the shared trainer (all local CPU devices
 as one data-parallel mesh), then writes <out>/results.json, <out>/results.md (the table quoted in the

@@ -8,20 +8,27 @@ import numpy as np
 import pytest
 
 from effjax.evaluators import coding_rate
-from effjax.models import crate, crate_alpha, vit
+from effjax.models import crate, crate_alpha, crate_mae, vit
+from effjax.tasks import classification, mae
 
 
 def _config(model_kwargs, **opts):
   c = ml_collections.ConfigDict()
   c.model = ml_collections.ConfigDict(model_kwargs)
+  c.task = ml_collections.ConfigDict()
   c.evaluator = ml_collections.ConfigDict({"coding_rate": opts})
   return c
+
+
+def _evaluator(config, model):
+  """The evaluator runs the model through the task's predict, here classification's."""
+  return coding_rate.Evaluator(config, classification.Task(config), model)
 
 
 def _golden_setup(golden):
   arrays, meta = golden("crate_small")
   k = meta["ctor"]
-  kwargs = dict(num_classes=k["num_classes"], patch_size=k["patch_size"], dim=k["dim"], depth=k["depth"],
+  kwargs = dict(num_classes=k["num_classes"], patch_size=k["patch_size"], width=k["dim"], depth=k["depth"],
                 num_heads=k["heads"], head_dim=k["dim_head"])
   params = crate.convert_official({n[len("param/"):]: v for n, v in arrays.items() if n.startswith("param/")})
   images = jnp.asarray(arrays["input/img"].transpose(0, 2, 3, 1))
@@ -31,7 +38,7 @@ def _golden_setup(golden):
 def test_matches_official_coding_rate_and_sparsity(golden, tmp_path):
   arrays, kwargs, variables, images = _golden_setup(golden)
   config = _config(kwargs)
-  evaluator = coding_rate.Evaluator(config, None, crate.Model(**kwargs))
+  evaluator = _evaluator(config, crate.Model(**kwargs))
   # The same 4 images split over two batches, the second padded with 2 fake examples (mask 0).
   pad = jnp.concatenate([images[2:], jnp.zeros_like(images[:2])])
   batches = [{"image": images[:2], "mask": jnp.ones(2)}, {"image": pad, "mask": jnp.array([1.0, 1, 0, 0])}]
@@ -74,7 +81,7 @@ def test_any_transformer_vit_query_projection(tmp_path):
   model = vit.Model(**kwargs)
   images = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 1))
   variables = model.init(jax.random.PRNGKey(1), images)
-  evaluator = coding_rate.Evaluator(_config(kwargs, subspace=r"attn/query$", sparse="", per_head=False), None, model)
+  evaluator = _evaluator(_config(kwargs, subspace=r"attn/query$", sparse="", per_head=False), model)
   metrics = evaluator.run(variables, [{"image": images, "mask": jnp.ones(3)}], step=0, workdir=str(tmp_path))
   assert sorted(metrics) == sorted([f"coding_rate/layer{i}" for i in range(3)] +
                                    [f"coding_rate_std/layer{i}" for i in range(3)])
@@ -88,19 +95,38 @@ def test_crate_alpha_sparse_code():
   model = crate_alpha.Model(**kwargs)
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
   variables = model.init(jax.random.PRNGKey(1), images)
-  metrics = coding_rate.Evaluator(_config(kwargs, plot=False), None, model).run(
+  metrics = _evaluator(_config(kwargs, plot=False), model).run(
       variables, [{"image": images, "mask": jnp.ones(2)}], step=0, workdir="")
   assert {"sparsity/layer0", "sparsity/layer1", "coding_rate/layer1/head1"} <= set(metrics)
   assert 0.0 < metrics["sparsity/layer1"] <= 1.0
+
+
+def test_runs_the_model_as_the_task_predicts_mae_evaluation_masking():
+  """Through mae's predict, the tokens are those of the task's fixed evaluation masking (eval_seed, mask_ratio)."""
+  kwargs = dict(patch_size=4, width=16, depth=1, num_heads=2, decoder_depth=1)
+  config = _config(kwargs, plot=False, per_head=False)
+  config.task = ml_collections.ConfigDict(dict(mask_ratio=0.5, eval_seed=3))
+  model, task = crate_mae.Model(**kwargs), mae.Task(config)
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 1))
+  variables = task.init_variables(model, jax.random.PRNGKey(1), {"image": images})
+  metrics = coding_rate.Evaluator(config, task, model).run(variables, [{"image": images, "mask": jnp.ones(2)}],
+                                                           step=0, workdir="")
+
+  def rate(masking_rng):
+    _, state = model.apply(variables, images, mask_ratio=0.5, rngs={"masking": masking_rng}, mutable=["intermediates"])
+    return float(coding_rate.coding_rate(state["intermediates"]["layer0"]["qkv"][0].reshape(2, 17, 2, 8)).sum(1).mean())
+  masking_rng, other_rng = jax.random.split(jax.random.PRNGKey(3))  # mae.Task: split(PRNGKey(eval_seed))[0]
+  np.testing.assert_allclose(metrics["coding_rate/layer0"], rate(masking_rng), rtol=1e-5)
+  assert abs(rate(other_rng) - metrics["coding_rate/layer0"]) > 1e-3  # the masking matters
 
 
 def test_clear_errors():
   kwargs = dict(num_classes=10, patch_size=4, width=16, depth=1, num_heads=2, mlp_dim=32)
   model = vit.Model(**kwargs)
   with pytest.raises(ValueError, match="unknown config.evaluator.coding_rate option"):
-    coding_rate.Evaluator(_config(kwargs, epsilon=0.1), None, model)
+    _evaluator(_config(kwargs, epsilon=0.1), model)
   images = jnp.ones((2, 8, 8, 1))
-  evaluator = coding_rate.Evaluator(_config(kwargs, subspace="nothing_here$", sparse=""), None, model)
+  evaluator = _evaluator(_config(kwargs, subspace="nothing_here$", sparse=""), model)
   with pytest.raises(ValueError, match="no intermediates match"):
     evaluator.run(model.init(jax.random.PRNGKey(0), images), [{"image": images, "mask": jnp.ones(2)}],
                   step=0, workdir="")

@@ -193,3 +193,19 @@ def test_impl_switch_keeps_outputs_and_converts_key_masks():
   np.testing.assert_allclose(want, attention(q, k, v, mask=mask, pattern="causal", impl="xla"), rtol=0, atol=0)
   got = attention(q, k, v, mask=mask, pattern="causal", impl="pallas")
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("pattern,length", [
+    (ap.grid_local((6, 8), (2, 4)), 48), (ap.grid_dilated((6, 8), (3, 2)), 48),
+    (ap.grid_dilated((2, 4, 4), (1, 2, 2)), 32),
+    (ap.dilated(4), 40), (ap.grouped(5), 40), (ap.grid_local((5, 7), (2, 4)), 35)])
+def test_xla_path_gathers_equal_groups_and_matches_the_dense_reference(pattern, length):
+  """The "xla" impl runs equal-group patterns as dense attention per group (no [L, L] logits); uneven
+  groups (the last case) take the dense reference. Both agree with it, key masks included."""
+  q, k, v, km = inputs(11, 2, length, length, 2, 8, jnp.float32, key_dropout=0.3)
+  split = ap.groups(pattern, length, length)
+  assert (split is None) == (pattern.kind == "grid_local" and length == 35)
+  got = value_and_grads(lambda q, k, v: attention(q, k, v, pattern=pattern, key_mask=km, impl="xla"), q, k, v)
+  want = value_and_grads(lambda q, k, v: attention_reference(q, k, v, pattern=pattern, key_mask=km), q, k, v)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert rel(a, b) <= 1e-5

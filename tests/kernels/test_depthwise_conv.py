@@ -18,7 +18,8 @@ def rel(a, b):
 
 def value_and_grads(f, x, w):
   c = jnp.asarray(np.random.default_rng(3).normal(size=x.shape), jnp.float32)
-  return jax.jit(lambda x, w: (f(x, w), jax.grad(lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) * c), (0, 1))(x, w)))(x, w)
+  loss = lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) * c)
+  return jax.jit(lambda x, w: (f(x, w), jax.grad(loss, (0, 1))(x, w)))(x, w)
 
 
 @pytest.mark.parametrize("x_shape,k_shape,dilation,dtype,tol", [
@@ -32,7 +33,8 @@ def test_kernel_matches_reference(backend, x_shape, k_shape, dilation, dtype, to
   r = np.random.default_rng(len(x_shape) + len(k_shape))
   x = jnp.asarray(r.normal(size=x_shape), dtype)
   w = jnp.asarray(r.normal(size=k_shape + x_shape[-1:]), dtype)
-  out, grads = value_and_grads(lambda x, w: depthwise_conv(x, w, dilation=dilation, impl="pallas", backend=backend), x, w)
+  out, grads = value_and_grads(lambda x, w: depthwise_conv(x, w, dilation=dilation, impl="pallas", backend=backend),
+                               x, w)
   out_r, grads_r = value_and_grads(lambda x, w: depthwise_conv_reference(x, w, dilation=dilation), x, w)
   assert rel(out, out_r) <= tol
   for g, gr in zip(grads, grads_r):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from effjax.kernels import hyperzzw
-from effjax.kernels.hyperzzw_pallas import global_mix_pallas, hyperzzw_global_pallas, local_conv_pallas
+from effjax.kernels.hyperzzw_pallas import hyperzzw_global_pallas
 
 TRITON = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
 
@@ -20,7 +20,8 @@ def outputs_and_grads(f, *args):
   outs = jax.eval_shape(f, *args)
   r = np.random.default_rng(5)
   cots = jax.tree.map(lambda s: jnp.asarray(r.normal(size=s.shape), jnp.float32), outs)
-  loss = lambda *a: sum(jnp.sum(o.astype(jnp.float32) * c) for o, c in zip(jax.tree.leaves(f(*a)), jax.tree.leaves(cots)))
+  loss = lambda *a: sum(jnp.sum(o.astype(jnp.float32) * c)
+                       for o, c in zip(jax.tree.leaves(f(*a)), jax.tree.leaves(cots)))
   return jax.jit(lambda *a: (f(*a), jax.grad(loss, tuple(range(len(a))))(*a)))(*args)
 
 
@@ -37,15 +38,28 @@ def test_fused_global_matches_reference(backend, shared, dtype, tol):
     assert rel(a, b) <= tol
 
 
+def test_fused_global_with_several_maps_matches_reference():
+  """v with m·C channels: every map filtered by the same context (the Terminator's three maps, one call)."""
+  r = np.random.default_rng(4)
+  w, z = jnp.asarray(r.normal(size=(8, 8, 4)), jnp.float32), jnp.asarray(r.normal(size=(2, 8, 8, 4)), jnp.float32)
+  v = jnp.asarray(r.normal(size=(2, 8, 8, 12)), jnp.float32)
+  got = outputs_and_grads(lambda w, z, v: hyperzzw_global_pallas(w, z, v, interpret=True), w, z, v)
+  want = outputs_and_grads(lambda w, z, v: hyperzzw.hyperzzw_global(w, z, v, impl="xla"), w, z, v)
+  direct = [hyperzzw.global_mix_reference(z * w, v[..., 4 * i:4 * (i + 1)]) for i in range(3)]
+  assert rel(want[0][0], jnp.concatenate(direct, axis=-1)) <= 1e-6
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert rel(a, b) <= 1e-5
+
+
 def test_global_mix_and_local_conv_match_reference():
   r = np.random.default_rng(2)
   ctx, v = (jnp.asarray(r.normal(size=(2, 8, 8, 16)), jnp.float32) for _ in range(2))
-  got = outputs_and_grads(lambda c, v: global_mix_pallas(c, v, interpret=True), ctx, v)
+  got = outputs_and_grads(lambda c, v: hyperzzw.global_mix(c, v, impl="pallas"), ctx, v)
   want = outputs_and_grads(hyperzzw.global_mix_reference, ctx, v)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     assert rel(a, b) <= 1e-5
   kernel = jnp.asarray(r.normal(size=(9, 9, 16)), jnp.float32)
-  got = outputs_and_grads(lambda x, k: local_conv_pallas(x, k, interpret=True), ctx, kernel)
+  got = outputs_and_grads(lambda x, k: hyperzzw.local_conv(x, k, impl="pallas"), ctx, kernel)
   want = outputs_and_grads(hyperzzw.local_conv_reference, ctx, kernel)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     assert rel(a, b) <= 1e-5

@@ -4,14 +4,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effjax.models import crate
+from effjax.models import crate, crate_mae
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # reference README section 1
 
 
 def _golden_model(meta, **kw):
   c = meta["ctor"]
-  return crate.Model(num_classes=c["num_classes"], patch_size=c["patch_size"], dim=c["dim"], depth=c["depth"],
+  return crate.Model(num_classes=c["num_classes"], patch_size=c["patch_size"], width=c["dim"], depth=c["depth"],
                      num_heads=c["heads"], head_dim=c["dim_head"], pool=c["pool"], **kw)
 
 
@@ -70,8 +70,16 @@ def _count(model, image_size, channels=3):
 @pytest.mark.parametrize("variant,count", [
     ("T", 6_090_856), ("S", 13_116_328), ("B", 22_796_008), ("L", 77_641_192)])
 def test_param_counts_official_variants(variant, count):
-  model = crate.Model(num_classes=1000, patch_size=16, **crate.variant_kwargs(variant))
+  model = crate.Model(num_classes=1000, patch_size=16, variant=variant)
   assert _count(model, 224) == count
+
+
+def test_variant_fields_and_overrides():
+  """A variant fills the family's table fields ("/8" the patch size); explicit fields override them."""
+  model = crate.Model(num_classes=10, variant="B/8", depth=2)
+  assert (model.width, model.num_heads, model.patch_size, model.depth) == (768, 12, 8, 2)
+  mae = crate_mae.Model(variant="S")
+  assert (mae.width, mae.depth, mae.num_heads, mae.decoder_depth) == (576, 12, 12, 12)
 
 
 def test_ista_step_equals_official_three_matmul_form():
@@ -84,7 +92,7 @@ def test_ista_step_equals_official_three_matmul_form():
 
 
 def test_gradients_finite_and_nonzero_for_every_param():
-  model = crate.Model(num_classes=10, patch_size=4, dim=32, depth=2, num_heads=2, pool="mean")
+  model = crate.Model(num_classes=10, patch_size=4, width=32, depth=2, num_heads=2, pool="gap")
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 1))
   params = model.init(jax.random.PRNGKey(1), images)["params"]
   grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, images) ** 2)))(params)
@@ -93,20 +101,21 @@ def test_gradients_finite_and_nonzero_for_every_param():
 
 
 def test_bad_input_errors():
-  model = crate.Model(num_classes=10, patch_size=5, dim=16, depth=1, num_heads=2)
+  model = crate.Model(num_classes=10, patch_size=5, width=16, depth=1, num_heads=2)
   with pytest.raises(ValueError, match="not divisible by patch size"):
     model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
   with pytest.raises(ValueError, match="unknown CRATE variant"):
-    crate.variant_kwargs("XL")
+    crate.Model(num_classes=10, variant="XL")
 
 
 @pytest.mark.slow
 def test_runlocal_config_trains_through_the_trainer_on_8_devices(tmp_path):
   import os
+
   from effjax import config as cfg, metrics, train
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   c = cfg.load_config_file(os.path.join(repo, "configs/crate.py:runlocal"))
-  c.model.update(dict(patch_size=7, dim=32, depth=2, num_heads=2))
+  c.model.update(dict(patch_size=7, width=32, depth=2, num_heads=2))
   c.batch_size, c.eval_batch_size, c.data.eval_examples = 32, 32, 64
   c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 4, 1, -1, 4
   c.optimizer.warmup_steps, c.progress_bar = 1, False
@@ -120,10 +129,12 @@ def test_runlocal_config_trains_through_the_trainer_on_8_devices(tmp_path):
 
 
 @pytest.mark.parametrize("spec", ["crate.py:variant=T", "crate.py:variant=L,dataset=tfds:cifar10,num_classes=10",
-                                  "crate_alpha.py:variant=L/14,stage=finetune", "crate_alpha.py:runlocal", "crate_finetune.py:variant=S",
+                                  "crate_alpha.py:variant=L/14,stage=finetune", "crate_alpha.py:runlocal",
+                                  "crate_finetune.py:variant=S",
                                   "crate_mae.py:variant=S", "crate_mae.py:runlocal"])
 def test_configs_build_their_models(spec):
   import os
+
   from effjax import components, config as cfg
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   c = cfg.load_config_file(os.path.join(repo, "configs", spec))

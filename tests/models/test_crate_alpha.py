@@ -59,11 +59,11 @@ def _count(model, image_size=224):
     ("Ti/16", 4_811_944), ("S/16", 40_975_912), ("B/16", 72_328_936), ("B/32", 73_985_512),
     ("L/14", 253_650_920), ("H/14", 526_819_560)])
 def test_param_counts_official_variants(variant, count):
-  assert _count(crate_alpha.Model(num_classes=1000, **crate_alpha.variant_kwargs(variant))) == count
+  assert _count(crate_alpha.Model(num_classes=1000, variant=variant)) == count
 
 
 def test_layer_scale_and_drop_path():
-  model = crate_alpha.Model(num_classes=10, patch_size=4, width=16, depth=2, num_heads=2, drop_path=0.5,
+  model = crate_alpha.Model(num_classes=10, patch_size=4, width=16, depth=2, num_heads=2, drop_path_rate=0.5,
                             layer_scale=1e-5, posemb="sincos2d")
   images = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 1))
   params = model.init(jax.random.PRNGKey(1), images)["params"]
@@ -81,4 +81,4 @@ def test_convert_official_rejects_unexpected_keys(golden):
   with pytest.raises(ValueError, match="unexpected key"):
     crate_alpha.convert_official({**official, "MAPHead_0/probe": np.zeros(3)})
   with pytest.raises(ValueError, match="unknown CRATE-α variant"):
-    crate_alpha.variant_kwargs("Z/16")
+    crate_alpha.Model(num_classes=10, variant="Z/16")

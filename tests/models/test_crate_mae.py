@@ -18,7 +18,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)  # reference README section 2
 def _golden(golden):
   arrays, meta = golden("crate_ae_small")
   c = meta["ctor"]
-  model = crate_mae.Model(patch_size=c["patch_size"], dim=c["embed_dim"], depth=c["depth"], num_heads=c["num_heads"],
+  model = crate_mae.Model(patch_size=c["patch_size"], width=c["embed_dim"], depth=c["depth"], num_heads=c["num_heads"],
                           decoder_depth=c["decoder_depth"], decoder_num_heads=c["decoder_num_heads"], lmbda=c["lambd"])
   official = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
   images = jnp.asarray(arrays["input/imgs"].transpose(0, 2, 3, 1))  # NCHW -> NHWC
@@ -63,7 +63,7 @@ def test_convert_official_checks_fixed_pos_embed_and_skips_decoder_embed(golden)
 
 def _tiny_config():
   c = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict(dict(patch_size=4, dim=16, depth=1, num_heads=2, decoder_depth=1))
+  c.model = ml_collections.ConfigDict(dict(patch_size=4, width=16, depth=1, num_heads=2, decoder_depth=1))
   c.task = ml_collections.ConfigDict(dict(mask_ratio=0.75))
   c.evaluator = ml_collections.ConfigDict()
   return c
@@ -116,7 +116,7 @@ def test_runlocal_config_trains_through_the_trainer_on_8_devices(tmp_path):
   from effjax import config as cfg, train
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   c = cfg.load_config_file(os.path.join(repo, "configs/crate_mae.py:runlocal"))
-  c.model.update(dict(patch_size=7, dim=16, depth=1, num_heads=2, decoder_depth=1))
+  c.model.update(dict(patch_size=7, width=16, depth=1, num_heads=2, decoder_depth=1))
   c.batch_size, c.eval_batch_size, c.data.eval_examples = 32, 32, 64
   c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 3, 1, -1, 3
   c.optimizer.warmup_steps, c.progress_bar = 1, False

@@ -8,7 +8,7 @@ import pytest
 
 from effjax.models import dformer
 
-SMALL = dict(embed_dim=4, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2))  # the golden file's constructor
+SMALL = dict(width=4, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2))  # the golden file's constructor
 
 
 def _official_params(arrays, case=None):
@@ -18,7 +18,7 @@ def _official_params(arrays, case=None):
 
 def test_golden_full_network(golden):
   arrays, meta = golden("dformer_small")
-  assert meta["ctor"]["DFormer3D_as_built"]["embed_dim"] == SMALL["embed_dim"]
+  assert meta["ctor"]["DFormer3D_as_built"]["embed_dim"] == SMALL["width"]
   params = dformer.convert_official(_official_params(arrays))
   model = dformer.Model(**SMALL)
   x = jnp.asarray(arrays["input/x"]).transpose(0, 2, 3, 4, 1)  # NCDHW -> NDHWC

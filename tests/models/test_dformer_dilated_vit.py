@@ -12,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_image_classifier_shapes_and_shared_blocks():
-  model = dilated_vit.Model(10, patch_size=(2, 2), embed_dim=16, depths=(2, 2), num_heads=(2, 4), group_size=(7, 7))
+  model = dilated_vit.Model(10, patch_size=(2, 2), width=16, depths=(2, 2), num_heads=(2, 4), group_size=(7, 7))
   x = jnp.zeros((2, 28, 28, 1))
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
   assert jax.eval_shape(model.apply, variables, x).shape == (2, 10)
@@ -28,7 +28,7 @@ def test_image_classifier_shapes_and_shared_blocks():
     (jnp.zeros((2, 64), jnp.int32), dict(patch_size=(1,), group_size=(8,), intervals=(1,), vocab_size=20)),
 ])
 def test_sequence_model_shapes(inputs, kwargs):
-  model = dilated_vit.Model(4, embed_dim=16, depths=(2,), num_heads=(2,), **kwargs)
+  model = dilated_vit.Model(4, width=16, depths=(2,), num_heads=(2,), **kwargs)
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), inputs)
   assert jax.eval_shape(model.apply, variables, inputs).shape == (2, 4)
 
@@ -48,7 +48,7 @@ def test_bad_inputs_are_clear_errors():
 def test_sequence_model_reaches_the_whole_sequence_after_one_block_pair(depth, reach):
   """Stage-0 output token 0 sees its window of 8 (+1 through the 3-tap position conv) after one local block,
   and all 32 tokens after local + dilated."""
-  model = dilated_vit.Model(2, patch_size=(1,), embed_dim=8, depths=(depth,), num_heads=(2,), group_size=(8,),
+  model = dilated_vit.Model(2, patch_size=(1,), width=8, depths=(depth,), num_heads=(2,), group_size=(8,),
                             intervals=(1,))
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 32, 3))
   variables = model.init(jax.random.PRNGKey(1), x)

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from effjax.kernels import attention_patterns
 from effjax.layers import fit_grouping, fit_layers
 from effjax.models import fit
 
@@ -17,8 +18,9 @@ def _official(arrays, name):
 
 def _fit_from_meta(meta, name, **kw):
   c = meta["ctor"][name]
-  return fit.FIT(c["layers"], c["num_groups"], c["latents_per_group"], c["x_dim"], c["latent_dim"],
-                 c["x_num_heads"], c["latent_num_heads"], c["mlp_ratio"], mask=c["mask"], **kw)
+  return fit.FIT(layers=c["layers"], num_groups=c["num_groups"], latents_per_group=c["latents_per_group"],
+                 width=c["x_dim"], latent_width=c["latent_dim"], num_heads=c["x_num_heads"],
+                 latent_num_heads=c["latent_num_heads"], mlp_ratio=c["mlp_ratio"], mask=c["mask"], **kw)
 
 
 @pytest.mark.parametrize("spec,expected", [
@@ -40,7 +42,7 @@ def test_parse_layers_errors(spec, message):
 def test_golden_encoder(golden, name):
   arrays, meta = golden("fit_small")
   official = _official(arrays, name)
-  params = fit.convert_official(official)
+  params = fit.convert_official(official)["encoder"]
   model = _fit_from_meta(meta, name)
   (x, latents), state = model.apply({"params": params}, jnp.asarray(arrays["input/fit/x"]),
                                     mutable=["intermediates"])
@@ -56,13 +58,13 @@ def test_golden_encoder(golden, name):
     for key in ["x_network0", "l2x_cross_attn0", "l_network0", "x2l_cross_attn0", "x_network1"]:
       np.testing.assert_allclose(inter["out_" + key][0], arrays[f"output/fit/{key}"], **TOL, err_msg=key)
   else:
-    mask = np.asarray(fit_layers.chunk_causal_mask(4, 2), np.float32)
+    mask = np.asarray(attention_patterns.chunk_causal(2).mask(8, 8), np.float32)
     np.testing.assert_array_equal(mask, arrays["output/fit_causal/attention_mask"][0, 0])
 
 
 def test_golden_encoder_with_y(golden):
   arrays, meta = golden("fit_small")
-  params = fit.convert_official(_official(arrays, "fit"))
+  params = fit.convert_official(_official(arrays, "fit"))["encoder"]
   x, latents = _fit_from_meta(meta, "fit").apply(
       {"params": params}, jnp.asarray(arrays["input/fit/x"]), jnp.asarray(arrays["input/fit/y"]))
   np.testing.assert_allclose(x, arrays["output/fit/with_y/x"], **TOL)
@@ -75,14 +77,25 @@ def test_convert_official_rejects_foreign_prefix():
 
 
 def test_wrong_group_count_is_a_clear_error():
-  model = fit.FIT("(1)1(1)", 4, 2, 16, 16, 2, 2)
+  model = fit.FIT(layers="(1)1(1)", num_groups=4, latents_per_group=2, width=16, latent_width=16, num_heads=2,
+                  latent_num_heads=2)
   with pytest.raises(ValueError, match="num_groups=4"):
     model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 4, 5)))
 
 
+def _subimages_to_tokens(images, sub_image_size, patch_size):
+  """The official pix2seq `images2subimages2tokens` layout, written directly: [B, H, W, C] ->
+  [B, (H/S)·(W/S), (S/p)², p·p·C], sub-images row-major, patches row-major inside, pixels (p p c)."""
+  b, h, w, c = images.shape
+  s, p = sub_image_size, patch_size
+  x = images.reshape(b, h // s, s // p, p, w // s, s // p, p, c)  # b, si, pi, y, sj, pj, x, c
+  x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)                            # b, si, sj, pi, pj, y, x, c
+  return x.reshape(b, (h // s) * (w // s), (s // p) ** 2, p * p * c)
+
+
 def test_subimages_equal_patch_windows_and_groupings_invert():
   images = jax.random.uniform(jax.random.PRNGKey(0), (2, 24, 16, 3))
-  subs = fit_grouping.subimages_to_tokens(images, sub_image_size=8, patch_size=4)
+  subs = _subimages_to_tokens(images, sub_image_size=8, patch_size=4)
   windows = fit_grouping.images_to_groups(images, patch_size=4, group_size=2, grouping="window")
   assert subs.shape == (2, 6, 4, 48)
   np.testing.assert_array_equal(subs, windows)
@@ -106,8 +119,8 @@ def test_classifier_remat_policies_match_and_unknown_policy_fails():
   labels = jnp.array([1, 3])
   outs = {}
   for remat in ("none", "full", "dots"):
-    model = fit.Model(num_classes=5, layers="(1)1(1)", patch_size=4, group_size=2, latents_per_group=2, x_dim=16,
-                      latent_dim=24, x_num_heads=2, latent_num_heads=2, mlp_ratio=2, grouping="strided", remat=remat)
+    model = fit.Model(num_classes=5, layers="(1)1(1)", patch_size=4, group_size=2, latents_per_group=2, width=16,
+                      latent_width=24, num_heads=2, latent_num_heads=2, mlp_ratio=2, grouping="strided", remat=remat)
     params = jax.jit(model.init)(jax.random.PRNGKey(1), images)["params"]
     params = jax.tree.map(lambda p: p + 0.01, params)  # the head starts at zero
 

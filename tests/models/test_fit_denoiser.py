@@ -15,8 +15,9 @@ def _setup(golden):
   prefix = "param/fit_denoiser/"
   official = {"fit_denoiser/" + k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
   model = fit_denoiser.FITDenoiser(
-      c["layers"], c["latents_per_group"], c["x_dim"], c["latent_dim"], c["x_num_heads"],
-      c["latent_num_heads"], c["out_dim"], c["mlp_ratio"], mask=c["mask"], self_cond=c["self_cond"],
+      layers=c["layers"], latents_per_group=c["latents_per_group"], width=c["x_dim"], latent_width=c["latent_dim"],
+      num_heads=c["x_num_heads"], latent_num_heads=c["latent_num_heads"], out_dim=c["out_dim"],
+      mlp_ratio=c["mlp_ratio"], mask=c["mask"], self_cond=c["self_cond"],
       x_self_attention=c["x_self_attention"], xattn_with_mlp=c["xattn_with_mlp"], xattn_enc_ln=c["xattn_enc_ln"])
   inputs = {k: jnp.asarray(arrays[f"input/fit_denoiser/{k}"]) for k in ("x", "time", "cond", "latents_prev")}
   return arrays, model, fit_denoiser.convert_official(official), inputs

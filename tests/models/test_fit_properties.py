@@ -44,7 +44,7 @@ def _randomize(params, seed=1):
 
 
 def test_one_group_no_global_layers_is_a_plain_transformer():
-  model = fit.FIT("(3)", num_groups=1, latents_per_group=2, x_dim=32, latent_dim=24, x_num_heads=4,
+  model = fit.FIT("(3)", num_groups=1, latents_per_group=2, width=32, latent_width=24, num_heads=4,
                   latent_num_heads=2, mlp_ratio=2)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 1, 10, 6))
   params = _randomize(jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"])
@@ -57,7 +57,7 @@ def test_one_group_no_global_layers_is_a_plain_transformer():
 
 
 def test_no_gradient_between_groups_before_the_first_global_layer():
-  model = fit.FIT("(2)1(1)", num_groups=3, latents_per_group=2, x_dim=16, latent_dim=16, x_num_heads=2,
+  model = fit.FIT("(2)1(1)", num_groups=3, latents_per_group=2, width=16, latent_width=16, num_heads=2,
                   latent_num_heads=2, mlp_ratio=2)
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 4, 5))
   params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
@@ -80,7 +80,7 @@ def test_no_gradient_between_groups_before_the_first_global_layer():
 
 
 def test_causal_encoder_latents_ignore_later_groups():
-  model = fit.FIT("(1)1(1)", num_groups=4, latents_per_group=2, x_dim=16, latent_dim=16, x_num_heads=2,
+  model = fit.FIT("(1)1(1)", num_groups=4, latents_per_group=2, width=16, latent_width=16, num_heads=2,
                   latent_num_heads=2, mlp_ratio=2, mask="causal")
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 4, 3, 5))
   params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
@@ -92,7 +92,7 @@ def test_causal_encoder_latents_ignore_later_groups():
 
 def test_ar_decoder_is_causal_across_and_within_groups():
   model = fit_ar.Model(vocab_size=11, seq_len=24, layers="(1)1(1)1(1)", group_size=4, latents_per_group=2,
-                       x_dim=16, latent_dim=16, x_num_heads=2, latent_num_heads=2, mlp_ratio=2)
+                       width=16, latent_width=16, num_heads=2, latent_num_heads=2, mlp_ratio=2)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 24), 0, 11)
   params = _randomize(jax.jit(model.init)(jax.random.PRNGKey(1), tokens)["params"])
   apply = jax.jit(model.apply)
@@ -113,7 +113,7 @@ def test_group_chunking_and_chunked_attention_are_exact():
   probe = jax.random.normal(jax.random.PRNGKey(2), (4, 6, 16))
   grads = {}
   for chunks, max_logits in ((0, 0), (2, 0), (1, 20)):
-    model = fit.FIT("(1)1(1)", num_groups=4, latents_per_group=3, x_dim=16, latent_dim=16, x_num_heads=2,
+    model = fit.FIT("(1)1(1)", num_groups=4, latents_per_group=3, width=16, latent_width=16, num_heads=2,
                     latent_num_heads=2, mlp_ratio=2, mask="causal", chunk_groups=chunks,
                     max_attention_logits=max_logits)
     params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]  # same tree with and without chunks

@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+import trainer_utils
 
 from effjax import config as cfg, metrics, train
 
@@ -16,13 +17,7 @@ def _load(spec, **overrides):
   c.log_every_steps = 1
   c.eval_every_steps = -1
   c.checkpoint_every_steps = 1000
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return trainer_utils.set_keys(c, overrides)
 
 
 def _losses(workdir):

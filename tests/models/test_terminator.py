@@ -160,7 +160,7 @@ def test_convert_official_roundtrip():
   state_dict = dict(_official_name(k, np.asarray(v)) for k, v in flat.items())
   assert "blocks.0.fast_multi_branch.slow_net_g.Kernel.filters.1.linear.weight" in state_dict
   state_dict["blocks.0.fast_multi_branch.slow_net_g.train_length"] = np.zeros(1)
-  converted = traverse_util.flatten_dict(terminator.convert_official(state_dict, num_blocks=3), sep="/")
+  converted = traverse_util.flatten_dict(terminator.convert_official(state_dict), sep="/")
   assert converted.keys() == flat.keys()
   for k in flat:
     np.testing.assert_array_equal(converted[k], flat[k])

@@ -56,7 +56,8 @@ def test_mixup_loss_equals_weighted_cross_entropy_with_label_smoothing():
   lam = aux["metrics"]["mix_lambda"]
   mixed = lam * batch["image"] + (1 - lam) * batch["image"][::-1]
   logits = model.apply(None, mixed)
-  expected = jnp.mean(lam * _ce(logits, batch["label"], smoothing) + (1 - lam) * _ce(logits, batch["label"][::-1], smoothing))
+  expected = jnp.mean(lam * _ce(logits, batch["label"], smoothing)
+                      + (1 - lam) * _ce(logits, batch["label"][::-1], smoothing))
   assert 0.0 < float(lam) < 1.0
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   again, _ = task.loss(model, {"params": {}}, batch, rng, train=True)  # deterministic for a given step rng

@@ -26,8 +26,8 @@ def test_pytext_source_is_deterministic_and_split():
 
 
 def _model():
-  return fit_ar.Model(vocab_size=256, seq_len=16, layers="(1)1(1)", group_size=4, latents_per_group=2, x_dim=16,
-                      latent_dim=16, x_num_heads=2, latent_num_heads=2, mlp_ratio=2)
+  return fit_ar.Model(vocab_size=256, seq_len=16, layers="(1)1(1)", group_size=4, latents_per_group=2, width=16,
+                      latent_width=16, num_heads=2, latent_num_heads=2, mlp_ratio=2)
 
 
 def test_loss_metrics_and_generation():

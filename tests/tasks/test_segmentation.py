@@ -82,7 +82,7 @@ def test_dice_evaluator_per_class_values_and_png(tmp_path):
   pred = np.asarray(labels).copy()
   pred[0, 1, 2, 2:6] = 0  # volume 0: class 1 loses 4 of its 32 voxels
   logits = jax.nn.one_hot(jnp.asarray(pred), 3)
-  task = types.SimpleNamespace(predict=lambda model, variables, batch: logits)
+  task = types.SimpleNamespace(predict=lambda model, variables, batch: logits, padding_key="mask")
   evaluator = dice_eval.Evaluator(_config(), task, model=None)
   batch = {"image": jnp.zeros((2, 4, 8, 8, 1)), "label": labels, "mask": jnp.array([1.0, 1.0])}
   out = evaluator.run({}, [batch], step=7, workdir=str(tmp_path))
@@ -133,7 +133,7 @@ def test_dformer_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
   from effjax import train
   assert jax.device_count() == 8
   c = cfg.load_config_file(os.path.join(REPO, "configs/dformer.py:runlocal"))
-  c.model.update(dict(embed_dim=8, depths=(2, 2), num_heads=(1, 1), intervals=(8, 4)))  # 2 stages: 1 head
+  c.model.update(dict(width=8, depths=(2, 2), num_heads=(1, 1), intervals=(8, 4)))  # 2 stages: 1 head
   c.task.deep_supervision_weights = (1.0,)
   c.data.source = "ellipsoids:depth=8;height=32;width=32;train=16;test=8"
   c.total_steps = 4

@@ -12,7 +12,7 @@ Examples: {"image": float32 [D, H, W, 1], "label": int32 [D, H, W]}; info num_cl
 """
 import numpy as np
 
-from effjax.config import parse_arg
+from effjax.config import parse_nested_arg
 
 SPLIT_SEEDS = {"train": 1, "test": 2}
 
@@ -62,7 +62,7 @@ class EllipsoidSource:
 
 
 def make(split: str, arg: str | None = None):
-  opts = parse_arg((arg or "").replace(";", ","), depth=16, height=32, width=32, classes=3, objects=3,
+  opts = parse_nested_arg(arg, depth=16, height=32, width=32, classes=3, objects=3,
                    noise=0.1, train=64, test=16)
   if split not in SPLIT_SEEDS:
     raise ValueError(f"data source 'ellipsoids' has no split {split!r}; available: {', '.join(SPLIT_SEEDS)}")

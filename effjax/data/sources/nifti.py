@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from effjax.config import parse_arg
+from effjax.config import parse_nested_arg
 
 NORMS = ("ct", "zscore", "none")
 SUFFIXES = (".nii.gz", ".nii")
@@ -90,7 +90,7 @@ class NiftiSource:
 
 
 def make(split: str, arg: str | None = None):
-  opts = parse_arg((arg or "").replace(";", ","), root="", crop="64x128x128", norm="ct", classes=0,
+  opts = parse_nested_arg(arg, root="", crop="64x128x128", norm="ct", classes=0,
                    test_fraction=0.2)
   if split not in ("train", "test"):
     raise ValueError(f"data source 'nifti' has no split {split!r}; available: train, test")

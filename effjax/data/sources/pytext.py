@@ -12,7 +12,7 @@ import sysconfig
 
 import numpy as np
 
-from effjax.config import parse_arg
+from effjax.config import parse_nested_arg
 
 TEST_FRACTION = 0.05
 
@@ -49,7 +49,7 @@ class TextSource:
 
 
 def make(split: str, arg: str | None = None):
-  a = parse_arg(arg, seq_len=256, stride=256, max_bytes=4_000_000)
+  a = parse_nested_arg(arg, seq_len=256, stride=256, max_bytes=4_000_000)
   if a.seq_len < 1 or a.stride < 1:
     raise ValueError(f"pytext: seq_len and stride must be positive, got {a.seq_len}, {a.stride}")
   data = corpus_bytes(a.max_bytes)

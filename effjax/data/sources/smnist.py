@@ -9,7 +9,8 @@ Examples: {"image": uint8 [H·W, C] in row-major pixel order (permuted if asked)
 """
 import numpy as np
 
-from effjax.config import parse_arg
+from effjax.config import parse_nested_arg
+
 
 def permutation(seed: int, length: int = 784) -> np.ndarray:
   """The fixed pMNIST permutation for `seed`."""
@@ -37,7 +38,7 @@ class SequenceSource:
 
 
 def make(split: str, arg: str | None = None):
-  opts = parse_arg((arg or "").replace(";", ","), permuted=False, seed=0, base="mnist5k")
+  opts = parse_nested_arg(arg, permuted=False, seed=0, base="mnist5k")
   if opts.base == "mnist5k":
     from effjax.data.sources import mnist5k
     base = mnist5k.make(split)

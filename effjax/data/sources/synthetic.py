@@ -7,12 +7,12 @@ Examples: {"image": uint8 [size, size, channels], "label": int32}.
 """
 import numpy as np
 
-from effjax.config import parse_arg
+from effjax.config import parse_nested_arg
 from effjax.data.sources import _arrays
 
 
 def make(split: str, arg: str | None = None):
-  opts = parse_arg((arg or "").replace(";", ","), size=32, channels=3, num_classes=10, examples=2048, noise=0.5)
+  opts = parse_nested_arg(arg, size=32, channels=3, num_classes=10, examples=2048, noise=0.5)
   if split not in ("train", "test"):
     raise ValueError(f"data source 'synthetic' has no split {split!r}; available: train, test")
   templates = np.random.default_rng(0).uniform(0, 1, (opts.num_classes, opts.size, opts.size, opts.channels))

@@ -1,0 +1,62 @@
+"""InceptionNeXt (timm inception_next_*).
+
+  python -m effjax.main --config configs/inception_next.py:runlocal --workdir runs/inception_next
+  python -m effjax.main --config configs/inception_next.py:variant=tiny,dataset=tfds:imagenet2012 --workdir runs/inx_t
+
+Arguments: variant (atto, tiny, small, base), dataset, num_classes, runlocal (two stages of a narrow InceptionNeXt
+on the embedded MNIST subset resized to 32×32: 8×8 then 4×4 maps).
+"""
+import ml_collections
+
+from effjax import config as cfg
+from effjax.models import inception_next
+
+
+def get_config(arg=None):
+  arg = cfg.parse_arg(arg, variant="tiny", dataset="tfds:imagenet2012", num_classes=1000, runlocal=False)
+  if arg.variant not in inception_next.VARIANTS:
+    raise cfg.ConfigError(f"unknown InceptionNeXt variant {arg.variant!r}; expected one of "
+                          f"{list(inception_next.VARIANTS)}")
+  c = cfg.base_config()
+  c.model_name = "inception_next"
+  c.model = ml_collections.ConfigDict(dict(
+      num_classes=arg.num_classes, variant=arg.variant, mlp_ratios=(4, 4, 4, 3),
+      ls_init_value=1e-6, drop_path_rate=0.1))
+  c.task_name = "classification"
+  c.task = ml_collections.ConfigDict(dict(label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0))
+  c.evaluators = ("classification",)
+  c.data.source = arg.dataset
+  c.data.train_split, c.data.eval_split = "train", "validation"
+  c.data.augment = ("random_crop(pad=16)", "flip")
+  c.data.preprocess = ("normalize(mean=0.5,std=0.5)",)
+  c.batch_size = 4096
+  c.total_epochs = 300.0
+  c.optimizer.name = "adamw"
+  c.optimizer.lr = 4e-3
+  c.optimizer.weight_decay = 0.05
+  c.optimizer.warmup_epochs = 20.0
+  c.log_every_steps = 100
+  c.eval_every_steps = 5000
+  c.checkpoint_every_steps = 2000
+
+  if arg.runlocal:
+    c.model = ml_collections.ConfigDict(dict(
+        num_classes=10, depths=(2, 2), dims=(32, 64), mlp_ratios=(4, 4), band_kernel_size=7, branch_ratio=0.125,
+        ls_init_value=1e-6, drop_path_rate=0.0))
+    c.task = ml_collections.ConfigDict(dict(label_smoothing=0.0))
+    c.data.source = "mnist5k"
+    c.data.train_split, c.data.eval_split = "train", "test"
+    c.data.augment = ("random_crop(pad=2)",)
+    c.data.preprocess = ("resize(size=32)", "normalize(mean=0.1307,std=0.3081)")
+    c.batch_size = 128
+    c.eval_batch_size = 200
+    c.total_epochs = -1.0
+    c.total_steps = 1000
+    c.optimizer.lr = 2e-3
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.warmup_epochs = 0.0
+    c.optimizer.warmup_steps = 100
+    c.log_every_steps = 50
+    c.eval_every_steps = 500
+    c.checkpoint_every_steps = 500
+  return c

@@ -1,0 +1,353 @@
+"""One command that validates and times every Pallas kernel on the machine it runs on.
+
+    python -m effjax.kernels.check --out DIR [--update_record] [--budget_s 420]
+
+On a GPU or TPU it compiles every kernel for real (no interpret mode) and
+  1. compares values and gradients with the XLA references on several shapes (ragged lengths, bf16, f32);
+  2. times forward and forward+backward against the XLA path (and, for attention, against
+     `jax.nn.dot_product_attention`, cuDNN on GPU), including full attention and a 1/8-density sliding
+     window at L = 4096;
+  3. runs one training step (loss, gradients, SGD update) of each family (CRATE, D-Former, FIT-AR,
+     Terminator) with impl="xla" and impl="pallas" and compares losses, updated parameters and step times;
+and writes DIR/check.json (everything), DIR/check.md (the tables) and DIR/validated.json: one validation
+entry per kernel {kernel, platform, device_kind, jax, passed, speedup (min XLA / Pallas fwd+bwd time over the
+timed cases), checked} that `dispatch` reads. `--update_record` merges those entries into the committed
+record `effjax/kernels/validated.json`, which is what makes `impl="auto"` pick a kernel there.
+Sizes are bounded for one H200 within 8 minutes; `--budget_s` skips (and reports) whatever would start later.
+
+On CPU it runs the same code in interpret mode at tiny shapes: a smoke test (tests/kernels/test_check.py);
+its timings mean nothing and it never writes the committed record.
+"""
+import argparse
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from effjax.kernels import attention_patterns as ap, dcls, dispatch, hyperzzw
+from effjax.kernels.attention import attention, attention_reference
+from effjax.kernels.depthwise_conv import depthwise_conv, depthwise_conv_reference
+from effjax.kernels.subspace_attention import subspace_attention, subspace_attention_reference
+
+TOL = {"float32": 2e-3, "bfloat16": 3e-2}   # relative L2 error of values and of each gradient (TF32 / bf16 MXU)
+CPU_TOL = {"float32": 1e-4, "bfloat16": 3e-2}
+
+
+def rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _rand(seed, shape, dtype=jnp.float32):
+  return jnp.asarray(np.random.default_rng(seed).normal(size=shape), dtype)
+
+
+def _loss(f, cot_seed=99):
+  """sum(f(*args) · w) for a fixed random cotangent w of f's output shape."""
+  def loss(*args):
+    out = f(*args).astype(jnp.float32)
+    return jnp.sum(out * _rand(cot_seed, out.shape))
+  return loss
+
+
+def _value_and_grads(f, args):
+  loss = _loss(f)
+  return jax.jit(lambda *a: (f(*a), jax.grad(loss, tuple(range(len(a))))(*a)))(*args)
+
+
+# ---------------------------------------------------------------------------------------------- cases
+# A case: (kernel, name, args, pallas fn, reference fn); functions take the (differentiable) args.
+
+def _attention_cases(big, dtype):
+  b, h, d, n = (2, 4, 64, 1000) if big else (1, 2, 8, 40)
+  q, k, v = (_rand(s, (b, n, h, d), dtype) for s in range(3))
+  km = jnp.asarray(np.random.default_rng(3).random((b, n)) > 0.1)
+  grid = (20, 50) if big else (5, 8)
+  window = max(n // 8, 1)
+  patterns = [("full+keymask", ap.full(), km), ("causal", ap.causal(), None),
+              (f"local({window})", ap.local(window), km), ("dilated(4)", ap.dilated(4), None),
+              (f"grid_local{grid}", ap.grid_local(grid, (4, 4)), km)]
+  return [("attention", f"{name} L={n} {dtype.__name__}", (q, k, v),
+           lambda q, k, v, p=p, m=m: attention(q, k, v, pattern=p, key_mask=m, impl="pallas"),
+           lambda q, k, v, p=p, m=m: attention_reference(q, k, v, pattern=p, key_mask=m))
+          for name, p, m in patterns]
+
+
+def correctness_cases(big, dtypes=("float32", "bfloat16")):
+  cases = []
+  for dtype in (getattr(jnp, d) for d in dtypes):
+    cases += _attention_cases(big, dtype)
+    w = _rand(4, (4, 197, 4, 64) if big else (1, 20, 2, 8), dtype)
+    cases.append(("subspace_attention", f"L={w.shape[1]} {dtype.__name__}", (w,),
+                  lambda w: subspace_attention(w, impl="pallas"), subspace_attention_reference))
+    for xs, ks, dil in ([((2, 64, 64, 128), (7, 7), 2), ((1, 8, 16, 16, 128), (3, 3, 3), 1)] if big else
+                        [((1, 8, 8, 4), (3, 3), 2), ((1, 4, 4, 4, 4), (3, 3, 3), 1)]):
+      x, kern = _rand(5, xs, dtype), _rand(6, ks + xs[-1:], dtype)
+      cases.append(("depthwise_conv", f"x{xs} k{ks} d{dil} {dtype.__name__}", (x, kern),
+                    lambda x, k, dil=dil: depthwise_conv(x, k, dilation=dil, impl="pallas"),
+                    lambda x, k, dil=dil: depthwise_conv_reference(x, k, dilation=dil)))
+    z = _rand(7, (4, 32, 32, 64) if big else (1, 8, 8, 4), dtype)
+    vs = _rand(8, z.shape[:-1] + (3 * z.shape[-1],), dtype)
+    cases.append(("hyperzzw_global", f"z{z.shape} 3 maps {dtype.__name__}", (z[0], z, vs),
+                  lambda w, z, v: hyperzzw.hyperzzw_global(w, z, v, impl="pallas")[0],
+                  lambda w, z, v: hyperzzw.hyperzzw_global(w, z, v, impl="xla")[0]))
+  o, i, kc, dks = (64, 64, 26, (17, 17)) if big else (2, 2, 3, (5, 5))
+  for version in ("v1", "gauss"):
+    args = (_rand(9, (o, i, kc)), _rand(10, (2, o, i, kc)) * 2, _rand(11, (2, o, i, kc)))
+    cases.append(("dcls", f"{version} O={o} I={i} KC={kc} dks={dks}", args,  # f32 parameters
+                  lambda *a, v=version: dcls.construct_kernel(*a, dks, v, impl="pallas"),
+                  lambda *a, v=version: dcls.construct_kernel_reference(*a, dks, v)))
+  return cases
+
+
+def timing_cases(big):
+  """(kernel, name, args, {impl name: fn}); speedups are XLA / Pallas."""
+  n, b, h, d = (4096, 2, 8, 64) if big else (64, 1, 2, 8)
+  q, k, v = (_rand(s, (b, n, h, d), jnp.bfloat16) for s in range(3))
+  cudnn = lambda q, k, v, causal=False: jax.nn.dot_product_attention(
+      q, k, v, is_causal=causal, implementation="cudnn" if dispatch.platform() == "gpu" else None)
+  cases = []
+  for name, p in [("full", ap.full()), ("causal", ap.causal()), ("local 1/8", ap.local(n // 16, n // 16 - 1))]:
+    impls = {"pallas": lambda q, k, v, p=p: attention(q, k, v, pattern=p, impl="pallas"),
+             "xla": lambda q, k, v, p=p: attention(q, k, v, pattern=p, impl="xla")}
+    if p.kind in ("full", "causal"):
+      impls["jax.nn.dot_product_attention"] = lambda q, k, v, c=p.kind == "causal": cudnn(q, k, v, c)
+    if p.kind == "local":
+      impls["pallas full"] = lambda q, k, v: attention(q, k, v, impl="pallas")
+    cases.append(("attention", f"{name} L={n} B={b} H={h} D={d} bf16", (q, k, v), impls))
+  w = _rand(4, (8, 1024, 8, 64) if big else (1, 32, 2, 8), jnp.bfloat16)
+  cases.append(("subspace_attention", f"L={w.shape[1]} bf16", (w,),
+                {i: lambda w, i=i: subspace_attention(w, impl=i) for i in ("pallas", "xla")}))
+  x = _rand(5, (8, 64, 64, 128) if big else (1, 8, 8, 4), jnp.bfloat16)
+  kern = _rand(6, (13, 13, x.shape[-1]) if big else (3, 3, x.shape[-1]), jnp.bfloat16)
+  cases.append(("depthwise_conv", f"x{x.shape} k{kern.shape[:2]} bf16", (x, kern),
+                {i: lambda x, k, i=i: depthwise_conv(x, k, impl=i) for i in ("pallas", "xla")}))
+  z = _rand(7, (32, 32, 32, 64) if big else (1, 8, 8, 4), jnp.bfloat16)
+  vs = _rand(8, z.shape[:-1] + (3 * z.shape[-1],), jnp.bfloat16)
+  cases.append(("hyperzzw_global", f"z{z.shape} 3 maps bf16", (z[0], z, vs),
+                {i: lambda w, z, v, i=i: hyperzzw.hyperzzw_global(w, z, v, impl=i)[0] for i in ("pallas", "xla")}))
+  o, i_, kc, dks = (128, 128, 26, (17, 17)) if big else (2, 2, 3, (5, 5))
+  args = (_rand(9, (o, i_, kc)), _rand(10, (2, o, i_, kc)), _rand(11, (2, o, i_, kc)))
+  cases.append(("dcls", f"gauss O={o} I={i_} KC={kc} dks={dks}", args,
+                {i: lambda *a, i=i: dcls.construct_kernel(*a, dks, "gauss", impl=i) for i in ("pallas", "xla")}))
+  return cases
+
+
+def family_steps(big):
+  """(family, model maker impl -> flax module, inputs, labels shape) for one training step each."""
+  from effjax.models import crate, dformer, fit_ar, terminator
+  r = np.random.default_rng(12)
+  img = lambda *s: jnp.asarray(r.normal(size=s), jnp.float32)
+  if big:
+    return [
+        ("crate", lambda i: crate.Model(num_classes=10, patch_size=4, width=384, depth=6, num_heads=6, impl=i),
+         img(32, 64, 64, 3)),
+        ("dformer", lambda i: dformer.Model(width=48, impl=i), img(2, 32, 96, 96, 1)),
+        ("fit_ar", lambda i: fit_ar.Model(vocab_size=256, seq_len=2048, group_size=64, impl=i),
+         jnp.asarray(r.integers(0, 256, (8, 2048)))),
+        ("terminator", lambda i: terminator.Model(num_classes=10, branch=dict(impl=i)), img(16, 32, 32, 3)),
+    ]
+  tiny_branch = dict(global_hidden=4, local_hidden=4, channel_hidden=4, interact_channel_hidden=4,
+                     interact_spatial_hidden=4, omega_0=30.0, local_sizes=(3, 3, 3, 3))
+  return [
+      ("crate", lambda i: crate.Model(num_classes=3, patch_size=4, width=8, depth=1, num_heads=2, impl=i),
+       img(1, 8, 8, 1)),
+      ("dformer", lambda i: dformer.Model(num_classes=2, width=4, depths=(2, 2), num_heads=(1, 1), group_size=(2, 2, 2),
+                                          intervals=(2, 1), impl=i), img(1, 4, 16, 16, 1)),
+      ("fit_ar", lambda i: fit_ar.Model(layers="(1)1(1)", latents_per_group=2, width=8, latent_width=8, num_heads=2,
+                                        latent_num_heads=2, mlp_ratio=1, vocab_size=7, seq_len=8, group_size=4,
+                                        impl=i), jnp.asarray(r.integers(0, 7, (1, 8)))),
+      ("terminator", lambda i: terminator.Model(num_classes=3, expansions=(2,), skips=((),), global_layers=(1,),
+                                                dropout=(0.0,), norm_groups=2, branch=dict(tiny_branch, impl=i)),
+       img(2, 8, 8, 3)),
+  ]
+
+
+# ---------------------------------------------------------------------------------------------- runners
+
+def _timed(fn, args, repeats):
+  jax.block_until_ready(fn(*args))
+  start = time.perf_counter()
+  for _ in range(repeats):
+    out = fn(*args)
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / repeats * 1e3
+
+
+def _error(e):
+  return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+
+
+def check_correctness(case, tol):
+  kernel, name, args, pallas, ref = case
+  row = dict(kernel=kernel, case=name)
+  try:
+    (out, grads), (out_r, grads_r) = _value_and_grads(pallas, args), _value_and_grads(ref, args)
+    row["value_err"] = rel(out, out_r)
+    row["grad_err"] = max(rel(g, gr) for g, gr in zip(grads, grads_r))
+    row["passed"] = max(row["value_err"], row["grad_err"]) <= tol[str(jnp.dtype(args[0].dtype))]
+  except Exception as e:  # a kernel that does not compile is a failed check, reported, not a crash
+    row.update(passed=False, error=_error(e))
+  return row
+
+
+def check_timing(case, repeats):
+  kernel, name, args, impls = case
+  row = dict(kernel=kernel, case=name, fwd_ms={}, fwd_bwd_ms={})
+  for impl, f in impls.items():
+    try:
+      row["fwd_ms"][impl] = _timed(jax.jit(f), args, repeats)
+      row["fwd_bwd_ms"][impl] = _timed(jax.jit(jax.grad(_loss(f), tuple(range(len(args))))), args, repeats)
+    except Exception as e:
+      row.setdefault("errors", {})[impl] = _error(e)
+  t = row["fwd_bwd_ms"]
+  if "pallas" in t and "xla" in t:
+    row["speedup_vs_xla"] = t["xla"] / t["pallas"]
+  return row
+
+
+def _train_step(model, variables, x):
+  """One SGD step on sum of squared outputs; returns (loss, new params)."""
+  mutable = [c for c in variables if c != "params"]
+
+  def loss_fn(params):
+    out = model.apply({**variables, "params": params}, x, train=True, mutable=mutable,
+                      rngs={"dropout": jax.random.key(1)})
+    out = out[0] if mutable else out
+    return sum(jnp.mean(jnp.square(o.astype(jnp.float32))) for o in jax.tree.leaves(out))
+
+  loss, grads = jax.value_and_grad(loss_fn)(variables["params"])
+  updates, _ = optax.sgd(1e-3).update(grads, optax.sgd(1e-3).init(variables["params"]))
+  return loss, optax.apply_updates(variables["params"], updates)
+
+
+def check_family(family, make, x, repeats):
+  row = dict(family=family)
+  try:
+    variables = jax.jit(lambda: make("xla").init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x))()
+    results = {}
+    for impl in ("xla", "pallas"):
+      step = jax.jit(lambda v, x, m=make(impl): _train_step(m, v, x))
+      results[impl] = step(variables, x)
+      row[f"{impl}_step_ms"] = _timed(step, (variables, x), repeats)
+    (lx, px), (lp, pp) = results["xla"], results["pallas"]
+    row["loss_err"] = rel(lp, lx)
+    flat = lambda t: np.concatenate([np.ravel(np.asarray(a, np.float32)) for a in jax.tree.leaves(t)])
+    row["params_err"] = rel(flat(pp), flat(px))
+    row["pallas_vs_xla"] = row["xla_step_ms"] / row["pallas_step_ms"]
+  except Exception as e:
+    row["error"] = _error(e)
+  return row
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def _fmt(x, spec=".3g"):
+  return "—" if x is None else format(x, spec)
+
+
+def markdown(result):
+  lines = [f"# Kernel check: {result['platform']} ({result['device_kind']}), JAX {result['jax']}", "",
+           f"interpret mode: {result['interpret']}; wall time {result['wall_s']:.0f} s; "
+           f"skipped for the time budget: {result['skipped'] or 'nothing'}", "",
+           "## Values and gradients vs the XLA reference", "", "| kernel | case | value err | grad err | pass |",
+           "|---|---|---|---|---|"]
+  for r in result["correctness"]:
+    lines.append(f"| {r['kernel']} | {r['case']} | {_fmt(r.get('value_err'))} | {_fmt(r.get('grad_err'))} | "
+                 f"{'yes' if r['passed'] else 'NO ' + r.get('error', '')} |")
+  lines += ["", "## Time (ms): forward / forward+backward", "", "| kernel | case | impl | fwd | fwd+bwd |",
+            "|---|---|---|---|---|"]
+  for r in result["timing"]:
+    for impl in sorted(set(r["fwd_ms"]) | set(r.get("errors", {}))):
+      err = r.get("errors", {}).get(impl)
+      lines.append(f"| {r['kernel']} | {r['case']} | {impl} | {_fmt(r['fwd_ms'].get(impl))} | "
+                   f"{_fmt(r['fwd_bwd_ms'].get(impl)) if not err else 'error: ' + err} |")
+  lines += ["", "## One training step per family (impl xla vs pallas)", "",
+            "| family | xla ms | pallas ms | xla/pallas | loss rel err | params rel err |", "|---|---|---|---|---|---|"]
+  for r in result["families"]:
+    if "error" in r:
+      lines.append(f"| {r['family']} | error: {r['error']} | | | | |")
+    else:
+      lines.append(f"| {r['family']} | {r['xla_step_ms']:.3g} | {r['pallas_step_ms']:.3g} | {r['pallas_vs_xla']:.2f} | "
+                   f"{r['loss_err']:.2g} | {r['params_err']:.2g} |")
+  lines += ["", "## Validation record", "", "| kernel | passed | speedup (min XLA/Pallas fwd+bwd) |", "|---|---|---|"]
+  lines += [f"| {r['kernel']} | {r['passed']} | {r['speedup']:.2f} |" for r in result["record"]]
+  return "\n".join(lines) + "\n"
+
+
+def records(correctness, timing, checked):
+  out = []
+  for kernel in dispatch.OPS:
+    rows = [r for r in correctness if r["kernel"] == kernel]
+    speeds = [r.get("speedup_vs_xla", 0.0) for r in timing if r["kernel"] == kernel]
+    out.append(dict(kernel=kernel, platform=dispatch.platform(), device_kind=dispatch.device_kind(),
+                    jax=jax.__version__, passed=bool(rows) and all(r["passed"] for r in rows),
+                    speedup=min(speeds) if speeds else 0.0, checked=checked))
+  return out
+
+
+def update_record(new, path=dispatch.RECORD):
+  """Merges `new` entries into the committed record, replacing entries with the same key."""
+  keys = {dispatch.record_key(r) for r in new}
+  old = json.loads(path.read_text()) if path.exists() else []
+  merged = [r for r in old if dispatch.record_key(r) not in keys] + list(new)
+  path.write_text(json.dumps(sorted(merged, key=dispatch.record_key), indent=1) + "\n")
+
+
+def run(out_dir, *, budget_s=420.0, repeats=None, update=False, dtypes=("float32", "bfloat16"), families=None):
+  """Runs the whole check; returns the result dict (also written to out_dir).
+
+  dtypes: of the correctness cases; families: names of the training steps to run (default all).
+  """
+  start = time.time()
+  big = dispatch.platform() in dispatch.BACKENDS
+  if update and not big:
+    raise ValueError("--update_record needs a GPU or TPU: interpret-mode results validate nothing")
+  repeats = repeats or (10 if big else 1)
+  tol = TOL if big else CPU_TOL
+  skipped = []
+
+  def within_budget(what):
+    if time.time() - start < budget_s:
+      return True
+    skipped.append(what)
+    return False
+
+  correctness = [check_correctness(c, tol) for c in correctness_cases(big, tuple(dtypes))
+                 if within_budget(f"{c[0]} {c[1]}")]
+  timing = [check_timing(c, repeats) for c in timing_cases(big) if within_budget(f"time {c[0]} {c[1]}")]
+  families = [check_family(f, m, x, repeats) for f, m, x in family_steps(big)
+              if (families is None or f in families) and within_budget(f"step {f}")]
+  checked = time.strftime("%Y-%m-%d", time.gmtime())
+  result = dict(platform=dispatch.platform(), device_kind=dispatch.device_kind(), jax=jax.__version__,
+                interpret=not big, wall_s=time.time() - start, skipped=skipped, correctness=correctness,
+                timing=timing, families=families, record=records(correctness, timing, checked))
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "check.json").write_text(json.dumps(result, indent=1) + "\n")
+  (out / "check.md").write_text(markdown(result))
+  (out / "validated.json").write_text(json.dumps(result["record"], indent=1) + "\n")
+  if update:
+    update_record(result["record"])
+  return result
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", required=True, help="directory for check.json, check.md and validated.json")
+  parser.add_argument("--budget_s", type=float, default=420.0, help="start no new item after this many seconds")
+  parser.add_argument("--repeats", type=int, default=0, help="timed runs per measurement (default 10, CPU 1)")
+  parser.add_argument("--update_record", action="store_true", help="merge the entries into validated.json")
+  args = parser.parse_args(argv)
+  result = run(args.out, budget_s=args.budget_s, repeats=args.repeats or None, update=args.update_record)
+  print(markdown(result))
+  failed = [r for r in result["record"] if not r["passed"]]
+  return 1 if failed or any("error" in f for f in result["families"]) else 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -1,0 +1,166 @@
+"""ConvNeXt (Liu et al., 2022), optionally with DCLS depthwise convolutions (Khalfaoui-Hassani et al., 2023).
+
+Images [B, H, W, C] -> logits [B, num_classes]; as timm's `convnext_*`:
+
+  stem      = LayerNorm(Conv_{p×p, stride p}(x))                                   (p = patch_size = 4)
+  stage i   = [LayerNorm -> Conv_{2×2, stride 2}] (i > 0), then depths[i] blocks of width dims[i]
+  block(x)  = x + DropPath(γ ⊙ Linear(GELU(Linear(LayerNorm(DWConv_{k×k}(x))))))   (hidden 4·dim)
+  head      = Linear(LayerNorm(mean_{H,W} x))
+
+LayerNorms use ε = 1e-6 (timm), GELU is the exact (erf) one, γ is the layer scale (init `ls_init_value`).
+With `dcls=dict(kernel_count=K, dilated_kernel_size=D, version=...)` every depthwise k×k convolution becomes a
+DCLS convolution (`effjax.layers.dcls.DclsConv`, groups = dim): K learnable-position taps spread over a D×D
+kernel (the ConvNeXt-dcls models of the DCLS paper). Otherwise the depthwise convolution runs through
+`effjax.kernels.depthwise_conv`.
+
+Intermediates sown in "intermediates": `stem` and `stage{i}` (channels-last).
+`convert_official(state_dict)` maps a timm ConvNeXt state dict (`conv_mlp` True or False) to params.
+"""
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from effjax.kernels.depthwise_conv import depthwise_conv
+from effjax.layers.common import LN_EPS, DropPath, with_variants
+from effjax.layers.dcls import DclsConv
+from effjax.models.crate import OfficialStateDict
+
+_trunc02 = nn.initializers.truncated_normal(0.02)
+
+VARIANTS = {  # timm convnext_<name>
+    "atto": dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320)),
+    "femto": dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384)),
+    "pico": dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512)),
+    "nano": dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640)),
+    "tiny": dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
+    "small": dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
+    "base": dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
+    "large": dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536)),
+}
+
+
+def _layer_norm(name):
+  return nn.LayerNorm(epsilon=LN_EPS, name=name)
+
+
+def _dense(features, name):
+  return nn.Dense(features, kernel_init=_trunc02, name=name)
+
+
+class Block(nn.Module):
+  """ConvNeXt block on x [B, H, W, dim] (see the module docstring)."""
+  kernel_size: int = 7
+  mlp_ratio: int = 4
+  ls_init_value: float | None = 1e-6
+  drop_path: float = 0.0
+  dcls: dict | None = None
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    dim = x.shape[-1]
+    shortcut = x
+    if self.dcls is None:
+      k = self.kernel_size
+      w = self.param("kernel", _trunc02, (k, k, dim))
+      b = self.param("bias", nn.initializers.zeros, (dim,))
+      x = depthwise_conv(x, w.astype(x.dtype), impl=self.impl) + b.astype(x.dtype)
+    else:
+      d = self.dcls["dilated_kernel_size"]
+      x = DclsConv(dim, self.dcls["kernel_count"], (d, d), groups=dim, version=self.dcls.get("version", "gauss"),
+                   name="conv_dw")(x)
+    x = _layer_norm("norm")(x)
+    x = _dense(self.mlp_ratio * dim, "fc1")(x)
+    x = _dense(dim, "fc2")(nn.gelu(x, approximate=False))
+    if self.ls_init_value is not None:
+      x = x * self.param("gamma", nn.initializers.constant(self.ls_init_value), (dim,)).astype(x.dtype)
+    return shortcut + DropPath(self.drop_path)(x, train)
+
+
+class ConvNeXt(nn.Module):
+  """ConvNeXt classifier (see the module docstring); `Model(variant="tiny", ...)` builds timm's variants."""
+  num_classes: int
+  depths: Sequence[int] = (3, 3, 9, 3)
+  dims: Sequence[int] = (96, 192, 384, 768)
+  patch_size: int = 4
+  kernel_size: int = 7
+  mlp_ratio: int = 4
+  ls_init_value: float | None = 1e-6
+  drop_path_rate: float = 0.0
+  dcls: dict | None = None
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    if images.ndim != 4:
+      raise ValueError(f"ConvNeXt expects images [B, H, W, C], got shape {images.shape}")
+    if len(self.depths) != len(self.dims):
+      raise ValueError(f"depths {tuple(self.depths)} and dims {tuple(self.dims)} must have the same length")
+    reduction = self.patch_size * 2 ** (len(self.dims) - 1)
+    if images.shape[1] % reduction or images.shape[2] % reduction:
+      raise ValueError(f"image size {images.shape[1]}x{images.shape[2]} is not divisible by the total stride "
+                       f"{reduction}")
+    p = self.patch_size
+    x = nn.Conv(self.dims[0], (p, p), strides=(p, p), padding="VALID", kernel_init=_trunc02, name="stem_conv")(images)
+    x = _layer_norm("stem_norm")(x)
+    self.sow("intermediates", "stem", x)
+    rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
+    for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
+      if i > 0:
+        x = _layer_norm(f"stage{i}_down_norm")(x)
+        x = nn.Conv(dim, (2, 2), strides=(2, 2), padding="VALID", kernel_init=_trunc02, name=f"stage{i}_down")(x)
+      for j in range(depth):
+        x = Block(self.kernel_size, self.mlp_ratio, self.ls_init_value, rates.pop(0), self.dcls,
+                  self.impl, name=f"stage{i}_block{j}")(x, train)
+      self.sow("intermediates", f"stage{i}", x)
+    x = _layer_norm("head_norm")(jnp.mean(x, axis=(1, 2)))
+    return _dense(self.num_classes, "head")(x)
+
+
+Model = with_variants(ConvNeXt, VARIANTS, "ConvNeXt")
+
+
+def _linear(sd, prefix):
+  """nn.Linear [out, in] or 1×1 conv [out, in, 1, 1] -> Dense {kernel [in, out], bias}."""
+  w = sd[f"{prefix}.weight"]
+  return {"kernel": w.reshape(w.shape[:2]).T, "bias": sd[f"{prefix}.bias"]}
+
+
+def _conv(sd, prefix):
+  return {"kernel": sd[f"{prefix}.weight"].transpose(2, 3, 1, 0), "bias": sd[f"{prefix}.bias"]}
+
+
+def convert_official(state_dict) -> dict:
+  """timm ConvNeXt state dict (names -> arrays; torch tensors accepted) -> params of `Model`.
+
+  Convolutions OIHW -> HWIO (the depthwise [C, 1, k, k] -> [k, k, C]; a DCLS depthwise convolution keeps its
+  `weight`/`P`/`SIG` as they are), Linear or 1×1-conv MLP weights -> Dense kernels [in, out], norm weight ->
+  scale. Missing or unexpected keys raise ValueError.
+  """
+  sd = OfficialStateDict(state_dict)
+  norm = sd.layer_norm
+  params = {"stem_conv": _conv(sd, "stem.0"), "stem_norm": norm("stem.1"), "head_norm": norm("head.norm"),
+            "head": _linear(sd, "head.fc")}
+  blocks = sorted({tuple(int(n) for n in k.split(".")[1:4:2])
+                   for k in sd if k.startswith("stages.") and ".blocks." in k})
+  for i in sorted({i for i, _ in blocks}):
+    if i > 0:
+      params[f"stage{i}_down_norm"] = norm(f"stages.{i}.downsample.0")
+      params[f"stage{i}_down"] = _conv(sd, f"stages.{i}.downsample.1")
+  for i, j in blocks:
+    pre = f"stages.{i}.blocks.{j}"
+    block = {"norm": norm(f"{pre}.norm"), "fc1": _linear(sd, f"{pre}.mlp.fc1"), "fc2": _linear(sd, f"{pre}.mlp.fc2")}
+    if f"{pre}.conv_dw.P" in sd:
+      block["conv_dw"] = {k: sd[f"{pre}.conv_dw.{k}"] for k in ("weight", "P", "SIG", "bias")
+                          if f"{pre}.conv_dw.{k}" in sd}
+    else:
+      w = sd[f"{pre}.conv_dw.weight"]
+      block["kernel"] = w[:, 0].transpose(1, 2, 0)
+      block["bias"] = sd[f"{pre}.conv_dw.bias"]
+    if f"{pre}.gamma" in sd:
+      block["gamma"] = sd[f"{pre}.gamma"]
+    params[f"stage{i}_block{j}"] = block
+  sd.check_all_used()
+  return params

@@ -1,0 +1,168 @@
+"""InceptionNeXt (Yu et al., 2024): ConvNeXt's layout with the large depthwise kernel split into Inception branches,
+as timm's `inception_next_*`. Images [B, H, W, C] -> logits [B, num_classes].
+
+  token mixer: channels split into (C − 3g, g, g, g), g = ⌊C·branch_ratio⌋:
+               [identity, DW 3×3, DW 1×band, DW band×1] (depthwise convolutions with bias), concatenated
+  block(x)   = x + DropPath(γ ⊙ Conv1×1(GELU(Conv1×1(BN(mixer(x))))))       hidden mlp_ratio·C
+  stem       = BN(Conv_{4×4, stride 4}(x));  stage i > 0 starts with BN -> Conv_{2×2, stride 2}
+  head       = Linear(LayerNorm_{1e-6}(GELU(Linear_{C -> 3C}(mean_{H,W} x))))
+
+BatchNorm: ε = 1e-5, torch momentum 0.1 (collection "batch_stats"). GELU is exact. The depthwise convolutions run
+through `effjax.kernels.depthwise_conv`. Intermediates sown: `stem`, `stage{i}`.
+`convert_official(state_dict)` maps a timm state dict to {"params", "batch_stats"}.
+"""
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from effjax.kernels.depthwise_conv import depthwise_conv
+from effjax.layers.common import DropPath, with_variants
+from effjax.models.crate import OfficialStateDict
+
+_trunc02 = nn.initializers.truncated_normal(0.02)
+
+VARIANTS = {  # timm inception_next_<name>
+    "atto": dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), band_kernel_size=9, branch_ratio=0.25),
+    "tiny": dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), band_kernel_size=11, branch_ratio=0.125),
+    "small": dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), band_kernel_size=11, branch_ratio=0.125),
+    "base": dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), band_kernel_size=11, branch_ratio=0.125),
+}
+
+
+def _bn(train, name):
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+class InceptionDWConv(nn.Module):
+  """The Inception token mixer on x [B, H, W, C] (see the module docstring)."""
+  band_kernel_size: int = 11
+  branch_ratio: float = 0.125
+  square_kernel_size: int = 3
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    g = int(c * self.branch_ratio)
+    if g < 1:
+      raise ValueError(f"InceptionNeXt: {c} channels × branch_ratio {self.branch_ratio} leave no branch channels")
+    s, b = self.square_kernel_size, self.band_kernel_size
+    parts = [x[..., :c - 3 * g]]
+    for i, (name, k) in enumerate([("dwconv_hw", (s, s)), ("dwconv_w", (1, b)), ("dwconv_h", (b, 1))]):
+      xi = x[..., c - 3 * g + i * g: c - 2 * g + i * g]
+      w = self.param(f"{name}_kernel", _trunc02, k + (g,))
+      bias = self.param(f"{name}_bias", nn.initializers.zeros, (g,))
+      parts.append(depthwise_conv(xi, w.astype(x.dtype), impl=self.impl) + bias.astype(x.dtype))
+    return jnp.concatenate(parts, axis=-1)
+
+
+class Block(nn.Module):
+  mlp_ratio: float = 4
+  band_kernel_size: int = 11
+  branch_ratio: float = 0.125
+  ls_init_value: float | None = 1e-6
+  drop_path: float = 0.0
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    dim = x.shape[-1]
+    y = InceptionDWConv(self.band_kernel_size, self.branch_ratio, impl=self.impl, name="mixer")(x)
+    y = _bn(train, "norm")(y)
+    y = nn.Dense(int(self.mlp_ratio * dim), kernel_init=_trunc02, name="fc1")(y)
+    y = nn.Dense(dim, kernel_init=_trunc02, name="fc2")(nn.gelu(y, approximate=False))
+    if self.ls_init_value:
+      y = y * self.param("gamma", nn.initializers.constant(self.ls_init_value), (dim,)).astype(y.dtype)
+    return x + DropPath(self.drop_path)(y, train)
+
+
+class InceptionNeXt(nn.Module):
+  """InceptionNeXt classifier; `Model(variant="tiny", ...)` builds timm's inception_next_<variant>."""
+  num_classes: int
+  depths: Sequence[int] = (3, 3, 9, 3)
+  dims: Sequence[int] = (96, 192, 384, 768)
+  mlp_ratios: Sequence[float] = (4, 4, 4, 3)
+  band_kernel_size: int = 11
+  branch_ratio: float = 0.125
+  head_mlp_ratio: float = 3
+  ls_init_value: float | None = 1e-6
+  drop_path_rate: float = 0.0
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    if images.ndim != 4:
+      raise ValueError(f"InceptionNeXt expects images [B, H, W, C], got shape {images.shape}")
+    if not len(self.depths) == len(self.dims) == len(self.mlp_ratios):
+      raise ValueError(f"depths {tuple(self.depths)}, dims {tuple(self.dims)} and mlp_ratios "
+                       f"{tuple(self.mlp_ratios)} must have the same length")
+    reduction = 4 * 2 ** (len(self.dims) - 1)
+    if images.shape[1] % reduction or images.shape[2] % reduction:
+      raise ValueError(f"image size {images.shape[1]}x{images.shape[2]} is not divisible by the total stride "
+                       f"{reduction}")
+    x = nn.Conv(self.dims[0], (4, 4), strides=(4, 4), padding="VALID", kernel_init=_trunc02, name="stem_conv")(images)
+    x = _bn(train, "stem_norm")(x)
+    self.sow("intermediates", "stem", x)
+    rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
+    for i, (depth, dim, ratio) in enumerate(zip(self.depths, self.dims, self.mlp_ratios)):
+      if i > 0:
+        x = _bn(train, f"stage{i}_down_norm")(x)
+        x = nn.Conv(dim, (2, 2), strides=(2, 2), padding="VALID", kernel_init=_trunc02, name=f"stage{i}_down")(x)
+      for j in range(depth):
+        x = Block(ratio, self.band_kernel_size, self.branch_ratio, self.ls_init_value, rates.pop(0),
+                  self.impl, name=f"stage{i}_block{j}")(x, train)
+      self.sow("intermediates", f"stage{i}", x)
+    x = jnp.mean(x, axis=(1, 2))
+    x = nn.gelu(nn.Dense(int(self.head_mlp_ratio * x.shape[-1]), kernel_init=_trunc02, name="head_fc1")(x),
+                approximate=False)
+    x = nn.LayerNorm(epsilon=1e-6, name="head_norm")(x)
+    return nn.Dense(self.num_classes, kernel_init=_trunc02, name="head_fc2")(x)
+
+
+Model = with_variants(InceptionNeXt, VARIANTS, "InceptionNeXt")
+
+
+def convert_official(state_dict) -> dict:
+  """timm InceptionNeXt state dict (names -> arrays; torch tensors accepted) -> {"params", "batch_stats"}.
+
+  Convolutions OIHW -> HWIO (depthwise [g, 1, kh, kw] -> [kh, kw, g]); 1×1-conv MLP and Linear weights -> Dense
+  kernels [in, out]; BatchNorm weight/bias/running_mean/running_var -> scale/bias and mean/var. Missing or
+  unexpected keys raise ValueError.
+  """
+  sd = OfficialStateDict(state_dict)
+  params, stats = {}, {}
+
+  def bn(prefix):
+    return ({"scale": sd[f"{prefix}.weight"], "bias": sd[f"{prefix}.bias"]},
+            {"mean": sd[f"{prefix}.running_mean"], "var": sd[f"{prefix}.running_var"]})
+
+  def dense(prefix):
+    w = sd[f"{prefix}.weight"]
+    return {"kernel": w.reshape(w.shape[:2]).T, "bias": sd[f"{prefix}.bias"]}
+
+  def conv(prefix):
+    return {"kernel": sd[f"{prefix}.weight"].transpose(2, 3, 1, 0), "bias": sd[f"{prefix}.bias"]}
+
+  params["stem_conv"] = conv("stem.0")
+  params["stem_norm"], stats["stem_norm"] = bn("stem.1")
+  blocks = sorted({tuple(int(n) for n in k.split(".")[1:4:2]) for k in sd if ".blocks." in k})
+  for i in sorted({i for i, _ in blocks} - {0}):
+    params[f"stage{i}_down_norm"], stats[f"stage{i}_down_norm"] = bn(f"stages.{i}.downsample.0")
+    params[f"stage{i}_down"] = conv(f"stages.{i}.downsample.1")
+  for i, j in blocks:
+    pre, name = f"stages.{i}.blocks.{j}", f"stage{i}_block{j}"
+    mixer = {}
+    for conv_name in ("dwconv_hw", "dwconv_w", "dwconv_h"):
+      mixer[f"{conv_name}_kernel"] = sd[f"{pre}.token_mixer.{conv_name}.weight"][:, 0].transpose(1, 2, 0)
+      mixer[f"{conv_name}_bias"] = sd[f"{pre}.token_mixer.{conv_name}.bias"]
+    norm, norm_stats = bn(f"{pre}.norm")
+    block = {"mixer": mixer, "norm": norm, "fc1": dense(f"{pre}.mlp.fc1"), "fc2": dense(f"{pre}.mlp.fc2")}
+    if f"{pre}.gamma" in sd:
+      block["gamma"] = sd[f"{pre}.gamma"]
+    params[name], stats[name] = block, {"norm": norm_stats}
+  params.update(head_fc1=dense("head.fc1"), head_norm={"scale": sd["head.norm.weight"], "bias": sd["head.norm.bias"]},
+                head_fc2=dense("head.fc2"))
+  sd.check_all_used(ignored=(r".*num_batches_tracked",))
+  return {"params": params, "batch_stats": stats}

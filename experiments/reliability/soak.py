@@ -1,0 +1,170 @@
+"""Soak test of resume: SIGKILL a run N times at random moments, then compare it with an uninterrupted run.
+
+    PYTHONPATH=. python experiments/reliability/soak.py --kills=20 --out=experiments/reliability/soak_n20.json
+
+A reference run of the tiny ViT (the tests' config, `--steps` steps, a checkpoint every 2 steps) runs
+uninterrupted first; it takes S seconds to start (imports, compilation). Then the same command runs in
+another workdir and is killed N times; each life is killed, at random, one of three ways:
+  - startup: U(0, S) seconds after its start (imports, compilation, restore, or early training);
+  - training: once it has logged k ~ U{1..steps/N} more steps, plus U(0, 50 ms);
+  - during save: once it has logged k more steps, at the first moment a new checkpoint is being written
+    (a new orbax temporary directory exists: the asynchronous save is in flight);
+and is then rerun to the end. Pass: every logged step's train loss equals the reference's bit for bit
+(also steps logged twice because a life died before checkpointing them), the final params are identical
+and the final eval row is the same. Writes a JSON summary (one row per kill) to --out.
+"""
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+import numpy as np  # noqa: E402
+
+from effjax import checkpoint, metrics  # noqa: E402
+
+import trainer_utils  # noqa: E402
+
+
+def command(workdir, steps):
+  return [sys.executable, "-m", "effjax.main", *trainer_utils.TINY_CLI, "--workdir", workdir,
+          f"--config.total_steps={steps}", "--config.checkpoint_every_steps=2", "--config.eval_every_steps=-1"]
+
+
+def start(workdir, steps):
+  """Starts the run; all runs share a persistent compilation cache (same executables, shorter lives)."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+         "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+         "JAX_COMPILATION_CACHE_DIR": os.path.join(os.path.dirname(workdir), "jax_cache"),
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  return subprocess.Popen(command(workdir, steps), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def temporary(workdir):
+  """Orbax's temporary directories: a checkpoint being written (or left by a killed life)."""
+  try:
+    return {name for name in os.listdir(os.path.join(workdir, "checkpoints")) if "tmp" in name}
+  except OSError:
+    return set()
+
+
+def committed(workdir):
+  try:
+    return max([int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit()], default=None)
+  except OSError:
+    return None
+
+
+def logged(workdir):
+  try:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      return sum(1 for _ in f)
+  except OSError:
+    return 0
+
+
+def one_life(workdir, steps, mode, delay, more_steps):
+  """Starts the run and kills it as `mode` says; returns a row describing the kill (None: it finished)."""
+  leftovers, rows = temporary(workdir), logged(workdir)
+  proc, began = start(workdir, steps), time.time()
+
+  def wait(done):
+    while proc.poll() is None and not done():
+      time.sleep(0.002)
+  if mode == "startup":
+    wait(lambda: time.time() >= began + delay)
+  else:
+    wait(lambda: logged(workdir) >= rows + more_steps)
+    if mode == "training":
+      time.sleep(delay)
+    else:
+      wait(lambda: temporary(workdir) - leftovers)
+  in_save = bool(temporary(workdir) - leftovers)
+  if proc.poll() is not None:
+    proc.communicate()
+    if proc.returncode != 0:
+      raise SystemExit(f"a life ended with exit status {proc.returncode} before its kill")
+    return None
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  return {"mode": mode, "seconds_after_start": round(time.time() - began, 3), "save_in_flight": in_save,
+          "last_checkpoint": committed(workdir)}
+
+
+def compare(reference, soaked):
+  """Number of differences: per-step losses (every logged row), final params, final eval row."""
+  ref_rows, rows = metrics.read_jsonl(reference), metrics.read_jsonl(soaked)
+  ref_loss = {r["step"]: r["train/loss"] for r in ref_rows if "train/loss" in r}
+  differences = sum(r["train/loss"] != ref_loss.get(r["step"]) for r in rows if "train/loss" in r)
+  differences += len(set(ref_loss) - {r["step"] for r in rows if "train/loss" in r})
+  a = checkpoint.restore_params(os.path.join(reference, "checkpoints"))
+  b = checkpoint.restore_params(os.path.join(soaked, "checkpoints"))
+  import jax
+  differences += sum(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a),
+                                                                                         jax.tree.leaves(b)))
+  evals = [[{k: v for k, v in r.items() if k.startswith("eval/")} for r in rs if "eval/accuracy" in r]
+           for rs in (ref_rows, rows)]
+  differences += evals[0][-1:] != evals[1][-1:]
+  return differences, float(list(ref_loss.values())[-1])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--kills", type=int, default=20)
+  parser.add_argument("--steps", type=int, default=100)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--workdir", default="/tmp/effjax_soak")
+  parser.add_argument("--out", required=True)
+  args = parser.parse_args()
+  rand = random.Random(args.seed)
+  reference, soaked = os.path.join(args.workdir, "reference"), os.path.join(args.workdir, "soaked")
+  for path in (reference, soaked):
+    if os.path.exists(path):
+      raise SystemExit(f"{path} exists; pass an empty --workdir")
+
+  began = time.time()
+  proc = start(reference, args.steps)
+  _, err = proc.communicate()
+  if proc.returncode != 0:
+    raise SystemExit(f"the reference run failed:\n{err[-3000:]}")
+  total = time.time() - began
+  rows = metrics.read_jsonl(reference)
+  startup = total - sum(r.get("train/step_time_s", 0.0) for r in rows)
+  train_time = total - startup
+  print(f"reference: {total:.1f} s ({startup:.1f} s startup, {train_time:.1f} s training)", flush=True)
+
+  kills = []
+  while len(kills) < args.kills:
+    mode = rand.choice(["startup", "training", "during save"])
+    delay = rand.uniform(0, startup) if mode == "startup" else rand.uniform(0, 0.05)
+    row = one_life(soaked, args.steps, mode, delay, rand.randint(1, max(1, args.steps // args.kills)))
+    if row is None:
+      raise SystemExit(f"the run finished after {len(kills)} kills; pass more --steps")
+    kills.append(row)
+    print(f"kill {len(kills)}: {row}", flush=True)
+  proc = start(soaked, args.steps)
+  _, err = proc.communicate()
+  finished = proc.returncode == 0
+  differences, final_loss = compare(reference, soaked)
+  summary = {"kills": len(kills), "steps": args.steps, "differences": int(differences), "finished": finished,
+             "kills_during_a_save": sum(k["save_in_flight"] for k in kills),
+             "kills_before_the_first_checkpoint": sum(k["last_checkpoint"] is None for k in kills),
+             "final_loss": final_loss, "reference_seconds": round(total, 1),
+             "soak_seconds": round(time.time() - began - total, 1), "rows": kills}
+  with open(args.out, "w") as f:
+    json.dump(summary, f, indent=1)
+  print(json.dumps({k: v for k, v in summary.items() if k != "rows"}), flush=True)
+  if differences or not finished:
+    raise SystemExit(f"FAILED: {differences} differences, finished={finished}\n{err[-2000:]}")
+
+
+if __name__ == "__main__":
+  main()

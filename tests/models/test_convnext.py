@@ -1,0 +1,115 @@
+"""ConvNeXt and ConvNeXt-DCLS: timm golden equivalence, timm parameter counts, DCLS, gradients, trainer."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from effjax.kernels import dcls
+from effjax.models import convnext
+import timm_golden
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOL = dict(rtol=1e-5, atol=1e-5)
+HOOKS = {"stem": "stem", "stages.0": "stage0", "stages.2": "stage2", "stages.3": "stage3"}
+
+
+def _count(model, size=224):
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+
+
+@pytest.mark.parametrize("key", ["linear_mlp", "conv_mlp"])
+def test_golden_logits_and_intermediates(key):
+  sd, images, outputs, meta = timm_golden.load("convnext", key)
+  kw = meta["models"][key]["kwargs"]
+  model = convnext.Model(num_classes=kw["num_classes"], depths=kw["depths"], dims=kw["dims"])
+  apply = jax.jit(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]))
+  logits, state = apply(convnext.convert_official(sd), images)
+  np.testing.assert_allclose(logits, outputs["logits"], **TOL)
+  np.testing.assert_allclose(outputs["logits"], outputs["logits_f64"], **TOL)  # float32 error is below TOL
+  hooked = [h for h in HOOKS if h in outputs]
+  for h in hooked:
+    np.testing.assert_allclose(state["intermediates"][HOOKS[h]][0], outputs[h], **TOL, err_msg=h)
+  assert len(hooked) == len(meta["models"][key]["hooks"])
+
+
+def test_param_counts_equal_timm():
+  counts = timm_golden.load("convnext", "linear_mlp")[3]["param_counts"]
+  for name in ("convnext_atto", "convnext_tiny", "convnext_base"):
+    assert _count(convnext.Model(num_classes=1000, variant=name[len("convnext_"):])) == counts[name], name
+  assert set(counts) == {f"convnext_{v}" for v in convnext.VARIANTS}
+
+
+@pytest.mark.slow
+def test_param_counts_equal_timm_all_variants():
+  counts = timm_golden.load("convnext", "linear_mlp")[3]["param_counts"]
+  for name, count in counts.items():
+    assert _count(convnext.Model(num_classes=1000, variant=name[len("convnext_"):])) == count, name
+
+
+def test_convert_official_rejects_missing_and_unexpected_keys():
+  sd = timm_golden.load("convnext", "conv_mlp")[0]
+  with pytest.raises(ValueError, match="missing 'head.fc.bias'"):
+    convnext.convert_official({k: v for k, v in sd.items() if k != "head.fc.bias"})
+  with pytest.raises(ValueError, match="unexpected key"):
+    convnext.convert_official({**sd, "extra.weight": np.zeros(3)})
+
+
+DCLS = dict(kernel_count=4, dilated_kernel_size=5, version="gauss")
+TINY = dict(depths=(1, 1), dims=(8, 16), patch_size=2)
+
+
+def test_dcls_model_equals_dense_model_with_the_constructed_kernels():
+  """ConvNeXt-DCLS is ConvNeXt whose depthwise kernel is K(weight, P, SIG) (effjax.kernels.dcls)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  model = convnext.Model(num_classes=4, **TINY, dcls=DCLS)
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
+  assert params["stage1_block0"]["conv_dw"]["P"].shape == (2, 16, 1, 4)
+  dense = jax.tree.map(lambda a: a, params)
+  for name in ("stage0_block0", "stage1_block0"):
+    p = dense[name].pop("conv_dw")
+    k = dcls.construct_kernel(p["weight"], p["P"], p["SIG"], (5, 5), "gauss")    # [C, 1, 5, 5]
+    dense[name].update(kernel=k[:, 0].transpose(1, 2, 0), bias=p["bias"])
+  want = jax.jit(convnext.Model(num_classes=4, **TINY, kernel_size=5).apply)({"params": dense}, x)
+  np.testing.assert_allclose(jax.jit(model.apply)({"params": params}, x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_finite_and_nonzero_for_every_param():
+  """With DCLS (weights, positions and widths); the dense path trains in the trainer test."""
+  model = convnext.Model(num_classes=3, **TINY, ls_init_value=0.5, dcls=DCLS)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  params = jax.jit(model.init)(jax.random.PRNGKey(1), x)["params"]
+  grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x) ** 2)))(params)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    assert np.all(np.isfinite(g)) and np.any(g != 0), jax.tree_util.keystr(path)
+
+
+def test_bad_input_errors():
+  with pytest.raises(ValueError, match="not divisible by the total stride"):
+    convnext.Model(num_classes=3, **TINY).init(jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 3)))
+  with pytest.raises(ValueError, match="unknown ConvNeXt variant"):
+    convnext.Model(num_classes=3, variant="huge")
+
+
+@pytest.mark.parametrize("spec", ["runlocal", "runlocal,dcls=True", "variant=tiny", "variant=tiny,dcls=True"])
+def test_configs_build_their_models(spec):
+  from effjax import components, config as cfg
+  c = cfg.load_config_file(os.path.join(REPO, f"configs/convnext.py:{spec}"))
+  model = components.load("models", c.model_name).Model(**c.model)
+  assert (model.dcls is not None) == ("dcls" in spec)
+
+
+@pytest.mark.slow
+def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
+  from effjax import config as cfg, train
+  c = cfg.load_config_file(os.path.join(REPO, "configs/convnext.py:runlocal"))
+  c.model.update(dict(depths=(1, 1), dims=(8, 16)))
+  c.batch_size, c.eval_batch_size, c.data.eval_examples = 16, 16, 32
+  c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 1, -1, 2
+  c.optimizer.warmup_steps, c.progress_bar = 1, False
+  assert jax.device_count() == 8
+  result = train.train_and_evaluate(c, str(tmp_path))
+  assert result["step"] == 2 and np.isfinite(result["train/loss"])
+  assert 0.0 <= result["eval/accuracy"] <= 1.0 and result["eval/examples"] == 32

@@ -1,0 +1,152 @@
+"""ECA-ResNet and ResNet-RS (timm goldens, timm parameter counts), gradients, trainer; cSE/sSE/scSE/ECA gates."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import timm_golden
+from effjax.layers import squeeze_excite as se
+from effjax.models import resnet
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOL = dict(rtol=1e-5, atol=1e-5)
+HOOKS = {"maxpool": "stem", "layer1": "layer1", "layer2": "layer2", "layer3": "layer3", "layer4": "layer4"}
+
+
+def _golden_model(meta, key):
+  kw = meta["models"][key]["kwargs"]
+  return resnet.Model(variant=meta["models"][key]["timm_name"], **{k: tuple(v) if isinstance(v, list) else v
+                                                                    for k, v in kw.items()})
+
+
+@pytest.mark.parametrize("key", ["ecaresnet26t", "ecaresnetlight", "resnetrs50"])
+def test_golden_logits_and_intermediates(key):
+  sd, images, outputs, meta = timm_golden.load("resnet", key)
+  model = _golden_model(meta, key)
+  apply = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))
+  logits, state = apply(resnet.convert_official(sd), images)
+  np.testing.assert_allclose(logits, outputs["logits"], **TOL)
+  np.testing.assert_allclose(outputs["logits"], outputs["logits_f64"], **TOL)
+  hooks = meta["models"][key]["hooks"]
+  for h in hooks:
+    np.testing.assert_allclose(state["intermediates"][HOOKS[h]][0], outputs[h], **TOL, err_msg=h)
+  assert hooks
+
+
+def _count(name):
+  model = resnet.Model(num_classes=1000, variant=name)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+
+
+def test_param_counts_equal_timm():
+  counts = timm_golden.load("resnet", "resnetrs50")[3]["param_counts"]
+  for name in ("ecaresnet26t", "ecaresnetlight", "ecaresnet50d", "resnetrs50"):
+    assert _count(name) == counts[name], name
+  assert set(counts) == set(resnet.VARIANTS)
+
+
+@pytest.mark.slow
+def test_param_counts_equal_timm_all_variants():
+  for name, count in timm_golden.load("resnet", "resnetrs50")[3]["param_counts"].items():
+    assert _count(name) == count, name
+
+
+def test_convert_official_rejects_missing_and_unexpected_keys():
+  sd = timm_golden.load("resnet", "ecaresnet26t")[0]
+  with pytest.raises(ValueError, match="missing 'layer2.0.bn3.running_var'"):
+    resnet.convert_official({k: v for k, v in sd.items() if k != "layer2.0.bn3.running_var"})
+  with pytest.raises(ValueError, match="unexpected key"):
+    resnet.convert_official({**sd, "extra.weight": np.zeros(3)})
+
+
+TINY = dict(layers=(1, 1), channels=(4, 8), stem_width=8, stem_type="deep", avg_down=True)
+
+
+def test_gradients_finite_and_nonzero_for_every_param():
+  """With the scSE gate (cSE + sSE); ECA's gradient flows in the trainer test."""
+  model = resnet.Model(num_classes=3, **TINY, gate="scse")
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(1), x)
+  params = jax.tree.map(lambda p: p + 0.1, variables["params"])   # bn3 starts at scale 0 (zero_init_last)
+
+  def loss(p):
+    out, _ = model.apply({**variables, "params": p}, x, train=True, mutable=["batch_stats"])
+    return jnp.sum(out ** 2)
+  grads = jax.jit(jax.grad(loss))(params)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    assert np.all(np.isfinite(g)) and np.any(g != 0), jax.tree_util.keystr(path)
+
+
+X = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 32))
+
+
+def _init_apply(module, x=X):
+  v = module.init(jax.random.PRNGKey(3), x)
+  v = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(4), p.shape), v)
+  return v["params"], module.apply(v, x)
+
+
+def test_sse_is_the_papers_spatial_gate():
+  p, y = _init_apply(se.SpatialSE())
+  q = jax.nn.sigmoid(jnp.einsum("bhwc,c->bhw", X, p["conv"]["kernel"][:, 0]))
+  np.testing.assert_allclose(y, X * q[..., None], rtol=1e-5, atol=1e-6)
+
+
+def test_cse_is_squeeze_then_excitation():
+  p, y = _init_apply(se.ChannelSE(rd_ratio=0.25))
+  z = X.mean(axis=(1, 2))
+  s = jax.nn.sigmoid(jax.nn.relu(z @ p["fc1"]["kernel"] + p["fc1"]["bias"]) @ p["fc2"]["kernel"] + p["fc2"]["bias"])
+  assert p["fc1"]["kernel"].shape == (32, 8)
+  np.testing.assert_allclose(y, X * s[:, None, None], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("combine", ["add", "max"])
+def test_scse_combines_cse_and_sse(combine):
+  p, y = _init_apply(se.ConcurrentSE(rd_ratio=0.25, combine=combine))
+  c = se.ChannelSE(0.25).apply({"params": p["cse"]}, X)
+  s = se.SpatialSE().apply({"params": p["sse"]}, X)
+  np.testing.assert_allclose(y, c + s if combine == "add" else jnp.maximum(c, s), rtol=1e-6, atol=1e-6)
+
+
+def test_eca_kernel_size_and_channel_convolution():
+  assert [se.eca_kernel_size(c) for c in (32, 64, 256, 512, 2048)] == [3, 3, 5, 5, 7]
+  p, y = _init_apply(se.ECA())
+  w, z = p["conv"], jnp.pad(X.mean(axis=(1, 2)), ((0, 0), (1, 1)))
+  s = jax.nn.sigmoid(w[0] * z[:, :-2] + w[1] * z[:, 1:-1] + w[2] * z[:, 2:])
+  np.testing.assert_allclose(y, X * s[:, None, None], rtol=1e-5, atol=1e-6)
+
+
+def test_bad_input_errors():
+  with pytest.raises(ValueError, match="unknown attention gate"):
+    jax.eval_shape(resnet.Model(num_classes=3, **TINY, gate="cbam").init, jax.random.PRNGKey(0),
+                   jnp.zeros((1, 16, 16, 3)))
+  with pytest.raises(ValueError, match="unknown stem_type"):
+    jax.eval_shape(resnet.Model(num_classes=3, layers=(1,), channels=(4,), stem_type="wide").init,
+                   jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+  with pytest.raises(ValueError, match="unknown ResNet variant"):
+    resnet.Model(num_classes=3, variant="resnet50")
+
+
+@pytest.mark.parametrize("spec", ["runlocal", "variant=ecaresnet50d", "runlocal,gate=se",
+                                  "variant=resnetrs101", "runlocal,gate=scse", "variant=resnetrs50,gate=none"])
+def test_configs_build_their_models(spec):
+  from effjax import components, config as cfg
+  c = cfg.load_config_file(os.path.join(REPO, "configs", f"resnet.py:{spec}"))
+  components.load("models", c.model_name).Model(**c.model)
+
+
+@pytest.mark.slow
+def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
+  from effjax import config as cfg, train
+  c = cfg.load_config_file(os.path.join(REPO, "configs/resnet.py:runlocal"))
+  c.model.update(dict(layers=(1, 1), channels=(4, 8)))
+  c.batch_size, c.eval_batch_size, c.data.eval_examples = 16, 16, 32
+  c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 1, -1, 2
+  c.optimizer.warmup_steps, c.progress_bar = 1, False
+  assert jax.device_count() == 8
+  result = train.train_and_evaluate(c, str(tmp_path))
+  assert result["step"] == 2 and np.isfinite(result["train/loss"])
+  assert 0.0 <= result["eval/accuracy"] <= 1.0 and result["eval/examples"] == 32
