@@ -75,6 +75,7 @@ def effjax_step(spec):
   import jax.numpy as jnp
   import ml_collections
   import optax
+
   import effjax.runtime
   from effjax import components, optim, train
   from effjax.models import crate
@@ -296,7 +297,8 @@ def main():
       print(f"CRATE-{model} {dtype}:", file=sys.stderr, flush=True)
       rows, load = run_group(variants(model, dtype, levers, args.only), args.rounds, args.steps, base_env)
       groups.append(dict(model=model, dtype=dtype, rows=summarise(rows), load=load))
-  info = dict(cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(), python=platform.python_version(),
+  info = dict(cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
+              python=platform.python_version(),
               rounds=args.rounds, steps_per_round=args.steps, warmup_steps=WARMUP, wall_s=time.time() - start,
               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
   text = (f"CRATE train step (forward + label-smoothed CE + backward + AdamW), 32×32×3, patch 4, 10 classes, "
