@@ -34,8 +34,8 @@ def reexec_with_tcmalloc(argv=None):
   if path is None:
     return
   argv = list(sys.orig_argv if argv is None else argv)
-  print(f"effjax: re-running with tcmalloc preloaded ({path}); EFFJAX_RUNTIME=off to skip", file=sys.stderr,
-        flush=True)
+  # stdout, beside the run's other progress lines: stderr stays reserved for the one-line errors
+  print(f"effjax: re-running with tcmalloc preloaded ({path}); EFFJAX_RUNTIME=off to skip", flush=True)
   os.execve(sys.executable, argv, dict(os.environ, LD_PRELOAD=path, **{MARKER: "tcmalloc"}))
 
 
