@@ -17,7 +17,7 @@ import traceback
 from absl import app, flags, logging as absl_logging
 from ml_collections import config_flags
 
-from effjax import config as config_lib, config_overrides, preemption
+from effjax import config as config_lib, config_overrides, preemption, runtime
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<file>.py[:key=value,...]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for config.json, metrics, checkpoints")
@@ -125,6 +125,7 @@ def _parse_flags(argv):
 
 def run():
   """Entry point: checks --config.* overrides against the config before absl parses them."""
+  runtime.reexec_with_tcmalloc()
   with preemption.Sigterm():  # from the first moment; main() installs its own
     try:
       try:

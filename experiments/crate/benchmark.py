@@ -1,158 +1,317 @@
-"""CPU training-step benchmark of CRATE: step time, examples/s, FLOPs per step and fraction of peak.
+"""Side-by-side CPU training-step benchmark: effjax's CRATE against a PyTorch CRATE, in one run.
 
-  python experiments/crate/benchmark.py [--variants T,B] [--steps 10] [--out experiments/crate/benchmark.md]
+  pip install -e '.[bench]'
+  python experiments/crate/benchmark.py [--models T,B] [--dtypes f32,bf16] [--rounds 5] [--steps 2]
+                                        [--lever 'label:ENV=VALUE ...'] [--out experiments/crate/benchmark]
 
-Setting (the issue's): 32×32×3 inputs, patch 4 (64 patches + cls), 10 classes, batch 64, float32, one
-device. A step is forward, softmax cross-entropy, backward and the Lion update (the paper's optimiser),
-jitted with donated state. FLOPs per step come from XLA's cost analysis of the compiled step; the peak is
-the best rate of a jitted 2048×2048×2048 float32 matmul measured in the same process just before. The
-"three-matmul ISTA" rows swap in the official formulation of the ISTA step (x + η(xD − (xDᵀ)D) − ηλ)
-for comparison with effjax's fused form (one matmul with I + η(D − DᵀD), formed once per step).
+Setting: 32×32×3 inputs, patch 4 (64 patches + class token), 10 classes, batch 64, one CPU process per
+variant. A step is forward, label-smoothed (0.1) cross-entropy, backward and AdamW (lr 1e-3, weight decay
+0.05), on fixed random data. Variants, each in its own worker process (`--worker`), for every model and
+dtype:
+  torch  three / fused   our PyTorch CRATE (torch_crate.py, checked against the official outputs by
+                         tests/experiments/test_torch_crate.py), eager; bf16 = CPU autocast
+  effjax three / fused   effjax.models.crate.Model in a bare jitted step (fused = effjax's own ISTA form;
+                         three = the official three-matmul order swapped in); bf16 = params and inputs
+                         cast as the trainer's compute_dtype does
+  effjax trainer         the trainer's own compiled step (effjax.train, grad/param/update norms and metrics,
+                         EMA off), same model / loss / optimiser
+  lever <label>          effjax fused with extra environment variables (--lever, for the levers table)
+Every worker starts from the environment this script was started with, less LD_PRELOAD, GLIBC_TUNABLES and
+XLA_FLAGS: each side runs as a user would run it, with the allocator and flags it sets up by itself
+(`python -m effjax.main` re-runs itself with tcmalloc when it is installed: effjax/runtime.py; the
+effjax workers do the same); a lever adds its variables on top.
+The workers of one (model, dtype) group are started and compiled one after another, then take turns:
+round r runs `--steps` steps of each worker in the order rotated by r, and records the load average
+around the round. Reported: median, min and max of all timed steps per variant (after 2 warm-up steps),
+and per round the ratio PyTorch time / effjax time (> 1 = effjax faster).
+Writes <out>.json (every timing) and <out>.md (the tables).
 """
 import argparse
 import json
 import os
 import platform
+import resource
+import subprocess
 import sys
 import time
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
-
-from effjax.models import crate  # noqa: E402
-
-
-class ThreeMatmulISTA(nn.Module):
-  """The official ISTA evaluation order, for the ablation: relu(x + η(x D − (x Dᵀ) D) − η λ)."""
-  eta: float = 0.1
-  lmbda: float = 0.1
-
-  @nn.compact
-  def __call__(self, x):
-    d = x.shape[-1]
-    dictionary = self.param("D", nn.initializers.kaiming_uniform(), (d, d), jnp.float32)
-    return nn.relu(x + self.eta * (x @ dictionary - (x @ dictionary.T) @ dictionary) - self.eta * self.lmbda)
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+BATCH, IMAGE, PATCH, CLASSES, SMOOTHING, LR, WD, WARMUP = 64, 32, 4, 10, 0.1, 1e-3, 0.05, 2
+CLEARED_ENV = ("LD_PRELOAD", "GLIBC_TUNABLES", "XLA_FLAGS")
 
 
-def peak_matmul_flops(n=2048, repeats=10):
-  """Best measured FLOP/s of a jitted float32 [n, n] @ [n, n] matmul."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-  f = jax.jit(lambda a, b: a @ b)
-  f(a, b).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 / best
+# ---------------------------------------------------------------- workers (one variant per process)
+
+def torch_step(spec):
+  """(step function, info) of our PyTorch CRATE."""
+  import torch
+  from torch.nn import functional as F
+  sys.path.insert(0, HERE)
+  import torch_crate
+  torch.manual_seed(0)
+  model = torch_crate.variant(spec["model"], image_size=IMAGE, patch_size=PATCH, num_classes=CLASSES,
+                              ista=spec["ista"]).train()
+  opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+  images, labels = torch.randn(BATCH, 3, IMAGE, IMAGE), torch.randint(0, CLASSES, (BATCH,))
+  autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec["dtype"] == "bf16")
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    with autocast:
+      logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=SMOOTHING)
+    loss.backward()
+    opt.step()
+    return loss.item()
+  return step, dict(torch=torch.__version__, threads=torch.get_num_threads())
 
 
-def make_step(model, tx):
-  def loss_fn(params, images, labels):
-    logits = model.apply({"params": params}, images, train=True)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def effjax_step(spec):
+  """(step function, info) of effjax's CRATE: the bare jitted step or the trainer's compiled step."""
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+  import optax
 
-  def step(state, images, labels):
-    params, opt_state = state
-    loss, grads = jax.value_and_grad(loss_fn)(params, images, labels)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), loss
-  return jax.jit(step, donate_argnums=0)
+  import effjax.runtime
+  from effjax import components, optim, train
+  from effjax.models import crate
+  sys.path.insert(0, REPO)
+  from configs import crate as crate_config
+
+  if spec["ista"] == "three":
+    crate.ISTA = ThreeMatmulISTA  # Layer looks ISTA up when it is traced
+  config = crate_config.get_config(f"variant={spec['model']},patch={PATCH},num_classes={CLASSES}")
+  config.compute_dtype = "bfloat16" if spec["dtype"] == "bf16" else "float32"
+  config.optimizer = ml_collections.ConfigDict(dict(config.optimizer.to_dict(), name="adamw", lr=LR,
+                                                    weight_decay=WD, b1=0.9, b2=0.999))
+  model = crate.Model(**config.model)
+  dtype = train.COMPUTE_DTYPES[config.compute_dtype]
+  images = jax.random.normal(jax.random.PRNGKey(0), (BATCH, IMAGE, IMAGE, 3), jnp.float32)
+  labels = jax.random.randint(jax.random.PRNGKey(1), (BATCH,), 0, CLASSES)
+  params = model.init(jax.random.PRNGKey(2), images[:1])["params"]
+  if spec["step"] == "trainer":
+    tx, schedule = optim.make_optimizer(config.optimizer, 1000, 100)
+    task = components.load("tasks", config.task_name).Task(config)
+    fn = train._make_train_step(config, model, task, tx, schedule, dtype)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "model_state": {},
+             "ema_params": {}, "rng": jax.random.PRNGKey(3)}
+    args = ({"image": images, "label": labels},)
+    out = lambda result: result[1]["loss"]
+  else:
+    tx = optax.adamw(LR, weight_decay=WD)
+
+    def loss_fn(params, images, labels):
+      logits = model.apply({"params": train._cast_floats(params, dtype)}, images.astype(dtype), train=True)
+      targets = optax.smooth_labels(jax.nn.one_hot(labels, CLASSES), SMOOTHING)
+      return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+
+    def fn(state, images, labels):
+      params, opt_state = state
+      loss, grads = jax.value_and_grad(loss_fn)(params, images, labels)
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), loss
+    state = (params, tx.init(params))
+    args = (images, labels)
+    out = lambda result: result[1]
+  compiled = jax.jit(fn, donate_argnums=0).lower(state, *args).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  holder = [state]
+
+  def step():
+    result = compiled(holder[0], *args)
+    holder[0] = result[0]
+    return float(out(result))
+  return step, dict(jax=jax.__version__, gflops_per_step=float(cost["flops"]) / 1e9,
+                    allocator=effjax.runtime.allocator())
 
 
-class Runner:
-  """A compiled train step of one CRATE variant with its state; `run()` times one step (wall and CPU s)."""
+def _three_matmul_ista():
+  import flax.linen as nn
+  import jax.numpy as jnp
 
-  def __init__(self, variant, batch=64, image=32, patch=4, classes=10):
-    model = crate.Model(num_classes=classes, patch_size=patch, variant=variant)
-    self.images = jax.random.normal(jax.random.PRNGKey(0), (batch, image, image, 3), jnp.float32)
-    self.labels = jax.random.randint(jax.random.PRNGKey(1), (batch,), 0, classes)
-    params = model.init(jax.random.PRNGKey(2), self.images[:1])["params"]
-    tx = optax.lion(2e-4, b1=0.9, b2=0.99, weight_decay=0.05)
-    self.state = (params, tx.init(params))
-    self.step = make_step(model, tx).lower(self.state, self.images, self.labels).compile()
-    cost = self.step.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    self.info = dict(variant=variant, batch=batch, params=sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)),
-                     flops_per_step=float(cost["flops"]))
-    self.wall, self.cpu = [], []
-    for _ in range(2):  # warm-up
-      self.run(record=False)
+  class ThreeMatmul(nn.Module):
+    """The official ISTA evaluation order: relu(x + η(x D − (x Dᵀ) D) − η λ)."""
+    eta: float = 0.1
+    lmbda: float = 0.1
 
-  def run(self, record=True):
-    wall, cpu = time.perf_counter(), time.process_time()
-    self.state, loss = self.step(self.state, self.images, self.labels)
-    loss.block_until_ready()
-    if record:
-      self.wall.append(time.perf_counter() - wall)
-      self.cpu.append(time.process_time() - cpu)
-
-  def result(self):
-    wall = float(np.median(self.wall))
-    return dict(self.info, step_s_median=wall, step_s_min=float(np.min(self.wall)),
-                cpu_s_per_step=float(np.median(self.cpu)), examples_per_s=self.info["batch"] / wall,
-                steps=len(self.wall))
+    @nn.compact
+    def __call__(self, x):
+      d = x.shape[-1]
+      dictionary = self.param("D", nn.initializers.kaiming_uniform(), (d, d), jnp.float32).astype(x.dtype)
+      return nn.relu(x + self.eta * (x @ dictionary - (x @ dictionary.T) @ dictionary) - self.eta * self.lmbda)
+  return ThreeMatmul
 
 
-def measure(runners, steps):
-  """Times `steps` steps of every runner, interleaved round by round so that load from other processes on
-  the shared CPU affects all of them alike."""
-  for _ in range(steps):
-    for r in runners:
-      r.run()
-  return [r.result() for r in runners]
+ThreeMatmulISTA = None
+
+
+def worker(spec):
+  """Builds one variant, runs the warm-up steps, then answers each line "N" on stdin with the wall times of N
+  steps (one JSON line on stdout); exits on EOF."""
+  global ThreeMatmulISTA
+  if spec["side"] == "effjax":
+    from effjax import runtime
+    runtime.reexec_with_tcmalloc()  # as `python -m effjax.main` does
+    ThreeMatmulISTA = _three_matmul_ista()
+  step, info = (torch_step if spec["side"] == "torch" else effjax_step)(spec)
+  losses = [step() for _ in range(WARMUP)]
+  if not np.all(np.isfinite(losses)):
+    raise FloatingPointError(f"{spec}: non-finite loss {losses}")
+  info.update(loss=losses[-1], env={k: os.environ[k] for k in CLEARED_ENV if k in os.environ})
+  print(json.dumps(info), flush=True)
+  for line in sys.stdin:
+    times = {"wall": [], "cpu": [], "faults": []}
+    for _ in range(int(line)):
+      wall, cpu, faults = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+      step()
+      times["wall"].append(time.perf_counter() - wall)
+      times["cpu"].append(time.process_time() - cpu)
+      times["faults"].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+    print(json.dumps(times), flush=True)
+
+
+# ---------------------------------------------------------------- driver
+
+class Worker:
+  def __init__(self, spec, env):
+    self.spec = spec
+    self.proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], env=env,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    self.info = self._read()
+
+  def _read(self):
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"worker {self.spec['label']} failed (see its stderr above)")
+    return json.loads(line)
+
+  def run(self, steps):
+    self.proc.stdin.write(f"{steps}\n")
+    self.proc.stdin.flush()
+    return self._read()
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def variants(model, dtype, levers, only):
+  specs = [dict(side=side, ista=ista, step="bare", label=f"{side} {ista}")
+           for side in ("torch", "effjax") for ista in ("three", "fused")]
+  if dtype == "f32":
+    specs.append(dict(side="effjax", ista="fused", step="trainer", label="effjax trainer (fused)"))
+    specs += [dict(side="effjax", ista="fused", step="bare", label=f"lever {label}", env=env)
+              for label, env in levers]
+  return [dict(s, model=model, dtype=dtype) for s in specs if not only or s["label"] in only]
+
+
+def run_group(specs, rounds, steps, base_env):
+  workers = []
+  try:
+    for spec in specs:
+      workers.append(Worker(spec, dict(base_env, **spec.get("env", {}))))
+      print(f"  ready: CRATE-{spec['model']} {spec['dtype']} {spec['label']}", file=sys.stderr, flush=True)
+    times = {w.spec["label"]: [] for w in workers}
+    loads = []
+    for r in range(rounds):
+      before = os.getloadavg()[0]
+      for w in workers[r % len(workers):] + workers[:r % len(workers)]:
+        times[w.spec["label"]].append(w.run(steps))
+      loads.append((before, os.getloadavg()[0]))
+      print(f"  round {r + 1}/{rounds} load {before:.1f} -> {loads[-1][1]:.1f}", file=sys.stderr, flush=True)
+    return [dict(w.spec, info=w.info, times=times[w.spec["label"]]) for w in workers], loads
+  finally:
+    for w in workers:
+      w.close()
+
+
+def summarise(rows):
+  """Adds median/min/max of every row and, per round, PyTorch / effjax ratios of the round medians."""
+  by_label = {r["label"]: r for r in rows}
+  for r in rows:
+    flat = np.concatenate([t["wall"] for t in r["times"]])
+    r.update(median_s=float(np.median(flat)), min_s=float(flat.min()), max_s=float(flat.max()),
+             cpu_s=float(np.median(np.concatenate([t["cpu"] for t in r["times"]]))),
+             faults=float(np.median(np.concatenate([t["faults"] for t in r["times"]]))))
+  for r in rows:
+    if r["side"] != "effjax":
+      continue
+    mine = np.array([np.median(t["wall"]) for t in r["times"]])
+    r["ratios"] = {}
+    for base in ("torch three", "torch fused"):
+      if base not in by_label:
+        continue
+      theirs = np.array([np.median(t["wall"]) for t in by_label[base]["times"]])
+      r["ratios"][base] = dict(median=float(by_label[base]["median_s"] / r["median_s"]),
+                               per_round=[float(x) for x in theirs / mine])
+  return rows
+
+
+def table(groups):
+  lines = ["| model | dtype | variant | median s/step | min | max | CPU s/step | page faults/step | "
+           "×torch three (median; per round) | ×torch fused (median; per round) | load (per round, before→after) |",
+           "|---|---|---|---:|---:|---:|---:|---:|---|---|---|"]
+  for g in groups:
+    load = ", ".join(f"{a:.1f}→{b:.1f}" for a, b in g["load"])
+    for r in g["rows"]:
+      cells = []
+      for base in ("torch three", "torch fused"):
+        x = r.get("ratios", {}).get(base)
+        cells.append(f"**{x['median']:.2f}×**; " + " ".join(f"{v:.2f}" for v in x["per_round"]) if x else "—")
+      lines.append(f"| CRATE-{r['model']} | {r['dtype']} | {r['label']} | {r['median_s']:.3f} | {r['min_s']:.3f} | "
+                   f"{r['max_s']:.3f} | {r['cpu_s']:.2f} | {r['faults']:,.0f} | {cells[0]} | {cells[1]} | {load} |")
+  return "\n".join(lines)
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--variants", default="T,B")
-  parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--out", default=os.path.join(REPO, "experiments", "crate", "benchmark.md"))
+  parser.add_argument("--models", default="T,B")
+  parser.add_argument("--dtypes", default="f32,bf16")
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=2, help="timed steps per worker per round")
+  parser.add_argument("--lever", action="append", default=[],
+                      help="'label:ENV=VALUE ENV2=VALUE': an extra effjax variant with these variables")
+  parser.add_argument("--only", type=lambda s: s.split(","), help="comma-separated variant labels to run")
+  parser.add_argument("--out", default=os.path.join(HERE, "benchmark"), help="writes <out>.json and <out>.md")
+  parser.add_argument("--worker", help=argparse.SUPPRESS)
   args = parser.parse_args()
-  load_before = os.getloadavg()
-  peak_before = peak_matmul_flops()
-  runners = [Runner(v) for v in args.variants.split(",")]
-  labels = ["fused (effjax)"] * len(runners)
-  original = crate.ISTA
-  crate.ISTA = ThreeMatmulISTA  # Layer looks ISTA up at trace time
-  try:
-    runners.append(Runner("T"))
-  finally:
-    crate.ISTA = original
-  labels.append("three-matmul (official order)")
-  rows = [dict(r, ista=label) for r, label in zip(measure(runners, args.steps), labels)]
-  peak = max(peak_before, peak_matmul_flops())
-  for r in rows:
-    r["achieved_flops_per_s"] = r["flops_per_step"] / r["step_s_median"]
-    r["fraction_of_peak"] = r["achieved_flops_per_s"] / peak
-  info = dict(cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(), jax=jax.__version__,
-              peak_matmul_flops_per_s=peak, load_average_before=load_before, load_average_after=os.getloadavg())
-  lines = [
-      "| model | ISTA form | params | step time (median, s) | CPU s/step | examples/s | GFLOPs/step | "
-      "achieved GFLOP/s | fraction of peak |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-  for r in rows:
-    lines.append(f"| CRATE-{r['variant']} | {r['ista']} | {r['params']:,} | {r['step_s_median']:.3f} | "
-                 f"{r['cpu_s_per_step']:.2f} | {r['examples_per_s']:.1f} | {r['flops_per_step'] / 1e9:.1f} | "
-                 f"{r['achieved_flops_per_s'] / 1e9:.1f} | {r['fraction_of_peak']:.2f} |")
-  text = (f"Train step (forward + cross-entropy + backward + Lion update), 32×32×3 input, patch 4, 10 classes, "
-          f"batch 64, float32, {jax.device_count()} CPU device, median of {args.steps} steps after 2 warm-up "
-          f"steps, the models' steps interleaved. CPU s/step is the process CPU time per step (all cores).\n"
-          f"Measured peak (jitted 2048³ f32 matmul, best of 10): **{peak / 1e9:.1f} GFLOP/s** on "
-          f"{info['cpu_count']} cores ({info['cpu']}); load average {load_before[0]:.1f} before, "
-          f"{info['load_average_after'][0]:.1f} after (the CPU is shared: other processes were running).\n\n"
-          + "\n".join(lines) + "\n")
+  if args.worker:
+    return worker(json.loads(args.worker))
+  levers = []
+  for text in args.lever:
+    label, _, assignments = text.partition(":")
+    if not all("=" in a for a in assignments.split()):
+      parser.error(f"--lever {text!r}: expected 'label:ENV=VALUE ...'")
+    levers.append((label, dict(a.split("=", 1) for a in assignments.split())))
+  base_env = {k: v for k, v in os.environ.items() if k not in CLEARED_ENV}
+  base_env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, base_env.get("PYTHONPATH")) if p)
+  start = time.time()
+  groups = []
+  for model in args.models.split(","):
+    for dtype in args.dtypes.split(","):
+      print(f"CRATE-{model} {dtype}:", file=sys.stderr, flush=True)
+      rows, load = run_group(variants(model, dtype, levers, args.only), args.rounds, args.steps, base_env)
+      groups.append(dict(model=model, dtype=dtype, rows=summarise(rows), load=load))
+  info = dict(cpu=platform.processor() or platform.machine(), cpu_count=os.cpu_count(),
+              python=platform.python_version(),
+              rounds=args.rounds, steps_per_round=args.steps, warmup_steps=WARMUP, wall_s=time.time() - start,
+              date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+  text = (f"CRATE train step (forward + label-smoothed CE + backward + AdamW), 32×32×3, patch 4, 10 classes, "
+          f"batch {BATCH}; {info['cpu_count']} CPU cores ({info['cpu']}), {info['date']}. Each variant in its own "
+          f"process, {args.rounds} rounds × {args.steps} steps taking turns (rotating order) after {WARMUP} warm-up "
+          f"steps. Ratios are PyTorch s/step ÷ effjax s/step (> 1: effjax faster). Load average per round is "
+          f"the 1-minute load before→after the round.\n\n" + table(groups) + "\n")
   print(text)
-  with open(args.out, "w") as f:
+  with open(args.out + ".md", "w") as f:
     f.write(text)
-  with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-    json.dump(dict(info, rows=rows), f, indent=1)
+  with open(args.out + ".json", "w") as f:
+    json.dump(dict(info, groups=groups), f, indent=1)
+  print(f"wrote {args.out}.md and {args.out}.json")
 
 
 if __name__ == "__main__":
