@@ -4,6 +4,7 @@ import pytest
 
 from effjax import config as cfg, metrics, train
 from effjax.data import pipeline
+
 from trainer_utils import tiny_vit_config
 
 

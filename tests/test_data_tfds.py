@@ -9,10 +9,11 @@ import textwrap
 
 import numpy as np
 import pytest
+import tfds_photos
 
 from effjax import metrics, train_config
 from effjax.data import pipeline
-import tfds_photos
+
 import trainer_utils
 
 # The CLI in a subprocess, recording a digest of every global batch the trainer takes, and SIGKILLing itself
