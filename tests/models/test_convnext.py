@@ -12,13 +12,7 @@ from effjax.models import convnext
 import timm_golden
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOL = dict(rtol=1e-5, atol=1e-5)
 HOOKS = {"stem": "stem", "stages.0": "stage0", "stages.2": "stage2", "stages.3": "stage3"}
-
-
-def _count(model, size=224):
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)))
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
 
 
 @pytest.mark.parametrize("key", ["linear_mlp", "conv_mlp"])
@@ -26,20 +20,14 @@ def test_golden_logits_and_intermediates(key):
   sd, images, outputs, meta = timm_golden.load("convnext", key)
   kw = meta["models"][key]["kwargs"]
   model = convnext.Model(num_classes=kw["num_classes"], depths=kw["depths"], widths=kw["dims"])
-  apply = jax.jit(lambda p, x: model.apply({"params": p}, x, mutable=["intermediates"]))
-  logits, state = apply(convnext.convert_official(sd), images)
-  np.testing.assert_allclose(logits, outputs["logits"], **TOL)
-  np.testing.assert_allclose(outputs["logits"], outputs["logits_f64"], **TOL)  # float32 error is below TOL
-  hooked = [h for h in HOOKS if h in outputs]
-  for h in hooked:
-    np.testing.assert_allclose(state["intermediates"][HOOKS[h]][0], outputs[h], **TOL, err_msg=h)
-  assert len(hooked) == len(meta["models"][key]["hooks"])
+  timm_golden.check_outputs(model, {"params": convnext.convert_official(sd)}, meta, key, images, outputs, HOOKS)
 
 
 def test_param_counts_equal_timm():
   counts = timm_golden.load("convnext", "linear_mlp")[3]["param_counts"]
   for name in ("convnext_atto", "convnext_tiny", "convnext_base"):
-    assert _count(convnext.Model(num_classes=1000, variant=name[len("convnext_"):])) == counts[name], name
+    model = convnext.Model(num_classes=1000, variant=name[len("convnext_"):])
+    assert timm_golden.param_count(model) == counts[name], name
   assert set(counts) == {f"convnext_{v}" for v in convnext.VARIANTS}
 
 
@@ -47,15 +35,11 @@ def test_param_counts_equal_timm():
 def test_param_counts_equal_timm_all_variants():
   counts = timm_golden.load("convnext", "linear_mlp")[3]["param_counts"]
   for name, count in counts.items():
-    assert _count(convnext.Model(num_classes=1000, variant=name[len("convnext_"):])) == count, name
+    assert timm_golden.param_count(convnext.Model(num_classes=1000, variant=name[len("convnext_"):])) == count, name
 
 
 def test_convert_official_rejects_missing_and_unexpected_keys():
-  sd = timm_golden.load("convnext", "conv_mlp")[0]
-  with pytest.raises(ValueError, match="missing 'head.fc.bias'"):
-    convnext.convert_official({k: v for k, v in sd.items() if k != "head.fc.bias"})
-  with pytest.raises(ValueError, match="unexpected key"):
-    convnext.convert_official({**sd, "extra.weight": np.zeros(3)})
+  timm_golden.check_converter_is_strict(convnext, timm_golden.load("convnext", "conv_mlp")[0], "head.fc.bias")
 
 
 DCLS = dict(kernel_count=4, dilated_kernel_size=5, version="gauss")

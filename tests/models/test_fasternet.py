@@ -11,7 +11,6 @@ from effjax.models import fasternet
 import timm_golden
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOL = dict(rtol=1e-5, atol=1e-5)
 HOOKS = {"patch_embed": "stem", "stages.0": "stage0", "stages.2": "stage2", "stages.3": "stage3"}
 
 
@@ -22,14 +21,7 @@ def test_golden_logits_and_intermediates(key):
   names = {"embed_dim": "width"}  # timm's constructor names -> ours
   model = fasternet.Model(variant=key, **{names.get(k, k): tuple(v) if isinstance(v, list) else v
                                           for k, v in kw.items()})
-  apply = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))
-  logits, state = apply(fasternet.convert_official_variables(sd), images)
-  np.testing.assert_allclose(logits, outputs["logits"], **TOL)
-  np.testing.assert_allclose(outputs["logits"], outputs["logits_f64"], **TOL)
-  hooks = meta["models"][key]["hooks"]
-  for h in hooks:
-    np.testing.assert_allclose(state["intermediates"][HOOKS[h]][0], outputs[h], **TOL, err_msg=h)
-  assert hooks
+  timm_golden.check_outputs(model, fasternet.convert_official_variables(sd), meta, key, images, outputs, HOOKS)
 
 
 def test_param_counts_equal_timm():
@@ -37,18 +29,14 @@ def test_param_counts_equal_timm():
   assert set(counts) == {f"fasternet_{v}" for v in fasternet.VARIANTS}
   for name, count in counts.items():
     model = fasternet.Model(num_classes=1000, variant=name[len("fasternet_"):])
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
-    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"])) == count, name
+    assert timm_golden.param_count(model) == count, name
 
 
 def test_convert_official_rejects_missing_and_unexpected_keys():
   sd = timm_golden.load("fasternet", "t0")[0]
-  with pytest.raises(ValueError, match="missing 'stages.1.blocks.0.mlp.1.running_var'"):
-    fasternet.convert_official({k: v for k, v in sd.items() if k != "stages.1.blocks.0.mlp.1.running_var"})
+  timm_golden.check_converter_is_strict(fasternet, sd, "stages.1.blocks.0.mlp.1.running_var")
   params = fasternet.convert_official_variables(sd)["params"]
   assert jax.tree.structure(fasternet.convert_official(sd)) == jax.tree.structure(params)
-  with pytest.raises(ValueError, match="unexpected key"):
-    fasternet.convert_official({**sd, "extra.weight": np.zeros(3)})
 
 
 def test_gradients_finite_and_nonzero_for_every_param():

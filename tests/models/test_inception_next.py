@@ -11,7 +11,6 @@ from effjax.models import inception_next
 import timm_golden
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOL = dict(rtol=1e-5, atol=1e-5)
 HOOKS = {"stem": "stem", "stages.0": "stage0", "stages.2": "stage2", "stages.3": "stage3"}
 
 
@@ -20,14 +19,7 @@ def test_golden_logits_and_intermediates(key):
   sd, images, outputs, meta = timm_golden.load("inception_next", key)
   kw = meta["models"][key]["kwargs"]
   model = inception_next.Model(variant=key, num_classes=kw["num_classes"], depths=kw["depths"], widths=kw["dims"])
-  apply = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))
-  logits, state = apply(inception_next.convert_official_variables(sd), images)
-  np.testing.assert_allclose(logits, outputs["logits"], **TOL)
-  np.testing.assert_allclose(outputs["logits"], outputs["logits_f64"], **TOL)
-  hooks = meta["models"][key]["hooks"]
-  for h in hooks:
-    np.testing.assert_allclose(state["intermediates"][HOOKS[h]][0], outputs[h], **TOL, err_msg=h)
-  assert hooks
+  timm_golden.check_outputs(model, inception_next.convert_official_variables(sd), meta, key, images, outputs, HOOKS)
 
 
 def test_param_counts_equal_timm():
@@ -35,18 +27,14 @@ def test_param_counts_equal_timm():
   assert set(counts) == {f"inception_next_{v}" for v in inception_next.VARIANTS}
   for name, count in counts.items():
     model = inception_next.Model(num_classes=1000, variant=name[len("inception_next_"):])
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
-    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"])) == count, name
+    assert timm_golden.param_count(model) == count, name
 
 
 def test_convert_official_rejects_missing_and_unexpected_keys():
   sd = timm_golden.load("inception_next", "atto")[0]
-  with pytest.raises(ValueError, match="missing 'stages.1.blocks.0.token_mixer.dwconv_w.bias'"):
-    inception_next.convert_official({k: v for k, v in sd.items() if k != "stages.1.blocks.0.token_mixer.dwconv_w.bias"})
+  timm_golden.check_converter_is_strict(inception_next, sd, "stages.1.blocks.0.token_mixer.dwconv_w.bias")
   params = inception_next.convert_official_variables(sd)["params"]
   assert jax.tree.structure(inception_next.convert_official(sd)) == jax.tree.structure(params)
-  with pytest.raises(ValueError, match="unexpected key"):
-    inception_next.convert_official({**sd, "extra.weight": np.zeros(3)})
 
 
 def test_gradients_finite_and_nonzero_for_every_param():

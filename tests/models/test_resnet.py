@@ -12,7 +12,6 @@ from effjax.models import resnet
 import timm_golden
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOL = dict(rtol=1e-5, atol=1e-5)
 HOOKS = {"maxpool": "stem", "layer1": "layer1", "layer2": "layer2", "layer3": "layer3", "layer4": "layer4"}
 
 
@@ -25,21 +24,12 @@ def _golden_model(meta, key):
 @pytest.mark.parametrize("key", ["ecaresnet26t", "ecaresnetlight", "resnetrs50"])
 def test_golden_logits_and_intermediates(key):
   sd, images, outputs, meta = timm_golden.load("resnet", key)
-  model = _golden_model(meta, key)
-  apply = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))
-  logits, state = apply(resnet.convert_official_variables(sd), images)
-  np.testing.assert_allclose(logits, outputs["logits"], **TOL)
-  np.testing.assert_allclose(outputs["logits"], outputs["logits_f64"], **TOL)
-  hooks = meta["models"][key]["hooks"]
-  for h in hooks:
-    np.testing.assert_allclose(state["intermediates"][HOOKS[h]][0], outputs[h], **TOL, err_msg=h)
-  assert hooks
+  timm_golden.check_outputs(_golden_model(meta, key), resnet.convert_official_variables(sd), meta, key, images,
+                            outputs, HOOKS)
 
 
 def _count(name):
-  model = resnet.Model(num_classes=1000, variant=name)
-  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes["params"]))
+  return timm_golden.param_count(resnet.Model(num_classes=1000, variant=name))
 
 
 def test_param_counts_equal_timm():
@@ -57,12 +47,9 @@ def test_param_counts_equal_timm_all_variants():
 
 def test_convert_official_rejects_missing_and_unexpected_keys():
   sd = timm_golden.load("resnet", "ecaresnet26t")[0]
-  with pytest.raises(ValueError, match="missing 'layer2.0.bn3.running_var'"):
-    resnet.convert_official({k: v for k, v in sd.items() if k != "layer2.0.bn3.running_var"})
+  timm_golden.check_converter_is_strict(resnet, sd, "layer2.0.bn3.running_var")
   params = resnet.convert_official_variables(sd)["params"]
   assert jax.tree.structure(resnet.convert_official(sd)) == jax.tree.structure(params)
-  with pytest.raises(ValueError, match="unexpected key"):
-    resnet.convert_official({**sd, "extra.weight": np.zeros(3)})
 
 
 TINY = dict(layers=(1, 1), channels=(4, 8), stem_width=8, stem_type="deep", avg_down=True)
