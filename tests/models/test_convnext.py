@@ -4,6 +4,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from effjax.kernels import dcls
@@ -84,6 +85,21 @@ def test_configs_build_their_models(spec):
   c = cfg.load_config_file(os.path.join(REPO, f"configs/convnext.py:{spec}"))
   model = components.load("models", c.model_name).Model(**c.model)
   assert (model.dcls is not None) == ("dcls" in spec)
+  assert c.optimizer.dcls_clamp == (c.model.dcls.dilated_kernel_size if "dcls" in spec else 0)
+
+
+def test_dcls_config_optimizer_keeps_positions_inside_the_kernel():
+  """config.optimizer.dcls_clamp chains the position clamp after the optimiser (as the official loop does)."""
+  from effjax import config as cfg, optim
+  c = cfg.load_config_file(os.path.join(REPO, "configs/convnext.py:runlocal,dcls=True"))
+  c.optimizer.lr, c.optimizer.warmup_steps = 100.0, 0
+  tx, _ = optim.make_optimizer(c.optimizer, 10, 10)
+  params = {"dw": {"weight": jnp.ones((4, 1, 8)), "P": jnp.zeros((2, 4, 1, 8)), "SIG": jnp.ones((2, 4, 1, 8))}}
+  grads = jax.tree.map(lambda p: -jnp.ones_like(p), params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  assert float(jnp.max(jnp.abs(new["dw"]["P"]))) == 3.0       # dks 7: ±3
+  assert float(jnp.max(new["dw"]["SIG"])) > 3.0               # other params move freely
 
 
 @pytest.mark.slow
