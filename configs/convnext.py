@@ -31,8 +31,9 @@ def get_config(arg=None):
   c.evaluators = ("classification",)
   c.data.source = arg.dataset
   c.data.train_split, c.data.eval_split = "train", "validation"
-  c.data.pp_train = ("random_crop(pad=16)", "flip", "normalize(mean=0.5,std=0.5)")
-  c.data.pp_eval = ("normalize(mean=0.5,std=0.5)",)
+  # timm's ImageNet recipe: inception crop + flip, resize 256 + central 224 crop for evaluation, ImageNet mean/std
+  c.data.pp_train = ("inception_crop(size=224)", "flip", train_config.IMAGENET_NORM)
+  c.data.pp_eval = ("center_crop(size=224,resize_small=256)", train_config.IMAGENET_NORM)
   c.batch_size = 4096
   c.total_epochs = 300.0
   c.optimizer.name = "adamw"

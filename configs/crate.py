@@ -33,9 +33,9 @@ def get_config(arg=None):
   c.evaluator.coding_rate = ml_collections.ConfigDict(dict(max_examples=256))
   c.data.source = arg.dataset
   c.data.train_split, c.data.eval_split = "train", "validation"
-  c.data.pp_train = ("inception_crop(size=224)", "flip", "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))")
+  c.data.pp_train = ("inception_crop(size=224)", "flip", train_config.IMAGENET_NORM)
   c.data.pp_eval = ("center_crop(size=224,resize_small=256)",
-                    "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))")
+                    train_config.IMAGENET_NORM)
   c.batch_size = 512
   c.total_epochs = 200.0
   c.optimizer.name = "lion"

@@ -30,8 +30,8 @@ def get_config(arg=None):
   c.data.source = arg.dataset
   c.data.train_split, c.data.eval_split = "train", "test"
   c.data.pp_train = ("inception_crop(size=224)", "flip", "randaugment(num_layers=2,magnitude=14,max_magnitude=30)",
-                     "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))")
-  c.data.pp_eval = ("resize(size=224)", "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))")
+                     train_config.IMAGENET_NORM)
+  c.data.pp_eval = ("resize(size=224)", train_config.IMAGENET_NORM)
   c.batch_size = arg.batch
   c.total_epochs = 200.0
   c.optimizer.name = "adamw"

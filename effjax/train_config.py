@@ -5,6 +5,9 @@ is caught by the locked ConfigDict (an unknown key is an error naming the closes
 """
 from ml_collections import ConfigDict
 
+# The ImageNet statistics timm's and the official models' weights expect, as a pp op.
+IMAGENET_NORM = "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))"
+
 
 def base_config() -> ConfigDict:
   """Every key the trainer reads, with defaults. Configs fill in model/task/data and override."""
