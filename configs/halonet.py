@@ -29,8 +29,9 @@ def get_config(arg=None):
   c.evaluators = ("classification",)
   c.data.source = arg.dataset
   c.data.train_split, c.data.eval_split = "train", "validation"
-  c.data.pp_train = ("inception_crop(size=256)", "flip", "normalize(mean=0.5,std=0.5)")
-  c.data.pp_eval = ("center_crop(size=256,resize_small=269)", "normalize(mean=0.5,std=0.5)")
+  norm = "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))"   # timm's, so timm weights evaluate as is
+  c.data.pp_train = ("inception_crop(size=256)", "flip", norm)
+  c.data.pp_eval = ("center_crop(size=256,resize_small=269)", norm)   # timm's crop_pct 0.95
   c.batch_size = 2048
   c.total_epochs = 300.0
   c.optimizer.name = "lamb"
