@@ -18,7 +18,7 @@ momentum 0.1); activations are ReLU.
 `convert_official(state_dict)` maps a timm ResNet state dict to params, `convert_official_variables` to
 {"params", "batch_stats"}.
 """
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -51,21 +51,51 @@ STEM_TYPES = ("", "deep", "deep_tiered")
 
 
 class ConvBN(nn.Module):
-  """Bias-free k×k convolution (padding k // 2, torch-style) -> BatchNorm [-> ReLU]."""
+  """Bias-free k×k convolution (padding k // 2, torch-style; `groups` channel groups) -> BatchNorm [-> act if relu]."""
   features: int
   kernel: int = 3
   stride: int = 1
   relu: bool = True
   zero_scale: bool = False
+  act: Callable = nn.relu
+  groups: int = 1
 
   @nn.compact
   def __call__(self, x, train=False):
     k, p = self.kernel, self.kernel // 2
     x = nn.Conv(self.features, (k, k), (self.stride,) * 2, padding=((p, p), (p, p)), use_bias=False,
-                kernel_init=_kaiming_fan_out, name="conv")(x)
+                feature_group_count=self.groups, kernel_init=_kaiming_fan_out, name="conv")(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="bn",
                      scale_init=nn.initializers.zeros if self.zero_scale else nn.initializers.ones)(x)
-    return nn.relu(x) if self.relu else x
+    return self.act(x) if self.relu else x
+
+
+def stem(x, stem_type, stem_width, pool, train, act=nn.relu):
+  """The stride-4 stem of the module docstring, built inside the calling module (params stem0..2, stem_pool).
+
+  pool: "max" (3×3/2 max pool), "conv" (a 3×3/2 ConvBN, ResNet-RS) or "" (no pool: the last stem convolution
+  has stride 2 instead, as timm's ByobNet stems without a pool layer).
+  """
+  if stem_type not in STEM_TYPES:
+    raise ValueError(f"unknown stem_type {stem_type!r}; expected one of {STEM_TYPES}")
+  if pool not in ("max", "conv", ""):
+    raise ValueError(f"unknown stem pool {pool!r}; expected 'max', 'conv' or ''")
+  if not (stem_type or pool):
+    raise ValueError("the 7×7 stem (stem_type '') needs a pool ('max' or 'conv')")
+  last_stride = 1 if pool else 2
+  if stem_type:
+    w = stem_width
+    first = 3 * (w // 4) if stem_type == "deep_tiered" else w
+    x = ConvBN(first, 3, 2, act=act, name="stem0")(x, train)
+    x = ConvBN(w, 3, act=act, name="stem1")(x, train)
+    x = ConvBN(2 * w, 3, last_stride, act=act, name="stem2")(x, train)
+  else:
+    x = ConvBN(64, 7, 2, act=act, name="stem0")(x, train)
+  if pool == "conv":
+    return ConvBN(x.shape[-1], 3, 2, act=act, name="stem_pool")(x, train)
+  if pool == "max":
+    return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+  return x
 
 
 def _avg_pool_ceil(x):
@@ -75,22 +105,32 @@ def _avg_pool_ceil(x):
 
 
 class Bottleneck(nn.Module):
-  """timm Bottleneck (expansion 4) with an optional recalibration gate after the last BN."""
+  """timm Bottleneck (expansion 4) with an optional recalibration gate after the last BN.
+
+  timm's ByobNet bottleneck is the same block with `out_features` (any width), its activation `act`, grouped 3×3
+  convolutions (`groups`) and the gate on the 3×3 convolution's output (`gate_mid`).
+  """
   planes: int
   stride: int = 1
   avg_down: bool = False
   gate: str = ""
   rd_ratio: float = 1 / 16
   drop_path_rate: float = 0.0
+  out_features: int | None = None
+  act: Callable = nn.relu
+  groups: int = 1
+  gate_mid: bool = False
 
   @nn.compact
   def __call__(self, x, train=False):
-    out = 4 * self.planes
-    y = ConvBN(self.planes, 1, name="conv1")(x, train)
-    y = ConvBN(self.planes, 3, self.stride, name="conv2")(y, train)
-    y = ConvBN(out, 1, relu=False, zero_scale=True, name="conv3")(y, train)
+    out = 4 * self.planes if self.out_features is None else self.out_features
+    y = ConvBN(self.planes, 1, act=self.act, name="conv1")(x, train)
+    y = ConvBN(self.planes, 3, self.stride, act=self.act, groups=self.groups, name="conv2")(y, train)
     gate = make_gate(self.gate, self.rd_ratio, module_name="se")
-    if gate is not None:
+    if gate is not None and self.gate_mid:
+      y = gate(y)
+    y = ConvBN(out, 1, relu=False, zero_scale=True, name="conv3")(y, train)
+    if gate is not None and not self.gate_mid:
       y = gate(y)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != out:
@@ -98,7 +138,7 @@ class Bottleneck(nn.Module):
         shortcut = ConvBN(out, 1, relu=False, name="down")(_avg_pool_ceil(x) if self.stride > 1 else x, train)
       else:
         shortcut = ConvBN(out, 1, self.stride, relu=False, name="down")(x, train)
-    return nn.relu(shortcut + DropPath(self.drop_path_rate)(y, train))
+    return self.act(shortcut + DropPath(self.drop_path_rate)(y, train))
 
 
 class ResNet(nn.Module):
@@ -119,23 +159,9 @@ class ResNet(nn.Module):
   def __call__(self, images, train=False):
     if images.ndim != 4:
       raise ValueError(f"ResNet expects images [B, H, W, C], got shape {images.shape}")
-    if self.stem_type not in STEM_TYPES:
-      raise ValueError(f"unknown stem_type {self.stem_type!r}; expected one of {STEM_TYPES}")
     if len(self.layers) != len(self.channels):
       raise ValueError(f"layers {tuple(self.layers)} and channels {tuple(self.channels)} must have the same length")
-    x = images
-    if self.stem_type:
-      w = self.stem_width
-      first = 3 * (w // 4) if self.stem_type == "deep_tiered" else w
-      x = ConvBN(first, 3, 2, name="stem0")(x, train)
-      x = ConvBN(w, 3, name="stem1")(x, train)
-      x = ConvBN(2 * w, 3, name="stem2")(x, train)
-    else:
-      x = ConvBN(64, 7, 2, name="stem0")(x, train)
-    if self.replace_stem_pool:
-      x = ConvBN(x.shape[-1], 3, 2, name="stem_pool")(x, train)
-    else:
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    x = stem(images, self.stem_type, self.stem_width, "conv" if self.replace_stem_pool else "max", train)
     self.sow("intermediates", "stem", x)
     total, index = sum(self.layers), 0
     for i, (n, planes) in enumerate(zip(self.layers, self.channels)):
@@ -153,14 +179,14 @@ class ResNet(nn.Module):
 Model = with_variants(ResNet, VARIANTS, "ResNet")
 
 
-def _conv_bn(sd, conv, bn):
+def convert_conv_bn(sd, conv, bn):
   """timm conv (OIHW) + BatchNorm2d names -> ({"conv": {kernel}, "bn": {scale, bias}}, {"bn": {mean, var}})."""
   params = {"conv": {"kernel": sd[f"{conv}.weight"].transpose(2, 3, 1, 0)},
             "bn": {"scale": sd[f"{bn}.weight"], "bias": sd[f"{bn}.bias"]}}
   return params, {"bn": {"mean": sd[f"{bn}.running_mean"], "var": sd[f"{bn}.running_var"]}}
 
 
-def _gate(sd, prefix):
+def convert_gate(sd, prefix):
   """timm SEModule (fc1, fc2: 1×1 convs) or EcaModule (conv: Conv1d [1, 1, k]) -> gate params."""
   if f"{prefix}.conv.weight" in sd:
     return {"conv": sd[f"{prefix}.conv.weight"].reshape(-1)}
@@ -183,24 +209,24 @@ def convert_official_variables(state_dict) -> dict:
 
   if "conv1.0.weight" in sd:
     for i, (conv, bn) in enumerate([("conv1.0", "conv1.1"), ("conv1.3", "conv1.4"), ("conv1.6", "bn1")]):
-      put(f"stem{i}", _conv_bn(sd, conv, bn))
+      put(f"stem{i}", convert_conv_bn(sd, conv, bn))
   else:
-    put("stem0", _conv_bn(sd, "conv1", "bn1"))
+    put("stem0", convert_conv_bn(sd, "conv1", "bn1"))
   if "maxpool.0.weight" in sd:
-    put("stem_pool", _conv_bn(sd, "maxpool.0", "maxpool.1"))
+    put("stem_pool", convert_conv_bn(sd, "maxpool.0", "maxpool.1"))
   blocks = sorted({tuple(int(n) for n in (k[5], k.split(".")[1])) for k in sd if k.startswith("layer")})
   for i, j in blocks:
     pre, name = f"layer{i}.{j}", f"layer{i}_block{j}"
     block, block_stats = {}, {}
     for c in (1, 2, 3):
-      block[f"conv{c}"], block_stats[f"conv{c}"] = _conv_bn(sd, f"{pre}.conv{c}", f"{pre}.bn{c}")
+      block[f"conv{c}"], block_stats[f"conv{c}"] = convert_conv_bn(sd, f"{pre}.conv{c}", f"{pre}.bn{c}")
     if f"{pre}.downsample.1.weight" in sd:
       avg = f"{pre}.downsample.2.weight" in sd   # avg_down: (pool, conv, bn); else (conv, bn)
       first = 1 if avg else 0
       conv, bn = f"{pre}.downsample.{first}", f"{pre}.downsample.{first + 1}"
-      block["down"], block_stats["down"] = _conv_bn(sd, conv, bn)
+      block["down"], block_stats["down"] = convert_conv_bn(sd, conv, bn)
     if any(k.startswith(f"{pre}.se.") for k in sd):
-      block["se"] = _gate(sd, f"{pre}.se")
+      block["se"] = convert_gate(sd, f"{pre}.se")
     params[name], stats[name] = block, block_stats
   params["fc"] = {"kernel": sd["fc.weight"].T, "bias": sd["fc.bias"]}
   sd.check_all_used(ignored=(r".*num_batches_tracked",))

@@ -59,7 +59,46 @@ CASES = {
         "t2": ("fasternet_t2", dict(embed_dim=8, depths=(1, 1, 1, 1), feature_dim=16, num_classes=3,
                                     layer_scale_init_value=0.5), 32, ("stages.3",)),
     }, ("fasternet_t0", "fasternet_t1", "fasternet_t2", "fasternet_s", "fasternet_m", "fasternet_l")),
+    "halonet": ({  # ByobNet `blocks` as JSON: per stage [block types, channels, stride, bottle ratio, extra kwargs]
+        "halonet26t": ("halonet26t", dict(
+            blocks=[[["bottle"], 16, 1, 0.25, {}], [["bottle"], 32, 2, 0.25, {}],
+                    [["bottle", "self_attn"], 64, 2, 0.25, {}], [["self_attn", "self_attn"], 128, 2, 0.25, {}]],
+            stem_chs=16, self_attn_kwargs=dict(block_size=2, halo_size=2, num_heads=2), num_classes=5), 64,
+            ("stem", "stages.0", "stages.1", "stages.2", "stages.3")),
+        "halonet50ts": ("halonet50ts", dict(
+            blocks=[[["bottle"], 16, 1, 0.25, {}],
+                    [["bottle", "self_attn"], 32, 2, 0.25,
+                     dict(self_attn_layer="halo", self_attn_kwargs=dict(block_size=2, halo_size=1, num_heads=4))],
+                    [["bottle", "self_attn"], 32, 2, 0.25, {}], [["bottle", "self_attn"], 64, 2, 0.25, {}]],
+            stem_chs=16, self_attn_kwargs=dict(block_size=2, halo_size=1, num_heads=2), num_classes=4), 64,
+            ("stages.1", "stages.3")),
+        "sehalonet33ts": ("sehalonet33ts", dict(
+            blocks=[[["bottle"], 16, 1, 0.25, {}], [["bottle", "self_attn"], 32, 2, 0.25, {}],
+                    [["bottle", "self_attn"], 48, 2, 0.25, {}], [["self_attn"], 96, 2, 0.333, {}]],
+            stem_chs=16, num_features=40, self_attn_kwargs=dict(block_size=2, halo_size=3, num_heads=2),
+            num_classes=3), 64, ("stem", "stages.2", "stages.3", "final_conv")),
+        "halonet_h1": ("halonet_h1", dict(  # odd block size: the stride-2 attention average-pools its output
+            blocks=[[["self_attn"], 16, 1, 1.0, {}], [["self_attn"], 16, 2, 1.0, {}],
+                    [["self_attn", "self_attn"], 32, 2, 1.0, {}], [["self_attn"], 32, 2, 1.0, {}]],
+            self_attn_kwargs=dict(block_size=3, halo_size=1, num_heads=2), num_classes=5), 48,
+            ("stem", "stages.0", "stages.1", "stages.3")),
+        "eca_halonext26ts": ("eca_halonext26ts", dict(
+            blocks=[[["bottle"], 32, 1, 0.25, dict(gs=4)], [["bottle"], 32, 2, 0.25, dict(gs=4)],
+                    [["bottle", "self_attn"], 64, 2, 0.25, dict(gs=4)], [["self_attn"], 64, 2, 0.25, dict(gs=4)]],
+            stem_chs=16, self_attn_kwargs=dict(block_size=2, halo_size=2, dim_head=8, num_heads=2), num_classes=3),
+            64, ("stages.0", "stages.3")),
+    }, ("halonet_h1", "halonet26t", "sehalonet33ts", "halonet50ts", "eca_halonext26ts")),
 }
+
+
+def timm_kwargs(kwargs):
+  """kwargs for timm.create_model: a JSON `blocks` list (see the halonet case) becomes ByobNet block configs."""
+  if "blocks" not in kwargs:
+    return kwargs
+  from timm.models.byobnet import ByoBlockCfg
+  blocks = tuple(tuple(ByoBlockCfg(type=t, d=1, c=c, s=s, br=br, **{"gs": 0, **extra}) for t in types)
+                 for types, c, s, br, extra in kwargs["blocks"])
+  return {**kwargs, "blocks": blocks}
 
 
 def perturb(model, gen):
@@ -81,7 +120,8 @@ def perturb(model, gen):
 
 def run_model(key, timm_name, kwargs, size, hooks, arrays, gen):
   torch.manual_seed(SEED)
-  model = timm.create_model(timm_name, pretrained=False, drop_rate=0.0, drop_path_rate=0.0, **kwargs).eval()
+  model = timm.create_model(timm_name, pretrained=False, drop_rate=0.0, drop_path_rate=0.0,
+                            **timm_kwargs(kwargs)).eval()
   sd = perturb(model, gen)
   x = torch.randn((2, 3, size, size), generator=gen)
   captured = {}
