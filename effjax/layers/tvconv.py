@@ -31,8 +31,8 @@ _kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  #
 class WeightGenerator(nn.Module):
   """G above: affinity maps [1, H', W', C_a] -> [1, H', W', features]."""
   features: int
-  hidden: int = 16
-  hidden_layers: int = 1
+  hidden: int = 64
+  hidden_layers: int = 3
 
   @nn.compact
   def __call__(self, a):
@@ -52,12 +52,13 @@ def output_size(size: int, kernel_size: int, stride: int) -> int:
 
 
 class TVConv(nn.Module):
-  """TVConv over x [B, H, W, C] -> [B, H', W', C]; see the module docstring."""
+  """TVConv over x [B, H, W, C] -> [B, H', W', C]; see the module docstring. The defaults (C_a = 4, I = 64, L = 3)
+  are those the official face-recognition training uses."""
   kernel_size: int = 3
   stride: int = 1
   affinity_channels: int = 4
-  hidden: int = 16
-  hidden_layers: int = 1
+  hidden: int = 64
+  hidden_layers: int = 3
   use_bias: bool = False
 
   @nn.compact

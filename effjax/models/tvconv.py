@@ -8,8 +8,10 @@ Images [B, H, W, C] -> logits [B, num_classes].
             out = x + y when s = 1 and the width is unchanged, else y
   head    = Linear(Dropout(mean_{H,W} ReLU6(BN(Conv1×1_{-> r(last_width·max(1, α))}(x)))))
 
-DW_s is `effjax.layers.tvconv.TVConv` (3×3, stride s; its affinity maps take each layer's output size, so the model
-is tied to the image size it was initialised with) or, with tvconv=False, a bias-free depthwise Conv3×3/s.
+DW_s is `effjax.layers.tvconv.TVConv` (3×3, stride s, `affinity_channels` maps, generator width `tvconv_hidden` and
+`tvconv_hidden_layers` hidden layers: by default 4, 64 and 3 as in the official training; the affinity maps take each
+layer's output size, so the model is tied to the image size it was initialised with) or, with tvconv=False, a
+bias-free depthwise Conv3×3/s.
 r(v) rounds to a multiple of 8, never below 90 % of v (MobileNetV2's rule). Convolutions are bias-free; BatchNorm
 ε = 1e-5, torch momentum 0.1 ("batch_stats"). The default `blocks` and stem stride 1 are the official code's
 96×96 face-recognition MobileNetV2 (maps 96 -> 6); its embedding head is replaced by a classifier.
@@ -50,8 +52,8 @@ class InvertedResidual(nn.Module):
   stride: int = 1
   tvconv: bool = True
   affinity_channels: int = 4
-  tvconv_hidden: int = 16
-  tvconv_hidden_layers: int = 1
+  tvconv_hidden: int = 64
+  tvconv_hidden_layers: int = 3
 
   @nn.compact
   def __call__(self, x, train=False):
@@ -81,8 +83,8 @@ class TVConvMobileNetV2(nn.Module):
   last_width: int = 512
   tvconv: bool = True
   affinity_channels: int = 4
-  tvconv_hidden: int = 16
-  tvconv_hidden_layers: int = 1
+  tvconv_hidden: int = 64
+  tvconv_hidden_layers: int = 3
   dropout_rate: float = 0.0
 
   @nn.compact

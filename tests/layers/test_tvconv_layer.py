@@ -8,15 +8,18 @@ import pytest
 from effjax.layers.tvconv import TVConv
 
 
-def _init(layer, x, seed=1):
-  return jax.jit(layer.init)(jax.random.PRNGKey(seed), x)["params"]
+def _params(layer, x, seed=2):
+  """Random parameters, every one away from its initial value: kernels N(0, 1/fan_in), affinity maps and LayerNorm
+  scales 1 + N(0, 0.3²), LayerNorm biases N(0, 0.3²). Drawn in numpy from the shapes: no init to compile."""
+  shapes = jax.eval_shape(layer.init, jax.random.PRNGKey(0), x)["params"]
+  rng = np.random.default_rng(seed)
 
-
-def _perturbed(params, seed=2):
-  """Every parameter (affinity maps, LayerNorm scales and biases included) moved off its initial value."""
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  return jax.tree.unflatten(tree, [p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  def draw(path, leaf):
+    name, shape = jax.tree_util.keystr(path), leaf.shape
+    if name.endswith("['kernel']"):
+      return jnp.asarray(rng.normal(0, 1 / np.sqrt(np.prod(shape[:-1])), shape), jnp.float32)
+    return jnp.asarray((not name.endswith("['bias']")) + 0.3 * rng.normal(size=shape), jnp.float32)
+  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _make_constant(gen, key, last):
@@ -36,7 +39,7 @@ def _make_constant(gen, key, last):
 def test_position_independent_kernel_equals_depthwise_conv(stride, use_bias, hidden_layers):
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 7, 5))
   layer = TVConv(stride=stride, hidden=8, hidden_layers=hidden_layers, use_bias=use_bias)
-  params = _perturbed(_init(layer, x))
+  params = _params(layer, x)
   params["weight_gen"], w = _make_constant(params["weight_gen"], jax.random.PRNGKey(3), hidden_layers)
   kernel = w.reshape(5, 3, 3).transpose(1, 2, 0)[:, :, None, :]  # channel c, tap u·3 + v -> HWIO [3, 3, 1, C]
   want = jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((1, 1), (1, 1)),
@@ -69,7 +72,7 @@ def test_equals_per_position_reference_loop(stride):
   """y[b, i, j, c] = Σ_{u,v} W[i, j, c, 3u + v] x_pad[b, s·i + u, s·j + v, c] + β[i, j, c], W and β from G(A)."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 6, 3))
   layer = TVConv(stride=stride, hidden=4, hidden_layers=1, use_bias=True)
-  params = _perturbed(_init(layer, x))
+  params = _params(layer, x)
   got = np.asarray(jax.jit(layer.apply)({"params": params}, x))
   p = jax.tree.map(lambda v: np.asarray(v, np.float64), params)
   ho, wo = p["affinity"].shape[:2]
@@ -91,8 +94,8 @@ def test_translation_variance():
   """Shifting the input does not shift TVConv's output (it does for a depthwise conv, away from the border)."""
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 12, 12, 4))
   shifted = jnp.roll(x, 2, axis=2)
-  layer = TVConv(hidden=8)
-  params = _perturbed(_init(layer, x))
+  layer = TVConv(hidden=8, hidden_layers=1)
+  params = _params(layer, x)
   y, y_shifted = (jax.jit(layer.apply)({"params": params}, v) for v in (x, shifted))
   inner = (slice(None), slice(1, -1), slice(3, -1))  # positions whose 3×3 window does not meet the border or wrap
   assert float(jnp.max(jnp.abs(jnp.roll(y, 2, axis=2) - y_shifted)[inner])) > 0.1
@@ -123,16 +126,16 @@ def test_parameter_count(size, stride, layers, bias):
 
 def test_gradients_finite_and_nonzero_for_every_param():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 3))
-  layer = TVConv(stride=2, hidden=4, use_bias=True)
-  params = _perturbed(_init(layer, x))
+  layer = TVConv(stride=2, hidden=4, hidden_layers=1, use_bias=True)
+  params = _params(layer, x)
   grads = jax.jit(jax.grad(lambda p: jnp.sum(layer.apply({"params": p}, x) ** 2)))(params)
   for path, g in jax.tree_util.tree_leaves_with_path(grads):
     assert np.all(np.isfinite(g)) and np.any(g != 0), jax.tree_util.keystr(path)
 
 
 def test_bad_input_errors():
-  layer = TVConv(hidden=4)
-  params = _init(layer, jnp.zeros((1, 8, 8, 3)))
+  layer = TVConv(hidden=4, hidden_layers=1)
+  params = _params(layer, jnp.zeros((1, 8, 8, 3)))
   with pytest.raises(ValueError, match="affinity maps are 8x8: the layer is tied to the input size"):
     layer.apply({"params": params}, jnp.zeros((1, 10, 8, 3)))
   with pytest.raises(ValueError, match=r"expects x \[B, H, W, C\]"):

@@ -10,17 +10,23 @@ import pytest
 from effjax.models import tvconv
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY = dict(blocks=((1, 8, 1, 1), (2, 16, 2, 2)), stem_width=8, last_width=32, tvconv_hidden=4)
+TINY = dict(blocks=((1, 8, 1, 1), (2, 16, 2, 2)), stem_width=8, last_width=32, tvconv_hidden=4,
+            tvconv_hidden_layers=1)
 X = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  model = tvconv.Model(num_classes=5, **TINY)
+  return model, jax.jit(model.init)(jax.random.PRNGKey(1), X)
 
 
 def _count(tree):
   return sum(p.size for p in jax.tree.leaves(tree))
 
 
-def test_shapes_and_intermediates():
-  model = tvconv.Model(num_classes=5, **TINY)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(1), X)
+def test_shapes_and_intermediates(tiny):
+  model, variables = tiny
   logits, state = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))(variables, X)
   assert logits.shape == (2, 5)
   shapes = {k: v[0].shape for k, v in state["intermediates"].items()}
@@ -58,9 +64,8 @@ def test_official_widths():
   assert [tvconv.round_width(v) for v in (3.2, 12, 16, 24 * 0.3, 100)] == [8, 16, 16, 8, 104]
 
 
-def test_gradients_finite_and_nonzero_for_every_param():
-  model = tvconv.Model(num_classes=3, **TINY)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(1), X)
+def test_gradients_finite_and_nonzero_for_every_param(tiny):
+  model, variables = tiny
 
   def loss(p):
     out, _ = model.apply({**variables, "params": p}, X, train=True, mutable=["batch_stats"])
@@ -69,9 +74,8 @@ def test_gradients_finite_and_nonzero_for_every_param():
     assert np.all(np.isfinite(g)) and np.any(g != 0), jax.tree_util.keystr(path)
 
 
-def test_bad_input_errors():
-  model = tvconv.Model(num_classes=3, **TINY)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(1), X)
+def test_bad_input_errors(tiny):
+  model, variables = tiny
   with pytest.raises(ValueError, match="tied to the input size"):
     model.apply(variables, jnp.zeros((1, 12, 12, 3)))
   with pytest.raises(ValueError, match=r"expects images \[B, H, W, C\]"):
@@ -92,7 +96,8 @@ def test_configs_build_their_models(spec):
 def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
   from effjax import config as cfg, train
   c = cfg.load_config_file(os.path.join(REPO, "configs/tvconv.py:runlocal"))
-  c.model.update(dict(blocks=((1, 8, 1, 1), (2, 16, 1, 2)), stem_width=8, last_width=32, tvconv_hidden=4))
+  c.model.update(dict(blocks=((1, 8, 1, 1), (2, 16, 1, 2)), stem_width=8, last_width=32, tvconv_hidden=4,
+                       tvconv_hidden_layers=1))
   c.batch_size, c.eval_batch_size, c.data.eval_examples = 16, 16, 32
   c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 1, -1, 2
   c.optimizer.warmup_steps, c.progress_bar = 1, False
