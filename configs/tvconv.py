@@ -32,8 +32,8 @@ def get_config(arg=None):
   c.evaluators = ("classification",)
   c.data.source = arg.dataset
   c.data.train_split, c.data.eval_split = "train", "validation"
-  c.data.pp_train = ("inception_crop(size=96)", "flip", "normalize(mean=0.5,std=0.5)")
-  c.data.pp_eval = ("center_crop(size=96,resize_small=110)", "normalize(mean=0.5,std=0.5)")
+  c.data.pp_train = ("inception_crop(size=96)", "flip", train_config.IMAGENET_NORM)
+  c.data.pp_eval = ("center_crop(size=96,resize_small=110)", train_config.IMAGENET_NORM)
   c.batch_size = 512  # the official face-recognition recipe: SGD 0.1, weight decay 5e-4, 38 epochs, batch 512
   c.total_epochs = 38.0
   c.optimizer.name = "sgd"
