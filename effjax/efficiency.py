@@ -7,7 +7,8 @@ For every entry of ENTRIES (one line per model: name, standard config + resoluti
 Cost columns, on the standard variant at its standard resolution (3 channels, random inputs):
   params         number of parameters (leaves of the "params" collection)
   GFLOPs/img     XLA cost analysis of the compiled forward pass (evaluation mode) at `--batch`, divided by it
-  train GFLOPs   the same for the trainer's compiled train step (forward, loss, backward, AdamW update)
+  (table.json also holds train_gflops_per_image_xla, the same for the train step; not in the table: XLA counts
+  a depthwise convolution's kernel gradient as if dense, e.g. 90x the true FLOPs at 96 channels)
   train memory   compiled memory_analysis of that train step at `--batch`: argument + temp + output bytes less
                  the aliased (donated state) bytes, i.e. the step's buffers with the donated state counted once;
                  the components and XLA's own peak estimate are in table.json
@@ -37,34 +38,36 @@ import traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-Entry = collections.namedtuple("Entry", "name label standard resolution runlocal")
+Entry = collections.namedtuple("Entry", "name label variant standard resolution runlocal")
 
-# One line per classifier: name (for --models), label, standard config and its input side, runlocal config.
+# One line per classifier: name (for --models), label, standard variant, its config and input side, runlocal config.
 ENTRIES = (
-    Entry("vit", "ViT-Ti/16", "configs/vit.py", 224, "configs/vit.py:runlocal"),
-    Entry("dilated_vit", "Dilated ViT", "configs/dformer_dilated_vit.py", 32,
+    Entry("vit", "ViT", "Ti/16", "configs/vit.py", 224, "configs/vit.py:runlocal"),
+    Entry("dilated_vit", "Dilated ViT", "CIFAR", "configs/dformer_dilated_vit.py", 32,
           "configs/dformer_dilated_vit.py:runlocal"),
-    Entry("crate", "CRATE-B/16", "configs/crate.py", 224, "configs/crate.py:runlocal"),
-    Entry("crate_alpha", "CRATE-α-B/16", "configs/crate_alpha.py:stage=finetune", 224,
+    Entry("crate", "CRATE", "B/16", "configs/crate.py", 224, "configs/crate.py:runlocal"),
+    Entry("crate_alpha", "CRATE-α", "B/16", "configs/crate_alpha.py:stage=finetune", 224,
           "configs/crate_alpha.py:runlocal"),
-    Entry("fit", "FIT classifier", "configs/fit.py", 224, "configs/fit.py:runlocal"),
-    Entry("terminator", "Terminator (2D)", "configs/terminator.py", 32, "configs/terminator.py:runlocal"),
-    Entry("convnext", "ConvNeXt-T", "configs/convnext.py", 224, "configs/convnext.py:runlocal"),
-    Entry("convnext_dcls", "ConvNeXt-T-DCLS", "configs/convnext.py:dcls=True", 224,
+    Entry("fit", "FIT", "classifier", "configs/fit.py", 224, "configs/fit.py:runlocal"),
+    Entry("terminator", "Terminator", "2D CIFAR", "configs/terminator.py", 32, "configs/terminator.py:runlocal"),
+    Entry("convnext", "ConvNeXt", "T", "configs/convnext.py", 224, "configs/convnext.py:runlocal"),
+    Entry("convnext_dcls", "ConvNeXt-DCLS", "T", "configs/convnext.py:dcls=True", 224,
           "configs/convnext.py:runlocal,dcls=True"),
-    Entry("ecaresnet", "ECA-ResNet-50d", "configs/resnet.py", 224, "configs/resnet.py:runlocal"),
-    Entry("resnetrs", "ResNet-RS-50", "configs/resnet.py:variant=resnetrs50", 224,
+    Entry("ecaresnet", "ECA-ResNet", "50d", "configs/resnet.py", 224, "configs/resnet.py:runlocal"),
+    Entry("resnetrs", "ResNet-RS", "50", "configs/resnet.py:variant=resnetrs50", 224,
           "configs/resnet.py:runlocal,gate=se"),
-    Entry("scse_resnet", "scSE-ResNet-50d", "configs/resnet.py:gate=scse", 224, "configs/resnet.py:runlocal,gate=scse"),
-    Entry("inception_next", "InceptionNeXt-T", "configs/inception_next.py", 224, "configs/inception_next.py:runlocal"),
-    Entry("fasternet", "FasterNet-T0", "configs/fasternet.py", 224, "configs/fasternet.py:runlocal"),
+    Entry("scse_resnet", "scSE-ResNet", "50d", "configs/resnet.py:gate=scse", 224,
+          "configs/resnet.py:runlocal,gate=scse"),
+    Entry("inception_next", "InceptionNeXt", "T", "configs/inception_next.py", 224,
+          "configs/inception_next.py:runlocal"),
+    Entry("fasternet", "FasterNet", "T0", "configs/fasternet.py", 224, "configs/fasternet.py:runlocal"),
 )
 
 # The one training recipe of the accuracy columns (and the optimizer of the cost columns' train step).
 RECIPE = dict(batch_size=128, budget_images=128_000, optimizer="adamw", lr=2e-3, weight_decay=1e-4, b1=0.9,
-              b2=0.999, schedule="warmup_cosine", warmup_steps=100, end_lr_factor=0.0, grad_clip_norm=1.0,
+              b2=0.999, schedule="warmup_cosine", warmup_fraction=0.1, end_lr_factor=0.0, grad_clip_norm=1.0,
               augmentation=("random_crop(pad=2)",), label_smoothing=0.0)
-TINY = dict(batch=8, timed_steps=1, batch_size=16, budget_images=16 * 4, warmup_steps=1)
+TINY = dict(batch=8, timed_steps=1, batch_size=16, budget_images=16 * 4)
 
 
 def equalise(config, batch_size, steps, warmup_steps):
@@ -141,7 +144,8 @@ def _median_time(fn, steps):
 def measure_costs(config, input_shape, timed_steps, train_step=True):
   """Cost of `config`'s model on random inputs of `input_shape` [B, H, W, C] (float32, one device).
 
-  Returns params and forward GFLOPs per image; with train_step also the train step's GFLOPs per image and
+  Returns params and forward GFLOPs per image; with train_step also the train step's GFLOPs per image (as XLA
+  counts them: see the module docstring) and
   compiled memory (bytes) and, when timed_steps > 0, training and inference images/s (median of timed_steps
   steps after one warm-up step).
   """
@@ -173,10 +177,9 @@ def measure_costs(config, input_shape, timed_steps, train_step=True):
            "model_state": variables, "ema_params": {}, "rng": jax.random.PRNGKey(3)}
   step_c = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
   out["compile_s"] = time.perf_counter() - start
-  out["train_gflops_per_image"] = _flops(step_c) / batch_size / 1e9
+  out["train_gflops_per_image_xla"] = _flops(step_c) / batch_size / 1e9
   m = step_c.memory_analysis()
   out["train_memory"] = {k: int(getattr(m, f"{k}_size_in_bytes")) for k in ("argument", "temp", "output", "alias")}
-  out["train_memory"]["xla_peak"] = int(getattr(m, "peak_memory_in_bytes", 0))
   out["train_memory_bytes"] = (out["train_memory"]["argument"] + out["train_memory"]["temp"]
                                + out["train_memory"]["output"] - out["train_memory"]["alias"])
   if timed_steps > 0:  # inference first: the train steps donate (delete) the params they share with `full`
@@ -237,15 +240,13 @@ def machine():
 
 def run_entry(entry, settings, log):
   """The row of one entry; a failing phase records its error in row["error"] and skips what depends on it."""
-  row = {"name": entry.name, "label": entry.label, "standard": entry.standard, "resolution": entry.resolution,
-         "runlocal": entry.runlocal}
+  row = dict(entry._asdict())
   phase = "config"
   try:
     runlocal = load(entry.runlocal)
     standard = runlocal if settings["tiny"] else load(entry.standard)
-    steps = settings["budget_images"] // settings["batch_size"]
-    runlocal = equalise(runlocal, settings["batch_size"], steps, settings["warmup_steps"])
-    standard = equalise(standard, settings["batch_size"], steps, settings["warmup_steps"])
+    runlocal = equalise(runlocal, settings["batch_size"], settings["steps"], settings["warmup_steps"])
+    standard = equalise(standard, settings["batch_size"], settings["steps"], settings["warmup_steps"])
     phase = "runlocal input"
     local_shape = runlocal_input_shape(runlocal)
     if settings["tiny"]:
@@ -288,7 +289,7 @@ def _get(row, *keys):
 
 def markdown(report):
   s, m = report["settings"], report["machine"]
-  budget = f"{s['budget_images']:,} images ({s['budget_images'] // s['batch_size']} steps of {s['batch_size']})"
+  budget = f"{s['budget_images']:,} images ({s['steps']} steps of {s['batch_size']})"
   lines = [
       "# effjax efficiency table", "",
       f"Command: `{report['command']}`  ",
@@ -302,19 +303,19 @@ def markdown(report):
       "its small `runlocal` variant on the embedded MNIST subset.**" + (
           " (`--tiny`: here the runlocal variants stand in for the standard ones.)" if s["tiny"] else ""), "",
       f"## Cost of the standard variants (float32, batch {s['batch']}, one CPU process)", "",
-      "GFLOPs/img: XLA cost analysis of the compiled forward (train step: forward, loss, backward, AdamW), per "
-      "image. Train memory: compiled memory_analysis of the train step, argument + temp + output − aliased "
+      f"GFLOPs/img: XLA cost analysis of the compiled forward at batch {s['batch']}, per image (a multiply-add "
+      "counts 2). Train memory: compiled memory_analysis of the train step, argument + temp + output − aliased "
       "(donated) bytes. img/s: batch ÷ median wall time of "
       f"{s['timed_steps']} steps after one warm-up step.", "",
-      "| model | config | input | params (M) | GFLOPs/img | train GFLOPs/img | train memory (MiB) | "
-      "train img/s | infer img/s |",
-      "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+      "| model | variant | config | input | params (M) | GFLOPs/img | train memory (MiB) | train img/s | "
+      "infer img/s |",
+      "|---|---|---|---|---:|---:|---:|---:|---:|"]
   for r in report["rows"]:
     c = r.get("cost") or {}
     shape = "×".join(str(x) for x in c["input_shape"]) if c else f"{r['resolution']}²"
-    lines.append(f"| {r['label']} | `{r['standard'] if not s['tiny'] else r['runlocal']}` | {shape} | "
+    variant, config = ("runlocal", r["runlocal"]) if s["tiny"] else (r["variant"], r["standard"])
+    lines.append(f"| {r['label']} | {variant} | `{config}` | {shape} | "
                  f"{_fmt(c.get('params'), '.2f', 1e-6)} | {_fmt(c.get('gflops_per_image'), '.3f')} | "
-                 f"{_fmt(c.get('train_gflops_per_image'), '.3f')} | "
                  f"{_fmt(c.get('train_memory_bytes'), ',.0f', 2**-20)} | {_fmt(c.get('train_img_s'), '.1f')} | "
                  f"{_fmt(c.get('infer_img_s'), '.1f')} |")
   lines += [
@@ -374,6 +375,9 @@ def plot(report, path):
     for x, y, r in zip(xs, ys, rows):
       ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
+    if xs:  # room for the points and their labels
+      ax.set_xlim(min(xs) / 1.5, max(xs) * 2.0)
+      ax.set_ylim(min(ys) - 2.0, max(ys) + 2.0)
     ax.set_xlabel(xlabel + (" → better" if better_high else " ← better"))
     ax.set_ylabel("mnist5k test accuracy (%)")
     ax.grid(alpha=0.3)
@@ -426,7 +430,9 @@ def main(argv=None):
               "timed_steps": args.timed_steps if args.timed_steps is not None else (TINY["timed_steps"] if tiny else 5),
               "batch_size": TINY["batch_size"] if tiny else RECIPE["batch_size"],
               "budget_images": args.budget_images or (TINY["budget_images"] if tiny else RECIPE["budget_images"]),
-              "warmup_steps": TINY["warmup_steps"] if tiny else RECIPE["warmup_steps"], "recipe": RECIPE}
+              "recipe": RECIPE}
+  settings["steps"] = settings["budget_images"] // settings["batch_size"]
+  settings["warmup_steps"] = int(RECIPE["warmup_fraction"] * settings["steps"])
   if settings["budget_images"] < settings["batch_size"]:
     sys.stderr.write(f"effjax.efficiency: error: --budget-images {settings['budget_images']} is below one batch "
                      f"({settings['batch_size']})\n")
