@@ -61,7 +61,9 @@ ENTRIES = (
     Entry("inception_next", "InceptionNeXt", "T", "configs/inception_next.py", 224,
           "configs/inception_next.py:runlocal"),
     Entry("fasternet", "FasterNet", "T0", "configs/fasternet.py", 224, "configs/fasternet.py:runlocal"),
-)
+    Entry("halonet", "HaloNet", "26t", "configs/halonet.py", 256, "configs/halonet.py:runlocal"),
+    Entry("tvconv", "TVConv MobileNetV2", "x1_0", "configs/tvconv.py", 96, "configs/tvconv.py:runlocal"),
+)  # P3D classifies clips [B, T, H, W, C], not images: it is not in this table
 
 # The one training recipe of the accuracy columns (and the optimizer of the cost columns' train step).
 RECIPE = dict(batch_size=128, budget_images=128_000, optimizer="adamw", lr=2e-3, weight_decay=1e-4, b1=0.9,

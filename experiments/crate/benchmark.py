@@ -185,10 +185,12 @@ class Worker:
     self.info = self._read()
 
   def _read(self):
-    line = self.proc.stdout.readline()
-    if not line:
-      raise RuntimeError(f"worker {self.spec['label']} failed (see its stderr above)")
-    return json.loads(line)
+    while True:  # skips the worker's progress lines (effjax's tcmalloc re-exec notice goes to stdout)
+      line = self.proc.stdout.readline()
+      if not line:
+        raise RuntimeError(f"worker {self.spec['label']} failed (see its stderr above)")
+      if line.startswith("{"):
+        return json.loads(line)
 
   def run(self, steps):
     self.proc.stdin.write(f"{steps}\n")
