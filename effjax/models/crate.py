@@ -75,6 +75,30 @@ class MSSA(nn.Module):
     return nn.Dropout(self.dropout, deterministic=not train)(y), w
 
 
+@jax.custom_vjp
+def relu_affine(x, m, threshold):
+  """ReLU(x · m − threshold): x [..., d], m [d, d], threshold a scalar (not differentiated)."""
+  return nn.relu(x @ m - threshold)
+
+
+def _relu_affine_fwd(x, m, threshold):
+  y = relu_affine(x, m, threshold)
+  return y, (x, m, y)
+
+
+def _relu_affine_bwd(res, dy):
+  """g = dy ⊙ [y > 0]; dx = g mᵀ, dm = xᵀ g. The barrier keeps the ReLU mask out of the transposed copy of g
+  that XLA:CPU makes for dm: fused into it, that copy ran ≈ 10× slower than a plain transpose (≈ 12% of a
+  CRATE-T training step; experiments/crate/README.md, levers)."""
+  x, m, y = res
+  g = jax.lax.optimization_barrier(jnp.where(y > 0, dy, jnp.zeros_like(dy)))
+  dm = x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+  return g @ m.T, dm.astype(m.dtype), None
+
+
+relu_affine.defvjp(_relu_affine_fwd, _relu_affine_bwd)
+
+
 class ISTA(nn.Module):
   """One ISTA step on the LASSO objective with a square dictionary D [d, d]: [..., d] -> [..., d].
 
@@ -90,7 +114,7 @@ class ISTA(nn.Module):
     dictionary = self.param("D", nn.initializers.kaiming_uniform(), (d, d), jnp.float32)
     dictionary = dictionary.astype(jnp.float32)
     m = jnp.eye(d, dtype=jnp.float32) + self.eta * (dictionary - dictionary.T @ dictionary)
-    return nn.relu(x @ m.astype(x.dtype) - self.eta * self.lmbda)
+    return relu_affine(x, m.astype(x.dtype), jnp.asarray(self.eta * self.lmbda, x.dtype))
 
 
 class Layer(nn.Module):

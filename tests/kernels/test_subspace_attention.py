@@ -6,7 +6,12 @@ import pytest
 from jax.experimental.pallas import tpu as pltpu
 
 from effjax.kernels.flash_attention import flash_attention
-from effjax.kernels.subspace_attention import subspace_attention, subspace_attention_reference, subspace_attention_tpu
+from effjax.kernels.subspace_attention import (
+  subspace_attention,
+  subspace_attention_reference,
+  subspace_attention_tpu,
+  subspace_attention_xla,
+)
 
 TRITON = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
 
@@ -27,6 +32,15 @@ def test_kernels_match_reference(length, dtype, tol):
   w = jnp.asarray(np.random.default_rng(length).normal(size=(2, length, 2, 16)), dtype)
   out, grad = value_and_grad(lambda w: subspace_attention_tpu(w, block=16, interpret=True), w)
   out_r, grad_r = value_and_grad(subspace_attention_reference, w)
+  assert rel(out, out_r) <= tol and rel(grad, grad_r) <= tol
+
+
+@pytest.mark.parametrize("length,dtype,tol", [(37, jnp.float32, 1e-5), (45, jnp.bfloat16, 1e-2)])
+def test_xla_path_with_its_own_backward_matches_autodiff_of_the_reference(length, dtype, tol):
+  w = jnp.asarray(np.random.default_rng(length).normal(size=(2, length, 3, 16)), dtype)
+  out, grad = value_and_grad(lambda w: subspace_attention_xla(w, scale=0.3), w)
+  out_r, grad_r = value_and_grad(lambda w: subspace_attention_reference(w, scale=0.3), w)
+  assert out.dtype == grad.dtype == dtype
   assert rel(out, out_r) <= tol and rel(grad, grad_r) <= tol
 
 

@@ -89,6 +89,13 @@ def test_ista_step_equals_official_three_matmul_form():
   d = params["params"]["D"]
   official = jax.nn.relu(x + 0.1 * (x @ d - (x @ d.T) @ d) - 0.01)
   np.testing.assert_allclose(ista.apply(params, x), official, rtol=1e-5, atol=1e-6)
+  # its hand-written backward (crate.relu_affine) equals autodiff of the official form
+  c = jax.random.normal(jax.random.PRNGKey(3), x.shape)
+  official_fn = lambda d, x: jnp.sum(c * jax.nn.relu(x + 0.1 * (x @ d - (x @ d.T) @ d) - 0.01))
+  ours = jax.grad(lambda p, x: jnp.sum(c * ista.apply(p, x)), argnums=(0, 1))(params, x)
+  want = jax.grad(official_fn, argnums=(0, 1))(d, x)
+  np.testing.assert_allclose(ours[0]["params"]["D"], want[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(ours[1], want[1], rtol=1e-5, atol=1e-6)
 
 
 def test_gradients_finite_and_nonzero_for_every_param():
