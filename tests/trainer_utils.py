@@ -1,4 +1,4 @@
-"""Shared helpers for tests that run the real trainer on a tiny ViT."""
+"""Shared helpers for tests that run the real trainer (a tiny ViT, or a model's runlocal config shrunk)."""
 import os
 import subprocess
 import sys
@@ -46,3 +46,24 @@ TINY_CLI = ["--config", "configs/vit.py:runlocal", "--config.model.patch_size=7"
             "--config.model.depth=2", "--config.model.num_heads=2", "--config.model.mlp_dim=64",
             "--config.batch_size=32", "--config.eval_batch_size=32", "--config.data.eval_examples=64",
             "--config.log_every_steps=1", "--config.optimizer.warmup_steps=5", "--config.progress_bar=False"]
+
+
+def train_runlocal_two_steps(spec, workdir, model=None, keys=None):
+  """Trains `configs/<spec>` (e.g. "convnext.py:runlocal") shrunk to 2 steps of batch 16 on every device
+  (the suite runs with 8 fake CPU devices), with `model` fields and dotted `keys` ({"data.source": ...}) set, through
+  effjax.train.train_and_evaluate; checks the step count, a finite loss and a 32-example evaluation."""
+  import jax
+  import numpy as np
+
+  from effjax import train
+  c = cfg.load_config_file(os.path.join(REPO, "configs", spec))
+  c.model.update(model or {})
+  c.batch_size, c.eval_batch_size, c.data.eval_examples = 16, 16, 32
+  c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 1, -1, 2
+  c.optimizer.warmup_steps, c.progress_bar = 1, False
+  set_keys(c, keys or {})
+  assert jax.device_count() == 8
+  result = train.train_and_evaluate(c, str(workdir))
+  assert result["step"] == 2 and np.isfinite(result["train/loss"])
+  assert 0.0 <= result["eval/accuracy"] <= 1.0 and result["eval/examples"] == 32
+  return result

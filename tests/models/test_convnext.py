@@ -11,6 +11,7 @@ from effjax.kernels import dcls
 from effjax.models import convnext
 
 import timm_golden
+import trainer_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOOKS = {"stem": "stem", "stages.0": "stage0", "stages.2": "stage2", "stages.3": "stage3"}
@@ -104,13 +105,4 @@ def test_dcls_config_optimizer_keeps_positions_inside_the_kernel():
 
 @pytest.mark.slow
 def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
-  from effjax import config as cfg, train
-  c = cfg.load_config_file(os.path.join(REPO, "configs/convnext.py:runlocal"))
-  c.model.update(dict(depths=(1, 1), widths=(8, 16)))
-  c.batch_size, c.eval_batch_size, c.data.eval_examples = 16, 16, 32
-  c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 1, -1, 2
-  c.optimizer.warmup_steps, c.progress_bar = 1, False
-  assert jax.device_count() == 8
-  result = train.train_and_evaluate(c, str(tmp_path))
-  assert result["step"] == 2 and np.isfinite(result["train/loss"])
-  assert 0.0 <= result["eval/accuracy"] <= 1.0 and result["eval/examples"] == 32
+  trainer_utils.train_runlocal_two_steps("convnext.py:runlocal", tmp_path, model=dict(depths=(1, 1), widths=(8, 16)))

@@ -10,6 +10,7 @@ import pytest
 from effjax.models import halonet
 
 import timm_golden
+import trainer_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOOKS = {"stem": "stem", "final_conv": "final", **{f"stages.{i}": f"stage{i}" for i in range(4)}}
@@ -140,13 +141,4 @@ def test_configs_build_their_models(spec):
 
 @pytest.mark.slow
 def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
-  from effjax import config as cfg, train
-  c = cfg.load_config_file(os.path.join(REPO, "configs/halonet.py:runlocal"))
-  c.model.update(dict(channels=(8, 16)))
-  c.batch_size, c.eval_batch_size, c.data.eval_examples = 16, 16, 32
-  c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 1, -1, 2
-  c.optimizer.warmup_steps, c.progress_bar = 1, False
-  assert jax.device_count() == 8
-  result = train.train_and_evaluate(c, str(tmp_path))
-  assert result["step"] == 2 and np.isfinite(result["train/loss"])
-  assert 0.0 <= result["eval/accuracy"] <= 1.0 and result["eval/examples"] == 32
+  trainer_utils.train_runlocal_two_steps("halonet.py:runlocal", tmp_path, model=dict(channels=(8, 16)))

@@ -10,6 +10,8 @@ import pytest
 from effjax.layers.p3d import P3DBottleneck
 from effjax.models import p3d
 
+import trainer_utils
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(layers=(2, 2), width=4, dropout_rate=0.0)
 
@@ -123,14 +125,5 @@ def test_configs_build_their_models(spec):
 
 @pytest.mark.slow
 def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
-  from effjax import config as cfg, train
-  c = cfg.load_config_file(os.path.join(REPO, "configs/p3d.py:runlocal"))
-  c.model.update(dict(layers=(1,), width=4))
-  c.data.source = "moving_digits:frames=4;size=28"
-  c.batch_size, c.eval_batch_size, c.data.eval_examples = 16, 16, 32
-  c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 1, -1, 2
-  c.optimizer.warmup_steps, c.progress_bar = 1, False
-  assert jax.device_count() == 8
-  result = train.train_and_evaluate(c, str(tmp_path))
-  assert result["step"] == 2 and np.isfinite(result["train/loss"])
-  assert 0.0 <= result["eval/accuracy"] <= 1.0 and result["eval/examples"] == 32
+  trainer_utils.train_runlocal_two_steps("p3d.py:runlocal", tmp_path, model=dict(layers=(1,), width=4),
+                                         keys={"data.source": "moving_digits:frames=4;size=28"})

@@ -10,6 +10,7 @@ from effjax.layers import squeeze_excite as se
 from effjax.models import resnet
 
 import timm_golden
+import trainer_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOOKS = {"maxpool": "stem", "layer1": "layer1", "layer2": "layer2", "layer3": "layer3", "layer4": "layer4"}
@@ -130,13 +131,4 @@ def test_configs_build_their_models(spec):
 
 @pytest.mark.slow
 def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
-  from effjax import config as cfg, train
-  c = cfg.load_config_file(os.path.join(REPO, "configs/resnet.py:runlocal"))
-  c.model.update(dict(layers=(1, 1), channels=(4, 8)))
-  c.batch_size, c.eval_batch_size, c.data.eval_examples = 16, 16, 32
-  c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 1, -1, 2
-  c.optimizer.warmup_steps, c.progress_bar = 1, False
-  assert jax.device_count() == 8
-  result = train.train_and_evaluate(c, str(tmp_path))
-  assert result["step"] == 2 and np.isfinite(result["train/loss"])
-  assert 0.0 <= result["eval/accuracy"] <= 1.0 and result["eval/examples"] == 32
+  trainer_utils.train_runlocal_two_steps("resnet.py:runlocal", tmp_path, model=dict(layers=(1, 1), channels=(4, 8)))
