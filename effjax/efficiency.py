@@ -154,7 +154,7 @@ def measure_costs(config, input_shape, timed_steps, train_step=True):
   import jax
   import jax.numpy as jnp
 
-  from effjax import components, optim, train
+  from effjax import components, optim, runtime, train
   model = components.load("models", config.model_name).Model(**config.model)
   task = components.load("tasks", config.task_name).Task(config)
   batch_size = input_shape[0]
@@ -177,7 +177,7 @@ def measure_costs(config, input_shape, timed_steps, train_step=True):
   step = train._make_train_step(config, model, task, tx, schedule, train.COMPUTE_DTYPES[config.compute_dtype])
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
            "model_state": variables, "ema_params": {}, "rng": jax.random.PRNGKey(3)}
-  step_c = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
+  step_c = jax.jit(step, donate_argnums=0, compiler_options=runtime.compiler_options()).lower(state, batch).compile()
   out["compile_s"] = time.perf_counter() - start
   out["train_gflops_per_image_xla"] = _flops(step_c) / batch_size / 1e9
   m = step_c.memory_analysis()

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from effjax import checkpoint, components, metrics as metrics_lib, optim, preemption, sharding, weights
+from effjax import checkpoint, components, metrics as metrics_lib, optim, preemption, runtime, sharding, weights
 from effjax.config import ConfigError
 from effjax.data import pipeline
 from effjax.weights import posemb
@@ -171,7 +171,8 @@ def _train_and_evaluate(config, workdir, sigterm):
                                                           sharding=batch_sharding),
                             {k: v for k, v in example_batch.items() if k != task.padding_key})
   train_step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                       out_shardings=(state_shardings, repl), donate_argnums=0)
+                       out_shardings=(state_shardings, repl), donate_argnums=0,
+                       compiler_options=runtime.compiler_options())
   train_step = train_step.lower(abstract_state, batch_spec).compile()
   flops = _step_flops(train_step)
   for e in evals:

@@ -117,7 +117,9 @@ def effjax_step(spec):
     state = (params, tx.init(params))
     args = (images, labels)
     out = lambda result: result[1]
-  compiled = jax.jit(fn, donate_argnums=0).lower(state, *args).compile()
+  # the compiler options effjax's trainer compiles its step with (effjax.runtime.compiler_options)
+  compiled = jax.jit(fn, donate_argnums=0, compiler_options=effjax.runtime.compiler_options()).lower(
+      state, *args).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   holder = [state]
