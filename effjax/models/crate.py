@@ -27,6 +27,7 @@ import numpy as np
 from effjax.kernels.subspace_attention import subspace_attention
 from effjax.layers import remat as remat_lib
 from effjax.layers.common import TORCH_LN_EPS, torch_default_init, with_variants
+from effjax.layers.dense import Dense, weight_gradient
 from effjax.layers.patches import patchify
 
 VARIANTS = {  # head dim = width / heads, as the official CRATE_tiny/small/base/large; shared with crate_mae
@@ -66,12 +67,12 @@ class MSSA(nn.Module):
   def __call__(self, x, train=False):
     b, n, d = x.shape
     inner = self.num_heads * self.head_dim
-    w = nn.Dense(inner, use_bias=False, kernel_init=self.kernel_init, name="qkv")(x)
+    w = Dense(inner, use_bias=False, kernel_init=self.kernel_init, name="qkv")(x)
     heads = w.reshape(b, n, self.num_heads, self.head_dim)
     y = subspace_attention(heads, scale=self.head_dim ** -0.5, impl=self.impl).reshape(b, n, inner)
     if not self.project_out:  # the official CRATE with one head of width d: to_out is the identity
       return y, w
-    y = nn.Dense(d, use_bias=self.out_bias, kernel_init=self.kernel_init, name="out")(y)
+    y = Dense(d, use_bias=self.out_bias, kernel_init=self.kernel_init, name="out")(y)
     return nn.Dropout(self.dropout, deterministic=not train)(y), w
 
 
@@ -87,13 +88,12 @@ def _relu_affine_fwd(x, m, threshold):
 
 
 def _relu_affine_bwd(res, dy):
-  """g = dy ⊙ [y > 0]; dx = g mᵀ, dm = xᵀ g. The barrier keeps the ReLU mask out of the transposed copy of g
-  that XLA:CPU makes for dm: fused into it, that copy ran ≈ 10× slower than a plain transpose (≈ 12% of a
-  CRATE-T training step; experiments/crate/README.md, levers)."""
+  """g = dy ⊙ [y > 0]; dx = g mᵀ, dm = xᵀ g (`layers.dense.weight_gradient`). The barrier keeps the ReLU mask
+  out of the transposed copy of g that XLA:CPU made for dm: fused into it, that copy ran ≈ 10× slower than a
+  plain transpose (≈ 12% of a CRATE-T training step; experiments/crate/README.md, levers)."""
   x, m, y = res
   g = jax.lax.optimization_barrier(jnp.where(y > 0, dy, jnp.zeros_like(dy)))
-  dm = x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
-  return g @ m.T, dm.astype(m.dtype), None
+  return g @ m.T, weight_gradient(x, g).astype(m.dtype), None
 
 
 relu_affine.defvjp(_relu_affine_fwd, _relu_affine_bwd)
