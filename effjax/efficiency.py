@@ -222,7 +222,7 @@ def train_accuracy(config):
 
 
 def machine():
-  """CPU, cores, load, allocator, XLA_FLAGS and versions of this process."""
+  """CPU, cores, load, allocator, XLA_FLAGS, the train step's compiler options and versions of this process."""
   import jax
 
   from effjax import runtime
@@ -237,6 +237,7 @@ def machine():
           "platform": platform.platform(), "python": platform.python_version(), "jax": jax.__version__,
           "devices": f"{jax.device_count()} × {jax.devices()[0].platform}", "allocator": runtime.allocator(),
           "LD_PRELOAD": os.environ.get("LD_PRELOAD", ""), "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+          "train_step_compiler_options": runtime.compiler_options() or {},
           "load_average_before": list(os.getloadavg())}
 
 
@@ -298,7 +299,9 @@ def markdown(report):
       f"Date: {report['date']}; wall time {report['wall_s']:.0f} s.  ",
       f"Machine: {m['cpu']}, {m['cpu_count']} cores ({m['usable_cores']} usable), {m['devices']}; jax {m['jax']}, "
       f"python {m['python']}; allocator {m['allocator']} (LD_PRELOAD={m['LD_PRELOAD'] or 'unset'}); "
-      f"XLA_FLAGS={m['XLA_FLAGS'] or 'unset'}; load average (1/5/15 min) before "
+      f"XLA_FLAGS={m['XLA_FLAGS'] or 'unset'}; train-step compiler options "
+      f"{', '.join(f'{k}={v}' for k, v in m.get('train_step_compiler_options', {}).items()) or 'none'}; "
+      f"load average (1/5/15 min) before "
       f"{'/'.join(f'{x:.1f}' for x in m['load_average_before'])}, after "
       f"{'/'.join(f'{x:.1f}' for x in m.get('load_average_after', []))}.", "",
       "**The cost columns use each model's standard variant at its standard resolution; the accuracy columns use "

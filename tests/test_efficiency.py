@@ -44,8 +44,8 @@ def test_files_and_failure(run):
   for label in ("ViT", "FasterNet"):
     assert text.count(f"| {label} |") == 2  # one row in each table
   machine = report["machine"]
-  for key in ("cpu", "cpu_count", "jax", "allocator", "LD_PRELOAD", "XLA_FLAGS", "load_average_before",
-              "load_average_after"):
+  for key in ("cpu", "cpu_count", "jax", "allocator", "LD_PRELOAD", "XLA_FLAGS", "train_step_compiler_options",
+              "load_average_before", "load_average_after"):
     assert key in machine
   assert machine["jax"] == jax.__version__
 
