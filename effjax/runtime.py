@@ -14,7 +14,7 @@ re-executed: start its kernel with LD_PRELOAD=<path below> to get the same effec
 compiler_options=...)`, so they hold in a notebook too, whatever was imported first). On CPU each dot runs as
 its own oneDNN matmul: jaxlib 0.10.2's default (YNNPACK) reaches 315-330 GFLOP/s on a [4160, 384] x [384, 384]
 f32 matmul of CRATE-T and 220 when the contraction is over rows (weight gradients), oneDNN 365-375 and 275-295,
-and batched attention matmuls gain 1.5x; a CRATE-T training step is about 11% faster (experiments/crate/README.md,
+and batched attention matmuls gain 1.5x; a CRATE-T training step is 13% faster (experiments/crate/README.md,
 levers). oneDNN's fusion with neighbouring elementwise ops (fusion type "dot") is not used: it aborted the
 process ("partition compile failed") on CRATE's attention backward. EFFJAX_RUNTIME=off returns no options.
 """
@@ -28,6 +28,11 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_use_onednn": True,
 MARKER = "EFFJAX_ALLOCATOR"  # set in the re-executed process: the allocator it was started with
 
 
+def _switched_off():
+  """EFFJAX_RUNTIME=off: neither the allocator re-run nor the compiler options."""
+  return os.environ.get("EFFJAX_RUNTIME", "").lower() == "off"
+
+
 def tcmalloc_path():
   """Path of an installed tcmalloc (minimal) library, or None."""
   return next((p for p in TCMALLOC_PATHS if os.path.exists(p)), None)
@@ -37,8 +42,7 @@ def reexec_with_tcmalloc(argv=None):
   """Replaces this process by the same command with tcmalloc preloaded (see the module docstring); returns
   without doing anything when that does not apply. `argv`: the command to re-run (default: the original
   command line of this interpreter, `sys.orig_argv`)."""
-  if (os.environ.get("EFFJAX_RUNTIME", "").lower() == "off" or os.environ.get(MARKER)
-      or os.environ.get("LD_PRELOAD") or not sys.platform.startswith("linux")):
+  if _switched_off() or os.environ.get(MARKER) or os.environ.get("LD_PRELOAD") or not sys.platform.startswith("linux"):
     return
   path = tcmalloc_path()
   if path is None:
@@ -53,7 +57,7 @@ def compiler_options(backend=None):
   """XLA compiler options for effjax's compiled steps on `backend` (default: JAX's default backend):
   CPU_COMPILER_OPTIONS on CPU (see the module docstring), None elsewhere or with EFFJAX_RUNTIME=off."""
   import jax
-  if os.environ.get("EFFJAX_RUNTIME", "").lower() == "off" or (backend or jax.default_backend()) != "cpu":
+  if _switched_off() or (backend or jax.default_backend()) != "cpu":
     return None
   return dict(CPU_COMPILER_OPTIONS)
 
