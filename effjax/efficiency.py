@@ -174,7 +174,7 @@ def measure_costs(config, input_shape, timed_steps, train_step=True):
     return out
 
   tx, schedule = optim.make_optimizer(config.optimizer, 1000, 100)
-  step = train._make_train_step(config, model, task, tx, schedule, train.COMPUTE_DTYPES[config.compute_dtype])
+  step = train.make_train_step(config, model, task, tx, schedule, train.COMPUTE_DTYPES[config.compute_dtype])
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
            "model_state": variables, "ema_params": {}, "rng": jax.random.PRNGKey(3)}
   step_c = jax.jit(step, donate_argnums=0, compiler_options=runtime.compiler_options()).lower(state, batch).compile()

@@ -166,7 +166,7 @@ def _train_and_evaluate(config, workdir, sigterm):
       f.write(config.to_json_best_effort(indent=2))
   start_step = int(jax.device_get(state["step"]))
 
-  train_step = _make_train_step(config, model, task, tx, schedule, compute_dtype)
+  train_step = make_train_step(config, model, task, tx, schedule, compute_dtype)
   batch_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct((config.batch_size,) + s.shape[1:], s.dtype,
                                                           sharding=batch_sharding),
                             {k: v for k, v in example_batch.items() if k != task.padding_key})
@@ -367,7 +367,7 @@ def _step_flops(compiled_step):
     return None
 
 
-def _make_train_step(config, model, task, tx, schedule, compute_dtype):
+def make_train_step(config, model, task, tx, schedule, compute_dtype):
   """(state, batch) -> (state, metrics): gradient accumulation, mixed precision, EMA, norms."""
   accum = config.grad_accum_steps
 

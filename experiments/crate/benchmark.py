@@ -96,7 +96,7 @@ def effjax_step(spec):
   if spec["step"] == "trainer":
     tx, schedule = optim.make_optimizer(config.optimizer, 1000, 100)
     task = components.load("tasks", config.task_name).Task(config)
-    fn = train._make_train_step(config, model, task, tx, schedule, dtype)
+    fn = train.make_train_step(config, model, task, tx, schedule, dtype)
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params), "model_state": {},
              "ema_params": {}, "rng": jax.random.PRNGKey(3)}
     args = ({"image": images, "label": labels},)
