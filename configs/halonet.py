@@ -44,7 +44,7 @@ def get_config(arg=None):
 
   if arg.runlocal:
     c.model = ml_collections.ConfigDict(dict(
-        num_classes=10, blocks=("ba", "a"), channels=(64, 128), strides=(1, 2), bottle_ratios=(0.25, 0.25),
+        num_classes=10, blocks=("ba", "a"), widths=(64, 128), strides=(1, 2), bottle_ratios=(0.25, 0.25),
         num_heads=(2, 4), block_size=4, halo_size=1, stem_width=16, drop_path_rate=0.0))
     c.task = ml_collections.ConfigDict(dict(label_smoothing=0.0))
     c.data.source = "mnist5k"

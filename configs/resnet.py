@@ -26,7 +26,7 @@ def get_config(arg=None):
   c.model_name = "resnet"
   model = dict(num_classes=arg.num_classes, variant=arg.variant, drop_path_rate=0.05)
   if arg.runlocal:  # a two-stage ECA-ResNet with a deep stem
-    model = dict(num_classes=10, layers=(1, 1), channels=(16, 32), stem_width=16, stem_type="deep",
+    model = dict(num_classes=10, layers=(1, 1), widths=(16, 32), stem_width=16, stem_type="deep",
                  replace_stem_pool=False, avg_down=True, gate="eca", drop_path_rate=0.0)
   if arg.gate:
     model["gate"] = "" if arg.gate == "none" else arg.gate

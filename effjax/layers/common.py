@@ -1,4 +1,5 @@
-"""Small blocks every model shares: stochastic depth, the PyTorch-default initialisers, LayerNorm epsilons.
+"""Small blocks every model shares: stochastic depth, the PyTorch-default initialisers, LayerNorm epsilons,
+PyTorch-style BatchNorm.
 
 A model ported from PyTorch uses `TORCH_LN_EPS` and the `torch_*` initialisers so that its initial
 parameter distribution (and hence training from scratch) matches the official code; ports of Keras,
@@ -17,12 +18,20 @@ TORCH_LN_EPS = 1e-5  # LayerNorm epsilon of PyTorch's nn.LayerNorm
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 # torch.nn.init.kaiming_normal_ (fan_in, ReLU gain √2): N(0, 2/fan_in).
 torch_kaiming_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+# kaiming_normal_(mode="fan_out"), the conv init of timm's and torchvision's CNNs: N(0, 2/fan_out).
+torch_kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def torch_default_bias(fan_in: int):
   """U(±1/√fan_in), PyTorch's default bias initialisation for linear and conv layers."""
   bound = 1.0 / math.sqrt(fan_in)
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def batch_norm(train: bool, name: str, **kw):
+  """nn.BatchNorm with PyTorch's defaults (ε = 1e-5, momentum 0.1, i.e. Flax momentum 0.9): batch statistics
+  in training, the running ones ("batch_stats") in evaluation."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name, **kw)
 
 
 class DropPath(nn.Module):

@@ -22,19 +22,15 @@ and depth for volumes: the maths is the same. Parameters: C·p + 9p² + 3p² + 4
 """
 import flax.linen as nn
 
+from effjax.layers.common import batch_norm, torch_kaiming_fan_out
+
 KINDS = ("A", "B", "C")
-
-_kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-def _bn(train, name):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
 def _conv(features, kernel, name, stride=1):
   pad = tuple((k // 2, k // 2) for k in kernel)
-  return nn.Conv(features, kernel, (1, stride, stride), padding=pad, use_bias=False, kernel_init=_kaiming_fan_out,
-                 name=name)
+  return nn.Conv(features, kernel, (1, stride, stride), padding=pad, use_bias=False,
+                 kernel_init=torch_kaiming_fan_out, name=name)
 
 
 class P3DBottleneck(nn.Module):
@@ -52,12 +48,12 @@ class P3DBottleneck(nn.Module):
     p = self.planes
 
     def s(v):
-      return nn.relu(_bn(train, "spatial_norm")(_conv(p, (1, 3, 3), "spatial")(v)))
+      return nn.relu(batch_norm(train, "spatial_norm")(_conv(p, (1, 3, 3), "spatial")(v)))
 
     def t(v):
-      return nn.relu(_bn(train, "temporal_norm")(_conv(p, (3, 1, 1), "temporal")(v)))
+      return nn.relu(batch_norm(train, "temporal_norm")(_conv(p, (3, 1, 1), "temporal")(v)))
 
-    h = nn.relu(_bn(train, "reduce_norm")(_conv(p, (1, 1, 1), "reduce", self.stride)(x)))
+    h = nn.relu(batch_norm(train, "reduce_norm")(_conv(p, (1, 1, 1), "reduce", self.stride)(x)))
     if self.kind == "A":
       g = t(s(h))
     elif self.kind == "B":
@@ -65,7 +61,7 @@ class P3DBottleneck(nn.Module):
     else:
       sh = s(h)
       g = sh + t(sh)
-    y = _bn(train, "expand_norm")(_conv(4 * p, (1, 1, 1), "expand")(g))
+    y = batch_norm(train, "expand_norm")(_conv(4 * p, (1, 1, 1), "expand")(g))
     if self.stride != 1 or x.shape[-1] != 4 * p:
-      x = _bn(train, "shortcut_norm")(_conv(4 * p, (1, 1, 1), "shortcut", self.stride)(x))
+      x = batch_norm(train, "shortcut_norm")(_conv(4 * p, (1, 1, 1), "shortcut", self.stride)(x))
     return nn.relu(x + y)

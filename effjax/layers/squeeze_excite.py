@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from effjax.kernels.depthwise_conv import depthwise_conv
-
-_kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # timm ResNet conv init
+from effjax.layers.common import torch_kaiming_fan_out
 
 
 def make_divisible(v, divisor=8, round_limit=0.0):
@@ -41,8 +40,8 @@ class ChannelSE(nn.Module):
   def __call__(self, x):
     c = x.shape[-1]
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
-    s = nn.relu(nn.Dense(make_divisible(c * self.rd_ratio), kernel_init=_kaiming_fan_out, name="fc1")(s))
-    s = nn.Dense(c, kernel_init=_kaiming_fan_out, name="fc2")(s)
+    s = nn.relu(nn.Dense(make_divisible(c * self.rd_ratio), kernel_init=torch_kaiming_fan_out, name="fc1")(s))
+    s = nn.Dense(c, kernel_init=torch_kaiming_fan_out, name="fc2")(s)
     return x * jax.nn.sigmoid(s)
 
 
@@ -51,7 +50,7 @@ class SpatialSE(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    q = nn.Dense(1, use_bias=False, kernel_init=_kaiming_fan_out, name="conv")(x)
+    q = nn.Dense(1, use_bias=False, kernel_init=torch_kaiming_fan_out, name="conv")(x)
     return x * jax.nn.sigmoid(q)
 
 

@@ -23,9 +23,7 @@ input size is a ValueError.
 import flax.linen as nn
 import jax.numpy as jnp
 
-from effjax.layers.common import TORCH_LN_EPS
-
-_kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # the official MobileNetV2 init
+from effjax.layers.common import TORCH_LN_EPS, torch_kaiming_fan_out
 
 
 class WeightGenerator(nn.Module):
@@ -37,11 +35,11 @@ class WeightGenerator(nn.Module):
   @nn.compact
   def __call__(self, a):
     for i in range(self.hidden_layers + 1):
-      a = nn.Conv(self.hidden, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=_kaiming_fan_out,
+      a = nn.Conv(self.hidden, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=torch_kaiming_fan_out,
                   name=f"conv{i}")(a)
       a = nn.relu(nn.LayerNorm(epsilon=TORCH_LN_EPS, reduction_axes=(-3, -2, -1), feature_axes=(-3, -2, -1),
                                name=f"norm{i}")(a))
-    return nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=_kaiming_fan_out,
+    return nn.Conv(self.features, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, kernel_init=torch_kaiming_fan_out,
                    name="out")(a)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from effjax.kernels.depthwise_conv import depthwise_conv
 from effjax.layers.common import LN_EPS, DropPath, with_variants
 from effjax.layers.dcls import DclsConv
-from effjax.models.crate import OfficialStateDict
+from effjax.weights.mapping import OfficialStateDict
 
 _trunc02 = nn.initializers.truncated_normal(0.02)
 
@@ -122,16 +122,6 @@ class ConvNeXt(nn.Module):
 Model = with_variants(ConvNeXt, VARIANTS, "ConvNeXt")
 
 
-def _linear(sd, prefix):
-  """nn.Linear [out, in] or 1×1 conv [out, in, 1, 1] -> Dense {kernel [in, out], bias}."""
-  w = sd[f"{prefix}.weight"]
-  return {"kernel": w.reshape(w.shape[:2]).T, "bias": sd[f"{prefix}.bias"]}
-
-
-def _conv(sd, prefix):
-  return {"kernel": sd[f"{prefix}.weight"].transpose(2, 3, 1, 0), "bias": sd[f"{prefix}.bias"]}
-
-
 def convert_official(state_dict) -> dict:
   """timm ConvNeXt state dict (names -> arrays; torch tensors accepted) -> params of `Model`.
 
@@ -141,24 +131,22 @@ def convert_official(state_dict) -> dict:
   """
   sd = OfficialStateDict(state_dict)
   norm = sd.layer_norm
-  params = {"stem_conv": _conv(sd, "stem.0"), "stem_norm": norm("stem.1"), "head_norm": norm("head.norm"),
-            "head": _linear(sd, "head.fc")}
+  params = {"stem_conv": sd.conv("stem.0"), "stem_norm": norm("stem.1"), "head_norm": norm("head.norm"),
+            "head": sd.linear("head.fc")}
   blocks = sorted({tuple(int(n) for n in k.split(".")[1:4:2])
                    for k in sd if k.startswith("stages.") and ".blocks." in k})
   for i in sorted({i for i, _ in blocks}):
     if i > 0:
       params[f"stage{i}_down_norm"] = norm(f"stages.{i}.downsample.0")
-      params[f"stage{i}_down"] = _conv(sd, f"stages.{i}.downsample.1")
+      params[f"stage{i}_down"] = sd.conv(f"stages.{i}.downsample.1")
   for i, j in blocks:
     pre = f"stages.{i}.blocks.{j}"
-    block = {"norm": norm(f"{pre}.norm"), "fc1": _linear(sd, f"{pre}.mlp.fc1"), "fc2": _linear(sd, f"{pre}.mlp.fc2")}
+    block = {"norm": norm(f"{pre}.norm"), "fc1": sd.linear(f"{pre}.mlp.fc1"), "fc2": sd.linear(f"{pre}.mlp.fc2")}
     if f"{pre}.conv_dw.P" in sd:
       block["conv_dw"] = {k: sd[f"{pre}.conv_dw.{k}"] for k in ("weight", "P", "SIG", "bias")
                           if f"{pre}.conv_dw.{k}" in sd}
     else:
-      w = sd[f"{pre}.conv_dw.weight"]
-      block["kernel"] = w[:, 0].transpose(1, 2, 0)
-      block["bias"] = sd[f"{pre}.conv_dw.bias"]
+      block["kernel"], block["bias"] = sd.depthwise(f"{pre}.conv_dw")
     if f"{pre}.gamma" in sd:
       block["gamma"] = sd[f"{pre}.gamma"]
     params[f"stage{i}_block{j}"] = block

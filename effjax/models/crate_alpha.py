@@ -22,8 +22,8 @@ import numpy as np
 
 from effjax.layers import remat as remat_lib
 from effjax.layers.common import LN_EPS, DropPath, with_variants
+from effjax.layers.crate import MSSA, check_posemb_length
 from effjax.layers.patches import pair
-from effjax.models.crate import MSSA, check_posemb_length
 
 VARIANTS = {  # the official decode_variant
     "Ti": dict(width=192, depth=12, num_heads=3),

@@ -2,7 +2,7 @@
 
 A masked autoencoder whose encoder layers are CRATE layers (λ = 0.5) and whose decoder layers invert them:
 
-  encoder  Z_next = ReLU(x + η (x D − x Dᵀ D) − η λ),  x = LN₂(Z + MSSA(LN₁(Z)))       (crate.Layer)
+  encoder  Z_next = ReLU(x + η (x D − x Dᵀ D) − η λ),  x = LN₂(Z + MSSA(LN₁(Z)))       (layers/crate.Layer)
   decoder  Z½ = LN₁(Z) Dᵀ,  Z_next = Z½ − MSSA(LN₂(Z½))                              (DecoderLayer)
 
 As in the official code: masked patches are replaced by the mask token *before* the encoder (which runs on
@@ -25,11 +25,12 @@ import numpy as np
 
 from effjax.layers import remat as remat_lib
 from effjax.layers.common import LN_EPS, TORCH_LN_EPS, with_variants
+from effjax.layers.crate import MSSA, SIZES, Layer, convert_layer
 from effjax.layers.patches import sincos_2d
-from effjax.models import crate
+from effjax.weights.mapping import OfficialStateDict
 
 # mae_crate_tiny/small/base/large: CRATE's table, the decoder with the encoder's width, depth and heads.
-VARIANTS = {name: dict(v, decoder_depth=v["depth"]) for name, v in crate.VARIANTS.items()}
+VARIANTS = {name: dict(v, decoder_depth=v["depth"]) for name, v in SIZES.items()}
 POS_EMBED_ATOL = 1e-5  # how far an official fixed sin-cos embedding may be from `sincos_2d`
 
 
@@ -67,8 +68,8 @@ class DecoderLayer(nn.Module):
     dictionary = self.param("D", nn.initializers.kaiming_uniform(), (d, d), jnp.float32).astype(x.dtype)
     y = nn.LayerNorm(TORCH_LN_EPS, name="norm1")(x) @ dictionary.T
     self.sow("intermediates", "after_dict", y)
-    mssa = crate.MSSA(self.num_heads, self.head_dim, impl=self.impl, kernel_init=nn.initializers.xavier_uniform(),
-                      name="mssa")
+    mssa = MSSA(self.num_heads, self.head_dim, impl=self.impl, kernel_init=nn.initializers.xavier_uniform(),
+                name="mssa")
     attn, _ = mssa(nn.LayerNorm(TORCH_LN_EPS, name="norm2")(y), train)
     y = y - attn
     self.sow("intermediates", "output", y)
@@ -114,7 +115,7 @@ class CRATEMAE(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)), x], axis=1)
     x = x + sincos_2d(self.width, (h // p, w // p), cls_token=True)[None].astype(x.dtype)
 
-    encoder_layer = remat_lib.remat(crate.Layer, self.remat)
+    encoder_layer = remat_lib.remat(Layer, self.remat)
     decoder_layer = remat_lib.remat(DecoderLayer, self.remat)
     for i in range(self.depth):
       x = encoder_layer(self.num_heads, self.width // self.num_heads, self.eta, self.lmbda,
@@ -140,10 +141,9 @@ def convert_official(state_dict) -> dict:
   not parameters here, and may differ by POS_EMBED_ATOL); the unused `decoder_embed` is skipped. Other missing
   or unexpected keys raise.
   """
-  sd = crate.OfficialStateDict(state_dict)
-  weight = sd["patch_embed.proj.weight"]
+  sd = OfficialStateDict(state_dict)
   params = {
-      "patch_embed": {"kernel": weight.transpose(2, 3, 1, 0), "bias": sd["patch_embed.proj.bias"]},
+      "patch_embed": sd.conv("patch_embed.proj"),
       "cls": sd["cls_token"],
       "mask_token": sd["mask_token"],
       "norm": sd.layer_norm("norm"),
@@ -158,7 +158,7 @@ def convert_official(state_dict) -> dict:
       raise ValueError(f"official {name} is not the fixed 2-D sin-cos embedding this model uses")
   layer_ids = lambda prefix: sorted({int(m.group(1)) for k in sd if (m := re.match(rf"{prefix}\.(\d+)\.", k))})
   for i in layer_ids("blocks"):
-    params[f"layer{i}"] = crate.convert_layer(sd, f"blocks.{i}.layers.0")
+    params[f"layer{i}"] = convert_layer(sd, f"blocks.{i}.layers.0")
   for i in layer_ids("decoder_blocks"):
     pre = f"decoder_blocks.{i}.layers.0"
     params[f"decoder_layer{i}"] = {

@@ -1,7 +1,7 @@
 """Dilated vision / sequence transformer: the D-Former encoder for 2-D images and 1-D sequences.
 
-The same stages as `effjax.models.dformer` (position conv, blocks alternating local windows and dilated
-groups, patch merging between stages) on a token grid of rank len(patch_size):
+The same stages as `effjax.models.dformer` (`effjax.layers.dformer.Stage`: position conv, blocks alternating local
+windows and dilated groups, patch merging between stages) on a token grid of rank len(patch_size):
 
   images [B, H, W, C]      with patch_size (p, p): Conv patch embedding -> grid (H/p, W/p)
   sequences [B, L, C]      with patch_size (p,):   Conv patch embedding -> grid (L/p,)
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from effjax.layers.common import TORCH_LN_EPS
-from effjax.models.dformer import Stage
+from effjax.layers.dformer import Stage
 
 
 class Model(nn.Module):

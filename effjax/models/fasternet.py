@@ -18,9 +18,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from effjax.layers.common import DropPath, with_variants
+from effjax.layers.common import DropPath, batch_norm, with_variants
 from effjax.layers.pconv import PartialConv
-from effjax.models.crate import OfficialStateDict
+from effjax.weights.mapping import BATCH_NORM_BUFFERS, OfficialStateDict, params_only
 
 _trunc02 = nn.initializers.truncated_normal(0.02)
 
@@ -33,10 +33,6 @@ VARIANTS = {  # timm fasternet_<name>
     "l": dict(width=192, depths=(3, 4, 18, 3)),
 }
 ACTS = {"relu": nn.relu, "gelu": lambda x: nn.gelu(x, approximate=False)}
-
-
-def _bn(train, name):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
 def _conv(features, k, name):
@@ -55,7 +51,7 @@ class Block(nn.Module):
     dim = x.shape[-1]
     y = PartialConv(self.n_div, kernel_init=_trunc02, name="pconv")(x)
     y = _conv(int(dim * self.mlp_ratio), 1, "fc1")(y)
-    y = _conv(dim, 1, "fc2")(ACTS[self.act](_bn(train, "norm")(y)))
+    y = _conv(dim, 1, "fc2")(ACTS[self.act](batch_norm(train, "norm")(y)))
     if self.layer_scale_init_value > 0:
       y = y * self.param("layer_scale", nn.initializers.constant(self.layer_scale_init_value), (dim,))
     return x + DropPath(self.drop_path_rate)(y, train)
@@ -83,12 +79,12 @@ class FasterNet(nn.Module):
     if images.shape[1] % reduction or images.shape[2] % reduction:
       raise ValueError(f"image size {images.shape[1]}x{images.shape[2]} is not divisible by the total stride "
                        f"{reduction}")
-    x = _bn(train, "stem_norm")(_conv(self.width, 4, "stem_conv")(images))
+    x = batch_norm(train, "stem_norm")(_conv(self.width, 4, "stem_conv")(images))
     self.sow("intermediates", "stem", x)
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
     for i, depth in enumerate(self.depths):
       if i > 0:
-        x = _bn(train, f"stage{i}_down_norm")(_conv(2 * x.shape[-1], 2, f"stage{i}_down")(x))
+        x = batch_norm(train, f"stage{i}_down_norm")(_conv(2 * x.shape[-1], 2, f"stage{i}_down")(x))
       for j in range(depth):
         x = Block(self.n_div, self.mlp_ratio, self.act, self.layer_scale_init_value, rates.pop(0),
                   name=f"stage{i}_block{j}")(x, train)
@@ -110,13 +106,8 @@ def convert_official_variables(state_dict) -> dict:
   sd = OfficialStateDict(state_dict)
   params, stats = {}, {}
 
-  def conv(prefix):
-    return {"kernel": sd[f"{prefix}.weight"].transpose(2, 3, 1, 0)}
-
-  def bn(prefix):
-    return ({"scale": sd[f"{prefix}.weight"], "bias": sd[f"{prefix}.bias"]},
-            {"mean": sd[f"{prefix}.running_mean"], "var": sd[f"{prefix}.running_var"]})
-
+  conv = lambda prefix: sd.conv(prefix, bias=False)
+  bn = sd.batch_norm
   params["stem_conv"] = conv("patch_embed.proj")
   params["stem_norm"], stats["stem_norm"] = bn("patch_embed.norm")
   blocks = sorted({tuple(int(n) for n in k.split(".")[1:4:2]) for k in sd if ".blocks." in k})
@@ -131,13 +122,10 @@ def convert_official_variables(state_dict) -> dict:
     if f"{pre}.layer_scale" in sd:
       block["layer_scale"] = sd[f"{pre}.layer_scale"]
     params[name], stats[name] = block, {"norm": norm_stats}
-  params["conv_head"] = {"kernel": sd["conv_head.weight"][:, :, 0, 0].T}
-  params["classifier"] = {"kernel": sd["classifier.weight"].T, "bias": sd["classifier.bias"]}
-  sd.check_all_used(ignored=(r".*num_batches_tracked",))
+  params["conv_head"] = sd.linear("conv_head", bias=False)
+  params["classifier"] = sd.linear("classifier")
+  sd.check_all_used(ignored=BATCH_NORM_BUFFERS)
   return {"params": params, "batch_stats": stats}
 
 
-def convert_official(state_dict) -> dict:
-  """Params of `Model` from a timm state dict (the contract of effjax.weights / config.init_from); the BatchNorm
-  running statistics come with `convert_official_variables`."""
-  return convert_official_variables(state_dict)["params"]
+convert_official = params_only(convert_official_variables)

@@ -4,12 +4,13 @@ builds it in its ByobNet: halonet_h1, halonet26t, sehalonet33ts, halonet50ts, ec
 Images [B, H, W, C] -> logits [B, num_classes]. BatchNorm ε = 1e-5 (torch momentum 0.1); activation `act` is
 "relu" or "silu".
 
-  stem     effjax.models.resnet.stem: "deep_tiered" 3×3/2 (3·(w//4)) -> 3×3 (w) -> 3×3 (2w), w = stem_width, then
+  stem     effjax.layers.resnet_blocks.stem: "deep_tiered" 3×3/2 (3·(w//4)) -> 3×3 (w) -> 3×3 (2w), w = stem_width, then
            a 3×3/2 max pool (stem_pool "max") or a stride-2 last convolution (stem_pool ""); "" = 7×7/2 conv + pool
-  stage i  one block per letter of blocks[i]; the first has stride strides[i]; out = channels[i],
+  stage i  one block per letter of blocks[i]; the first has stride strides[i]; out = widths[i],
            mid = make_divisible(out · bottle_ratios[i], 8):
-     "b"   resnet.Bottleneck: act(shortcut(x) + DropPath(BN(conv1×1(gate(act(BN(conv3×3/s(act(BN(conv1×1(x)))))))))))
-           (3×3 in groups of `group_size` channels; gate = `gate` ("", "se", "eca") on the mid features)
+     "b"   Bottleneck: act(shortcut(x) + DropPath(BN(conv1×1(gate(act(BN(conv3×3/s(act(BN(conv1×1(x)))))))))))
+           (layers/resnet_blocks; 3×3 in groups of `group_size` channels; gate = `gate` ("", "se", "eca") on the
+           mid features)
      "a"   act(shortcut(x) + DropPath(BN(conv1×1(act(BN(HaloAttention/s(act(BN(conv1×1(x))))))))))
            shortcut = identity, or 1×1/s conv -> BN when the shape changes
   final    1×1 conv -> BN -> act to num_features (if num_features > 0)
@@ -30,19 +31,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from effjax.kernels.attention import attention
-from effjax.layers.common import DropPath, with_variants
+from effjax.layers.common import DropPath, batch_norm, with_variants
+from effjax.layers.resnet_blocks import Bottleneck, ConvBN, stem
 from effjax.layers.squeeze_excite import make_divisible
-from effjax.models.crate import OfficialStateDict
-from effjax.models.resnet import Bottleneck, ConvBN, convert_conv_bn, convert_gate, stem
+from effjax.weights.mapping import BATCH_NORM_BUFFERS, OfficialStateDict, params_only
 
 ACTS = {"relu": nn.relu, "silu": nn.silu}
 
 _TIERED = dict(stem_type="deep_tiered", stem_width=32)
 VARIANTS = {  # timm model names
-    "halonet_h1": dict(blocks=("aaa", "aaa", "a" * 10, "aaa"), channels=(64, 128, 256, 512),
+    "halonet_h1": dict(blocks=("aaa", "aaa", "a" * 10, "aaa"), widths=(64, 128, 256, 512),
                        bottle_ratios=(1.0,) * 4, stem_type="", block_size=8, halo_size=3),
     "halonet26t": dict(blocks=("bb", "bb", "ba", "aa"), block_size=8, halo_size=2, **_TIERED),
-    "sehalonet33ts": dict(blocks=("bb", "bba", "bba", "aa"), channels=(256, 512, 1024, 1536),
+    "sehalonet33ts": dict(blocks=("bb", "bba", "bba", "aa"), widths=(256, 512, 1024, 1536),
                           bottle_ratios=(0.25, 0.25, 0.25, 0.333), stem_pool="", act="silu", gate="se",
                           num_features=1280, block_size=8, halo_size=3, **_TIERED),
     "halonet50ts": dict(blocks=("bbb", "bbba", "bababa", "bab"), num_heads=(8, 4, 8, 8), act="silu", block_size=8,
@@ -142,7 +143,7 @@ class HaloBlock(nn.Module):
     y = ConvBN(self.mid, 1, act=act, name="conv1")(x, train)
     y = HaloAttention(self.mid, self.num_heads, self.block_size, self.halo_size, self.stride, self.dim_head,
                       self.impl, name="attn")(y)
-    y = act(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="post_attn")(y))
+    y = act(batch_norm(train, "post_attn")(y))
     y = ConvBN(self.features, 1, relu=False, zero_scale=True, name="conv3")(y, train)
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.features:
@@ -158,7 +159,7 @@ class HaloNet(nn.Module):
   """HaloNet classifier (see the module docstring); `Model(variant="halonet26t", ...)` builds timm's models."""
   num_classes: int
   blocks: Sequence[str] = ("bb", "bb", "ba", "aa")
-  channels: Sequence[int] = (256, 512, 1024, 2048)
+  widths: Sequence[int] = (256, 512, 1024, 2048)
   strides: Sequence[int] = (1, 2, 2, 2)
   bottle_ratios: Sequence[float] = (0.25, 0.25, 0.25, 0.25)
   num_heads: Sequence[int] = (8, 8, 8, 8)
@@ -179,9 +180,9 @@ class HaloNet(nn.Module):
     if images.ndim != 4:
       raise ValueError(f"HaloNet expects images [B, H, W, C], got shape {images.shape}")
     n = len(self.blocks)
-    if not (len(self.channels) == len(self.strides) == len(self.bottle_ratios) == len(self.num_heads) == n):
-      raise ValueError(f"blocks, channels, strides, bottle_ratios and num_heads need one entry per stage, got "
-                       f"{len(self.blocks)}, {len(self.channels)}, {len(self.strides)}, {len(self.bottle_ratios)}, "
+    if not (len(self.widths) == len(self.strides) == len(self.bottle_ratios) == len(self.num_heads) == n):
+      raise ValueError(f"blocks, widths, strides, bottle_ratios and num_heads need one entry per stage, got "
+                       f"{len(self.blocks)}, {len(self.widths)}, {len(self.strides)}, {len(self.bottle_ratios)}, "
                        f"{len(self.num_heads)}")
     if set("".join(self.blocks)) - set("ab"):
       raise ValueError(f"blocks {tuple(self.blocks)} may only hold 'b' (bottleneck) and 'a' (halo attention)")
@@ -205,7 +206,7 @@ class HaloNet(nn.Module):
     self.sow("intermediates", "stem", x)
     total, index = sum(len(s) for s in self.blocks), 0
     for i, letters in enumerate(self.blocks):
-      out = self.channels[i]
+      out = self.widths[i]
       mid = make_divisible(out * self.bottle_ratios[i], 8, 0.9)
       if self.group_size and mid % self.group_size:
         raise ValueError(f"group_size {self.group_size} does not divide stage {i}'s bottleneck width {mid}")
@@ -248,32 +249,27 @@ def convert_official_variables(state_dict) -> dict:
   top = (params, stats)
   for i in range(3):
     if f"stem.conv{i + 1}.conv.weight" in sd:
-      put(top, f"stem{i}", convert_conv_bn(sd, f"stem.conv{i + 1}.conv", f"stem.conv{i + 1}.bn"))
+      put(top, f"stem{i}", sd.conv_bn(f"stem.conv{i + 1}.conv", f"stem.conv{i + 1}.bn"))
   blocks = sorted({tuple(int(n) for n in k.split(".")[1:3]) for k in sd if k.startswith("stages.")})
   for i, j in blocks:
     pre = f"stages.{i}.{j}"
     block = ({}, {})
     for ours, theirs in (("conv1", "conv1_1x1"), ("conv2", "conv2_kxk"), ("conv3", "conv3_1x1"), ("down", "shortcut")):
       if f"{pre}.{theirs}.conv.weight" in sd:
-        put(block, ours, convert_conv_bn(sd, f"{pre}.{theirs}.conv", f"{pre}.{theirs}.bn"))
+        put(block, ours, sd.conv_bn(f"{pre}.{theirs}.conv", f"{pre}.{theirs}.bn"))
     if any(k.startswith(f"{pre}.attn.") for k in sd):
-      block[0]["se"] = convert_gate(sd, f"{pre}.attn")
+      block[0]["se"] = sd.gate(f"{pre}.attn")
     if f"{pre}.self_attn.q.weight" in sd:
-      dense = lambda n: {"kernel": sd[f"{pre}.self_attn.{n}.weight"][:, :, 0, 0].T}
-      block[0]["attn"] = {"q": dense("q"), "kv": dense("kv"),
+      block[0]["attn"] = {"q": sd.linear(f"{pre}.self_attn.q", bias=False),
+                          "kv": sd.linear(f"{pre}.self_attn.kv", bias=False),
                           **{n: sd[f"{pre}.self_attn.pos_embed.{n}"] for n in ("height_rel", "width_rel")}}
-      bn = f"{pre}.post_attn"
-      block[0]["post_attn"] = {"scale": sd[f"{bn}.weight"], "bias": sd[f"{bn}.bias"]}
-      block[1]["post_attn"] = {"mean": sd[f"{bn}.running_mean"], "var": sd[f"{bn}.running_var"]}
+      put(block, "post_attn", sd.batch_norm(f"{pre}.post_attn"))
     put(top, f"stage{i}_block{j}", block)
   if "final_conv.conv.weight" in sd:
-    put(top, "final_conv", convert_conv_bn(sd, "final_conv.conv", "final_conv.bn"))
-  params["head"] = {"kernel": sd["head.fc.weight"].T, "bias": sd["head.fc.bias"]}
-  sd.check_all_used(ignored=(r".*num_batches_tracked",))
+    put(top, "final_conv", sd.conv_bn("final_conv.conv", "final_conv.bn"))
+  params["head"] = sd.linear("head.fc")
+  sd.check_all_used(ignored=BATCH_NORM_BUFFERS)
   return {"params": params, "batch_stats": {k: v for k, v in stats.items() if v}}
 
 
-def convert_official(state_dict) -> dict:
-  """Params of `Model` from a timm state dict (the contract of effjax.weights / config.init_from); the BatchNorm
-  running statistics come with `convert_official_variables`."""
-  return convert_official_variables(state_dict)["params"]
+convert_official = params_only(convert_official_variables)

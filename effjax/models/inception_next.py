@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from effjax.kernels.depthwise_conv import depthwise_conv
-from effjax.layers.common import DropPath, with_variants
-from effjax.models.crate import OfficialStateDict
+from effjax.layers.common import DropPath, batch_norm, with_variants
+from effjax.weights.mapping import BATCH_NORM_BUFFERS, OfficialStateDict, params_only
 
 _trunc02 = nn.initializers.truncated_normal(0.02)
 
@@ -30,10 +30,6 @@ VARIANTS = {  # timm inception_next_<name>
     "small": dict(depths=(3, 3, 27, 3), widths=(96, 192, 384, 768), band_kernel_size=11, branch_ratio=0.125),
     "base": dict(depths=(3, 3, 27, 3), widths=(128, 256, 512, 1024), band_kernel_size=11, branch_ratio=0.125),
 }
-
-
-def _bn(train, name):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
 class InceptionDWConv(nn.Module):
@@ -71,7 +67,7 @@ class Block(nn.Module):
   def __call__(self, x, train=False):
     dim = x.shape[-1]
     y = InceptionDWConv(self.band_kernel_size, self.branch_ratio, impl=self.impl, name="mixer")(x)
-    y = _bn(train, "norm")(y)
+    y = batch_norm(train, "norm")(y)
     y = nn.Dense(int(self.mlp_ratio * dim), kernel_init=_trunc02, name="fc1")(y)
     y = nn.Dense(dim, kernel_init=_trunc02, name="fc2")(nn.gelu(y, approximate=False))
     if self.ls_init_value:
@@ -104,12 +100,12 @@ class InceptionNeXt(nn.Module):
       raise ValueError(f"image size {images.shape[1]}x{images.shape[2]} is not divisible by the total stride "
                        f"{reduction}")
     x = nn.Conv(self.widths[0], (4, 4), strides=(4, 4), padding="VALID", kernel_init=_trunc02, name="stem_conv")(images)
-    x = _bn(train, "stem_norm")(x)
+    x = batch_norm(train, "stem_norm")(x)
     self.sow("intermediates", "stem", x)
     rates = np.linspace(0.0, self.drop_path_rate, sum(self.depths)).tolist()
     for i, (depth, dim, ratio) in enumerate(zip(self.depths, self.widths, self.mlp_ratios)):
       if i > 0:
-        x = _bn(train, f"stage{i}_down_norm")(x)
+        x = batch_norm(train, f"stage{i}_down_norm")(x)
         x = nn.Conv(dim, (2, 2), strides=(2, 2), padding="VALID", kernel_init=_trunc02, name=f"stage{i}_down")(x)
       for j in range(depth):
         x = Block(ratio, self.band_kernel_size, self.branch_ratio, self.ls_init_value, rates.pop(0),
@@ -135,17 +131,7 @@ def convert_official_variables(state_dict) -> dict:
   sd = OfficialStateDict(state_dict)
   params, stats = {}, {}
 
-  def bn(prefix):
-    return ({"scale": sd[f"{prefix}.weight"], "bias": sd[f"{prefix}.bias"]},
-            {"mean": sd[f"{prefix}.running_mean"], "var": sd[f"{prefix}.running_var"]})
-
-  def dense(prefix):
-    w = sd[f"{prefix}.weight"]
-    return {"kernel": w.reshape(w.shape[:2]).T, "bias": sd[f"{prefix}.bias"]}
-
-  def conv(prefix):
-    return {"kernel": sd[f"{prefix}.weight"].transpose(2, 3, 1, 0), "bias": sd[f"{prefix}.bias"]}
-
+  bn, dense, conv = sd.batch_norm, sd.linear, sd.conv
   params["stem_conv"] = conv("stem.0")
   params["stem_norm"], stats["stem_norm"] = bn("stem.1")
   blocks = sorted({tuple(int(n) for n in k.split(".")[1:4:2]) for k in sd if ".blocks." in k})
@@ -156,20 +142,15 @@ def convert_official_variables(state_dict) -> dict:
     pre, name = f"stages.{i}.blocks.{j}", f"stage{i}_block{j}"
     mixer = {}
     for conv_name in ("dwconv_hw", "dwconv_w", "dwconv_h"):
-      mixer[f"{conv_name}_kernel"] = sd[f"{pre}.token_mixer.{conv_name}.weight"][:, 0].transpose(1, 2, 0)
-      mixer[f"{conv_name}_bias"] = sd[f"{pre}.token_mixer.{conv_name}.bias"]
+      mixer[f"{conv_name}_kernel"], mixer[f"{conv_name}_bias"] = sd.depthwise(f"{pre}.token_mixer.{conv_name}")
     norm, norm_stats = bn(f"{pre}.norm")
     block = {"mixer": mixer, "norm": norm, "fc1": dense(f"{pre}.mlp.fc1"), "fc2": dense(f"{pre}.mlp.fc2")}
     if f"{pre}.gamma" in sd:
       block["gamma"] = sd[f"{pre}.gamma"]
     params[name], stats[name] = block, {"norm": norm_stats}
-  params.update(head_fc1=dense("head.fc1"), head_norm={"scale": sd["head.norm.weight"], "bias": sd["head.norm.bias"]},
-                head_fc2=dense("head.fc2"))
-  sd.check_all_used(ignored=(r".*num_batches_tracked",))
+  params.update(head_fc1=dense("head.fc1"), head_norm=sd.layer_norm("head.norm"), head_fc2=dense("head.fc2"))
+  sd.check_all_used(ignored=BATCH_NORM_BUFFERS)
   return {"params": params, "batch_stats": stats}
 
 
-def convert_official(state_dict) -> dict:
-  """Params of `Model` from a timm state dict (the contract of effjax.weights / config.init_from); the BatchNorm
-  running statistics come with `convert_official_variables`."""
-  return convert_official_variables(state_dict)["params"]
+convert_official = params_only(convert_official_variables)

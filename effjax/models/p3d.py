@@ -17,10 +17,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from effjax.layers.common import with_variants
+from effjax.layers.common import batch_norm, torch_kaiming_fan_out, with_variants
 from effjax.layers.p3d import KINDS, P3DBottleneck
-
-_kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 VARIANTS = {
     "p3d63": dict(layers=(3, 4, 6, 3)),
@@ -45,8 +43,8 @@ class P3DResNet(nn.Module):
     if not self.kinds or any(k not in KINDS for k in self.kinds):
       raise ValueError(f"kinds must be a non-empty string of P3D block kinds {KINDS}, got {self.kinds!r}")
     x = nn.Conv(self.width, (1, 7, 7), (1, 2, 2), padding=((0, 0), (3, 3), (3, 3)), use_bias=False,
-                kernel_init=_kaiming_fan_out, name="stem_conv")(clips)
-    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="stem_norm")(x))
+                kernel_init=torch_kaiming_fan_out, name="stem_conv")(clips)
+    x = nn.relu(batch_norm(train, "stem_norm")(x))
     x = nn.max_pool(x, (1, 3, 3), (1, 2, 2), padding=((0, 0), (1, 1), (1, 1)))
     self.sow("intermediates", "stem", x)
     n = 0

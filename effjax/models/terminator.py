@@ -21,10 +21,12 @@ import re
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from effjax.layers.common import torch_kaiming_normal
 from effjax.layers.hyperzzw_blocks import SFNEBlock
 from effjax.layers.remat import remat
+from effjax.weights.mapping import dense_kernel
 
 OFFICIAL_SKIPS = ((), (), (0,), (1,), (2, 1))
 
@@ -93,7 +95,7 @@ def convert_official(state_dict):
   kernel_coords, initialized) are skipped. The blocks must be numbered 0..n-1 without gaps (n = the
   model's len(expansions); a parameter missing inside a block shows when the params are applied).
   """
-  params = {}
+  flat = {}
   for name, value in state_dict.items():
     value = np.asarray(value)
     if name.split(".")[-1] in ("train_length", "kernel_coords", "initialized"):
@@ -103,13 +105,11 @@ def convert_official(state_dict):
     leaf = path[-1]
     if leaf == "weight":
       path[-1] = "kernel"
-      value = value.reshape(value.shape[:2]).T
+      value = dense_kernel(value)
     elif leaf in ("bias_p", "bias_pk", "fast_bias_p"):
       value = value.reshape(value.shape[2:])
-    node = params
-    for part in path[:-1]:
-      node = node.setdefault(part, {})
-    node[path[-1]] = value
+    flat[tuple(path)] = value
+  params = traverse_util.unflatten_dict(flat)
   blocks = sorted(int(k[len("blocks_"):]) for k in params if k.startswith("blocks_"))
   if not blocks or blocks != list(range(len(blocks))):
     raise ValueError(f"official state dict must hold blocks 0..n-1, got block indices {blocks}")

@@ -22,10 +22,8 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from effjax.layers.common import with_variants
+from effjax.layers.common import batch_norm, torch_kaiming_fan_out, with_variants
 from effjax.layers.tvconv import TVConv
-
-_kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
           (6, 320, 1, 1))  # (expansion t, width c, repeats n, first stride s)
@@ -38,12 +36,8 @@ def round_width(v: float, divisor: int = 8) -> int:
   return r + divisor if r < 0.9 * v else r
 
 
-def _bn(train, name):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
-
-
 def _conv1x1(features, name):
-  return nn.Conv(features, (1, 1), use_bias=False, kernel_init=_kaiming_fan_out, name=name)
+  return nn.Conv(features, (1, 1), use_bias=False, kernel_init=torch_kaiming_fan_out, name=name)
 
 
 class InvertedResidual(nn.Module):
@@ -61,15 +55,15 @@ class InvertedResidual(nn.Module):
     hidden = int(round(c * self.expansion))
     y = x
     if self.expansion != 1:
-      y = nn.relu6(_bn(train, "expand_norm")(_conv1x1(hidden, "expand")(y)))
+      y = nn.relu6(batch_norm(train, "expand_norm")(_conv1x1(hidden, "expand")(y)))
     if self.tvconv:
       y = TVConv(3, self.stride, self.affinity_channels, self.tvconv_hidden, self.tvconv_hidden_layers,
                  name="dw")(y)
     else:
       y = nn.Conv(hidden, (3, 3), (self.stride,) * 2, padding=((1, 1), (1, 1)), feature_group_count=hidden,
-                  use_bias=False, kernel_init=_kaiming_fan_out, name="dw")(y)
-    y = nn.relu6(_bn(train, "dw_norm")(y))
-    y = _bn(train, "project_norm")(_conv1x1(self.features, "project")(y))
+                  use_bias=False, kernel_init=torch_kaiming_fan_out, name="dw")(y)
+    y = nn.relu6(batch_norm(train, "dw_norm")(y))
+    y = batch_norm(train, "project_norm")(_conv1x1(self.features, "project")(y))
     return x + y if self.stride == 1 and c == self.features else y
 
 
@@ -94,8 +88,8 @@ class TVConvMobileNetV2(nn.Module):
     if any(len(row) != 4 for row in self.blocks):
       raise ValueError(f"blocks must be rows (expansion, width, repeats, stride), got {self.blocks}")
     x = nn.Conv(round_width(self.stem_width * self.width_mult), (3, 3), (self.stem_stride,) * 2,
-                padding=((1, 1), (1, 1)), use_bias=False, kernel_init=_kaiming_fan_out, name="stem_conv")(images)
-    x = nn.relu6(_bn(train, "stem_norm")(x))
+                padding=((1, 1), (1, 1)), use_bias=False, kernel_init=torch_kaiming_fan_out, name="stem_conv")(images)
+    x = nn.relu6(batch_norm(train, "stem_norm")(x))
     self.sow("intermediates", "stem", x)
     for i, (t, c, n, s) in enumerate(self.blocks):
       for j in range(n):
@@ -104,7 +98,7 @@ class TVConvMobileNetV2(nn.Module):
                              name=f"stage{i}_block{j}")(x, train)
       self.sow("intermediates", f"stage{i}", x)
     x = _conv1x1(round_width(self.last_width * max(1.0, self.width_mult)), "head_conv")(x)
-    x = jnp.mean(nn.relu6(_bn(train, "head_norm")(x)), axis=(1, 2))
+    x = jnp.mean(nn.relu6(batch_norm(train, "head_norm")(x)), axis=(1, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.normal(0.01), name="classifier")(x)
 

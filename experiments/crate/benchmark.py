@@ -78,12 +78,13 @@ def effjax_step(spec):
 
   import effjax.runtime
   from effjax import components, optim, train
+  from effjax.layers import crate as crate_layers
   from effjax.models import crate
   sys.path.insert(0, REPO)
   from configs import crate as crate_config
 
   if spec["ista"] == "three":
-    crate.ISTA = ThreeMatmulISTA  # Layer looks ISTA up when it is traced
+    crate_layers.ISTA = ThreeMatmulISTA  # Layer looks ISTA up when it is traced
   config = crate_config.get_config(f"variant={spec['model']},patch={PATCH},num_classes={CLASSES}")
   config.compute_dtype = "bfloat16" if spec["dtype"] == "bf16" else "float32"
   config.optimizer = ml_collections.ConfigDict(dict(config.optimizer.to_dict(), name="adamw", lr=LR,

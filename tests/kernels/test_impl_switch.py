@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from effjax.layers.dformer import Stage
 from effjax.layers.hyperzzw_blocks import FastMultiBranch
 from effjax.layers.transformer import MultiHeadAttention
-from effjax.models import crate, dformer, dilated_vit
+from effjax.models import crate, dilated_vit
 
 
 def rel(a, b):
@@ -56,7 +57,7 @@ def test_dilated_vit_switches_impl():
 def test_dformer_3d_block_pair_switches_impl():
   volume = jnp.asarray(np.random.default_rng(5).normal(size=(1, 2, 4, 6, 8)), jnp.float32)
   assert_close(outputs_and_grads(
-      lambda impl: dformer.Stage(2, 2, (2, 2, 2), 2, impl=impl), volume))
+      lambda impl: Stage(2, 2, (2, 2, 2), 2, impl=impl), volume))
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from effjax.layers.crate import ISTA
 from effjax.models import crate, crate_mae
 
 TOL = dict(rtol=1e-5, atol=1e-5)  # reference README section 1
@@ -84,12 +85,12 @@ def test_variant_fields_and_overrides():
 
 def test_ista_step_equals_official_three_matmul_form():
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 8))
-  ista = crate.ISTA(eta=0.1, lmbda=0.1)
+  ista = ISTA(eta=0.1, lmbda=0.1)
   params = ista.init(jax.random.PRNGKey(2), x)
   d = params["params"]["D"]
   official = jax.nn.relu(x + 0.1 * (x @ d - (x @ d.T) @ d) - 0.01)
   np.testing.assert_allclose(ista.apply(params, x), official, rtol=1e-5, atol=1e-6)
-  # its hand-written backward (crate.relu_affine) equals autodiff of the official form
+  # its hand-written backward (layers/crate.relu_affine) equals autodiff of the official form
   c = jax.random.normal(jax.random.PRNGKey(3), x.shape)
   official_fn = lambda d, x: jnp.sum(c * jax.nn.relu(x + 0.1 * (x @ d - (x @ d.T) @ d) - 0.01))
   ours = jax.grad(lambda p, x: jnp.sum(c * ista.apply(p, x)), argnums=(0, 1))(params, x)

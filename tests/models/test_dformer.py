@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from effjax.layers.dformer import DilatedBlock
 from effjax.models import dformer
 
 SMALL = dict(width=4, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2))  # the golden file's constructor
@@ -49,8 +50,8 @@ def test_golden_blocks(golden, case, pattern, interval, fixed_agrees):
   assert (ctor["gsm"], ctor["interval"]) == (int(pattern == "dilated"), interval)
   params = {"params": dformer.convert_official(_official_params(arrays, case))}
   x, want = arrays["input/block/x"], arrays[f"output/{case}/y"]
-  block = lambda official: dformer.DilatedBlock(ctor["num_heads"], pattern, tuple(ctor["group_size"]), interval,
-                                                fallback_axes=(1,), official_padding_mask=official)
+  block = lambda official: DilatedBlock(ctor["num_heads"], pattern, tuple(ctor["group_size"]), interval,
+                                        fallback_axes=(1,), official_padding_mask=official)
   np.testing.assert_allclose(block(True).apply(params, x), want, atol=1e-5)
   fixed = block(False).apply(params, x)
   assert np.allclose(fixed, want, atol=1e-5) == fixed_agrees
@@ -111,8 +112,8 @@ def _coords(grid):
 def test_blocks_keep_to_their_groups_and_two_reach_everything():
   grid, group = (4, 4, 8), (2, 2, 4)  # dilated stride S/G = (2, 2, 2) ≤ window: one block pair sees all
   x = jax.random.normal(jax.random.PRNGKey(0), (1, *grid, 4))
-  local = dformer.DilatedBlock(1, "local", group, interval=2)
-  dilated = dformer.DilatedBlock(1, "dilated", group, interval=2)
+  local = DilatedBlock(1, "local", group, interval=2)
+  dilated = DilatedBlock(1, "dilated", group, interval=2)
   pl, pd = (b.init(jax.random.PRNGKey(i), x) for i, b in enumerate((local, dilated)))
   coords = _coords(grid)
   np.testing.assert_array_equal(_token_dependency(lambda x: local.apply(pl, x), x),
@@ -127,7 +128,7 @@ def test_uneven_grid_groups_follow_the_padded_layout(pattern, stride_or_window):
   # (3, 5, 6) pads to (4, 6, 8) for local windows (2, 2, 4) and to (4, 8, 8) for interval 4, where
   # dilated groups of (2, 2, 4) members have strides (2, 4, 2).
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 5, 6, 4))
-  block = dformer.DilatedBlock(2, pattern, (2, 2, 4), interval=4)
+  block = DilatedBlock(2, pattern, (2, 2, 4), interval=4)
   params = block.init(jax.random.PRNGKey(1), x)
   np.testing.assert_array_equal(_token_dependency(lambda x: block.apply(params, x), x),
                                 _same_group(_coords((3, 5, 6)), np.array(stride_or_window), pattern))
@@ -135,6 +136,6 @@ def test_uneven_grid_groups_follow_the_padded_layout(pattern, stride_or_window):
 
 def test_small_grid_falls_back_to_global_attention():
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 4, 4, 4))  # H = 4 < group_size[1] = 8
-  block = dformer.DilatedBlock(1, "local", (2, 8, 8), interval=8, fallback_axes=(1,))
+  block = DilatedBlock(1, "local", (2, 8, 8), interval=8, fallback_axes=(1,))
   params = block.init(jax.random.PRNGKey(1), x)
   assert _token_dependency(lambda x: block.apply(params, x), x).all()

@@ -17,15 +17,15 @@ HOOKS = {"stem": "stem", "final_conv": "final", **{f"stages.{i}": f"stage{i}" fo
 
 # The reduced timm models of tests/data/make_timm_goldens.py ("halonet" case) in this model's fields.
 GOLDEN = {
-    "halonet26t": dict(blocks=("b", "b", "ba", "aa"), channels=(16, 32, 64, 128), stem_width=8, block_size=2,
+    "halonet26t": dict(blocks=("b", "b", "ba", "aa"), widths=(16, 32, 64, 128), stem_width=8, block_size=2,
                        halo_size=2, num_heads=(2,) * 4, num_classes=5),
-    "halonet50ts": dict(blocks=("b", "ba", "ba", "ba"), channels=(16, 32, 32, 64), stem_width=8, block_size=2,
+    "halonet50ts": dict(blocks=("b", "ba", "ba", "ba"), widths=(16, 32, 32, 64), stem_width=8, block_size=2,
                         halo_size=1, num_heads=(2, 4, 2, 2), num_classes=4),
-    "sehalonet33ts": dict(blocks=("b", "ba", "ba", "a"), channels=(16, 32, 48, 96), stem_width=8, block_size=2,
+    "sehalonet33ts": dict(blocks=("b", "ba", "ba", "a"), widths=(16, 32, 48, 96), stem_width=8, block_size=2,
                           halo_size=3, num_heads=(2,) * 4, num_features=40, num_classes=3),
-    "halonet_h1": dict(blocks=("a", "a", "aa", "a"), channels=(16, 16, 32, 32), block_size=3, halo_size=1,
+    "halonet_h1": dict(blocks=("a", "a", "aa", "a"), widths=(16, 16, 32, 32), block_size=3, halo_size=1,
                        num_heads=(2,) * 4, num_classes=5),
-    "eca_halonext26ts": dict(blocks=("b", "b", "ba", "a"), channels=(32, 32, 64, 64), stem_width=8, block_size=2,
+    "eca_halonext26ts": dict(blocks=("b", "b", "ba", "a"), widths=(32, 32, 64, 64), stem_width=8, block_size=2,
                              halo_size=2, dim_head=8, num_heads=(2,) * 4, group_size=4, num_classes=3),
 }
 
@@ -88,7 +88,7 @@ def test_halo_attention_matches_a_direct_per_query_computation():
                              rtol=1e-5, atol=1e-5)
 
 
-TINY = dict(blocks=("b", "a"), channels=(16, 32), strides=(1, 2), bottle_ratios=(0.25, 0.5), num_heads=(2, 2),
+TINY = dict(blocks=("b", "a"), widths=(16, 32), strides=(1, 2), bottle_ratios=(0.25, 0.5), num_heads=(2, 2),
             stem_width=8, block_size=2, halo_size=1, num_classes=3)
 
 
@@ -141,4 +141,4 @@ def test_configs_build_their_models(spec):
 
 @pytest.mark.slow
 def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
-  trainer_utils.train_runlocal_two_steps("halonet.py:runlocal", tmp_path, model=dict(channels=(8, 16)))
+  trainer_utils.train_runlocal_two_steps("halonet.py:runlocal", tmp_path, model=dict(widths=(8, 16)))

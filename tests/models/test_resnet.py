@@ -17,9 +17,11 @@ HOOKS = {"maxpool": "stem", "layer1": "layer1", "layer2": "layer2", "layer3": "l
 
 
 def _golden_model(meta, key):
+  """The golden's timm kwargs as this model's fields (timm's `channels` are the stage `widths`)."""
   kw = meta["models"][key]["kwargs"]
-  return resnet.Model(variant=meta["models"][key]["timm_name"], **{k: tuple(v) if isinstance(v, list) else v
-                                                                    for k, v in kw.items()})
+  return resnet.Model(variant=meta["models"][key]["timm_name"],
+                      **{"widths" if k == "channels" else k: tuple(v) if isinstance(v, list) else v
+                         for k, v in kw.items()})
 
 
 @pytest.mark.parametrize("key", ["ecaresnet26t", "ecaresnetlight", "resnetrs50"])
@@ -53,7 +55,7 @@ def test_convert_official_rejects_missing_and_unexpected_keys():
   assert jax.tree.structure(resnet.convert_official(sd)) == jax.tree.structure(params)
 
 
-TINY = dict(layers=(1, 1), channels=(4, 8), stem_width=8, stem_type="deep", avg_down=True)
+TINY = dict(layers=(1, 1), widths=(4, 8), stem_width=8, stem_type="deep", avg_down=True)
 
 
 def test_gradients_finite_and_nonzero_for_every_param():
@@ -115,7 +117,7 @@ def test_bad_input_errors():
     jax.eval_shape(resnet.Model(num_classes=3, **TINY, gate="cbam").init, jax.random.PRNGKey(0),
                    jnp.zeros((1, 16, 16, 3)))
   with pytest.raises(ValueError, match="unknown stem_type"):
-    jax.eval_shape(resnet.Model(num_classes=3, layers=(1,), channels=(4,), stem_type="wide").init,
+    jax.eval_shape(resnet.Model(num_classes=3, layers=(1,), widths=(4,), stem_type="wide").init,
                    jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
   with pytest.raises(ValueError, match="unknown ResNet variant"):
     resnet.Model(num_classes=3, variant="resnet50")
@@ -131,4 +133,4 @@ def test_configs_build_their_models(spec):
 
 @pytest.mark.slow
 def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
-  trainer_utils.train_runlocal_two_steps("resnet.py:runlocal", tmp_path, model=dict(layers=(1, 1), channels=(4, 8)))
+  trainer_utils.train_runlocal_two_steps("resnet.py:runlocal", tmp_path, model=dict(layers=(1, 1), widths=(4, 8)))
