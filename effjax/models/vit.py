@@ -1,14 +1,19 @@
 """Vision Transformer baseline (Dosovitskiy et al., 2021): patches -> pre-LN encoder -> linear head.
 
 The baseline that exercises the trainer; small enough to reach >93% on the embedded MNIST subset in
-minutes on a CPU.
+minutes on a CPU. `convert_official` maps big_vision ViT params (and the older vision_transformer names).
 """
+import re
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from effjax.layers.common import with_variants
 from effjax.layers.remat import remat
 from effjax.layers.transformer import EncoderBlock
+from effjax.weights.mapping import OfficialStateDict
 
 VARIANTS = {  # the standard ViT sizes (Dosovitskiy et al.; Ti from DeiT)
     "Ti": dict(width=192, depth=12, num_heads=3, mlp_dim=768),
@@ -62,3 +67,40 @@ class ViT(nn.Module):
 
 
 Model = with_variants(ViT, VARIANTS, "ViT")
+
+
+_BLOCK = re.compile(r"Transformer/encoderblock_(\d+)/(.+)")
+_BLOCK_RENAMES = (("LayerNorm_0/", "ln1/"), ("LayerNorm_1/", "ln2/"), ("LayerNorm_2/", "ln2/"),
+                  ("MultiHeadDotProductAttention_0/", "attn/"), ("MultiHeadDotProductAttention_1/", "attn/"),
+                  ("MlpBlock_0/Dense_0/", "mlp/fc1/"), ("MlpBlock_0/Dense_1/", "mlp/fc2/"),
+                  ("MlpBlock_3/Dense_0/", "mlp/fc1/"), ("MlpBlock_3/Dense_1/", "mlp/fc2/"))
+_OLD_POSEMB = "Transformer/posembed_input/pos_embedding"
+
+
+def convert_official(state_dict) -> dict:
+  """big_vision ViT params (flat "a/b/c" names, as effjax.weights reads a big_vision .npz) -> params of `Model`.
+
+  Flax to Flax, so only names change: embedding, cls, pos_embedding, Transformer/encoderblock_{i}/{LayerNorm_0,
+  MultiHeadDotProductAttention_0/{query, key, value, out}, LayerNorm_1, MlpBlock_0/Dense_{0, 1}},
+  Transformer/encoder_norm, head -> block{i}/{ln1, attn, ln2, mlp/fc{1, 2}}, encoder_norm, head. The older
+  google-research/vision_transformer names (MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3, and
+  Transformer/posembed_input/pos_embedding with a first row for the class token) are accepted: that row is added to
+  `cls`, the same sum. The official MLPs use the tanh-approximate GELU and this model the exact one, so logits
+  differ slightly before fine-tuning. Missing or unexpected keys raise ValueError.
+  """
+  sd = OfficialStateDict(state_dict)
+  flat = {("encoder_norm", k): sd[f"Transformer/encoder_norm/{k}"] for k in ("scale", "bias")}
+  flat.update({(m, k): sd[f"{m}/{k}"] for m in ("embedding", "head") for k in ("kernel", "bias")})
+  old = _OLD_POSEMB in sd
+  pos = sd[_OLD_POSEMB if old else "pos_embedding"]
+  if "cls" in sd:
+    cls = sd["cls"]
+    flat[("cls",)], pos = (cls + pos[:, :1], pos[:, 1:]) if old else (cls, pos)
+  flat[("pos_embedding",)] = pos
+  for name in list(sd):
+    m = _BLOCK.fullmatch(name)
+    for theirs, ours in _BLOCK_RENAMES if m else ():
+      if m.group(2).startswith(theirs):
+        flat[(f"block{m.group(1)}", *(ours + m.group(2)[len(theirs):]).split("/"))] = sd[name]
+  sd.check_all_used()  # names of no known block part are left unread
+  return jax.tree.map(jnp.asarray, traverse_util.unflatten_dict(flat))
