@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from effjax.models.dformer import DilatedBlock
+from effjax.layers.dformer import DilatedBlock
 
 GROUP = (2, 4, 4)
 
