@@ -12,7 +12,7 @@ Feature maps x [B, H, W, C]; every convolution is bias-free and followed by Batc
               the shape changes; `gate` (effjax.layers.squeeze_excite) after the last BN, or on the 3×3
               convolution's output with gate_mid (timm's ByobNet bottleneck).
 
-Parameter names follow the official ones where `effjax.weights.mapping.OfficialStateDict.conv_bn` maps them.
+`effjax.weights.mapping.OfficialStateDict.conv_bn` maps a timm conv + BatchNorm pair onto a ConvBN's variables.
 """
 from collections.abc import Callable
 
