@@ -1,4 +1,4 @@
-"""The efficiency table's whole code path at tiny sizes (`python -m effjax.efficiency --tiny`), once per module.
+"""The efficiency table's whole code path at tiny sizes (`experiments/efficiency/efficiency.py --tiny`), once.
 
 Checked: the output files; params against a direct count; the ViT's forward GFLOPs against a hand count of its
 matrix products; train-step FLOPs, memory and throughputs in plausible ranges; a failing model recorded in its
@@ -7,12 +7,16 @@ models (+ one broken) is shared by the tests and takes ~55 s on 2 cores (compila
 """
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from effjax import components, efficiency
+from effjax import components
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "efficiency"))
+import efficiency  # noqa: E402
 
 MODELS = ("vit", "fasternet")
 
