@@ -10,7 +10,6 @@ from effjax.kernels import dcls
 from effjax.models import convnext
 
 import timm_golden
-import trainer_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOOKS = {"stem": "stem", "stages.0": "stage0", "stages.2": "stage2", "stages.3": "stage3"}
@@ -115,8 +114,3 @@ def test_dcls_config_keeps_positions_inside_the_kernel():
   assert max_position(0) > 3.0
   assert max_position(7) == 3.0  # dks 7: ±3
   assert convnext.param_constraint(cfg.load_config_file(os.path.join(REPO, "configs/convnext.py:runlocal"))) is None
-
-
-@pytest.mark.slow
-def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
-  trainer_utils.train_runlocal_two_steps("convnext.py:runlocal", tmp_path, model=dict(depths=(1, 1), widths=(8, 16)))
