@@ -228,17 +228,10 @@ _NORM_MODULE = re.compile(r"norm|(^|_)(ln|bn|gn)\d*($|_)")
 _NO_DECAY_NAME = re.compile(r"bias|pos_?emb|position|^cls|_token$")
 
 
-def _entry_name(entry) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr)).lower()
-  return str(entry).lower()
-
-
 def no_bias_norm_mask(params):
   """Pytree of bools like `params`: True where weight decay applies (rule in the module docstring)."""
   def decays(path, leaf):
-    names = [_entry_name(e) for e in path]
+    names = [jax.tree_util.keystr((e,), simple=True).lower() for e in path]
     if leaf.ndim <= 1 or (names and _NO_DECAY_NAME.search(names[-1])):
       return False
     return not any(_NORM_MODULE.search(n) for n in names[:-1])
