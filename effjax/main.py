@@ -116,26 +116,23 @@ def _run(workdir):
 
 
 def _parse_flags(argv):
-  """absl's flag parsing, with a bad flag value as one line (not absl's usage text)."""
+  """absl's flag parsing, which runs the config file once and applies the --config.* overrides: a failure there (a
+  bad flag value, a failing config file, an override that names no key) ends in one line, not a traceback."""
   try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    _end(f"effjax: error: {str(e).splitlines()[0]}", 2)
+    parsed = flags.FLAGS(argv)
+    flags.FLAGS["config"].value.get("model_name")  # ml_collections defers an unreadable file's error to first use
+    return parsed
+  except preemption.Terminated:
+    raise
+  except Exception as e:
+    _end(f"effjax: error: {config_overrides.flag_error(e, argv)}", 2)
 
 
 def run():
-  """Entry point: checks --config.* overrides against the config before absl parses them."""
+  """Entry point: absl parses the flags (_parse_flags), then main()."""
   runtime.reexec_with_tcmalloc()
   with preemption.Sigterm():  # from the first moment; main() installs its own
     try:
-      try:
-        error = config_overrides.check_overrides(sys.argv[1:])
-      except preemption.Terminated:
-        raise
-      except Exception as e:  # e.g. a syntax error in the config file
-        error = f"config file: {type(e).__name__}: {e}"
-      if error:
-        _end(f"effjax: error: {error}", 2)
       app.run(main, flags_parser=_parse_flags)
     except preemption.Terminated as e:
       _end(f"effjax: stopped: {e}", 0)

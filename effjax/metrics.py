@@ -4,9 +4,9 @@ import logging
 import math
 import os
 import sys
-import time
 
 import jax
+import tqdm
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -78,38 +78,18 @@ def read_jsonl(workdir):
 
 
 class ProgressBar:
-  """One console line: step/total, a bar, steps/s, ETA and the latest loss (process 0 only)."""
+  """One console line (tqdm): step/total, steps/s, ETA and the latest loss, on process 0 only.
+
+  On a terminal it redraws at most every 0.5 s; into a log file or pipe at most once a minute."""
 
   def __init__(self, total_steps, start_step, enabled=True):
-    self.total, self.start = total_steps, start_step
-    self.enabled = enabled and jax.process_index() == 0
-    self.t0 = None
-    self.tty = sys.stderr.isatty()
+    self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", file=sys.stderr, dynamic_ncols=True,
+                         disable=not (enabled and jax.process_index() == 0),
+                         mininterval=0.5 if sys.stderr.isatty() else 60.0)
 
   def update(self, step, loss):
-    if not self.enabled:
-      return
-    if self.t0 is None:  # start timing after the first (compiling) step
-      self.t0, self.start = time.time(), step
-      return
-    rate = (step - self.start) / max(time.time() - self.t0, 1e-9)
-    eta = (self.total - step) / rate if rate > 0 else float("inf")
-    done = int(30 * step / self.total)
-    line = (f"[{'#' * done}{'.' * (30 - done)}] {step}/{self.total} {rate:.2f} steps/s "
-            f"ETA {_fmt(eta)} loss {loss:.4f}")
-    if self.tty:
-      sys.stderr.write("\r" + line)
-    elif step % max(self.total // 20, 1) == 0 or step == self.total:  # logs and pipes: every 5%
-      sys.stderr.write(line + "\n")
-    sys.stderr.flush()
+    self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    self.bar.update(step - self.bar.n)
 
   def close(self):
-    if self.enabled and self.tty and self.t0 is not None:
-      sys.stderr.write("\n")
-
-
-def _fmt(seconds):
-  if not math.isfinite(seconds):
-    return "?"
-  m, s = divmod(int(seconds), 60)
-  return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+    self.bar.close()

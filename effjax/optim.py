@@ -6,10 +6,11 @@ GradientTransformation applied as
     grads -> clip_by_global_norm(grad_clip_norm)        if grad_clip_norm > 0
           -> add_annealed_noise(η, γ, seed)              if grad_noise_eta > 0
           -> optimizer `name` with lr = schedule(step)   (weight decay on the params picked by `decay_mask`)
-          -> clamp DCLS tap positions to ±dcls_clamp // 2   if dcls_clamp > 0 (layers/dcls.py)
 
 and the schedule itself (step -> learning rate) for logging. Noise comes after clipping, so the gradients
-the optimizer sees carry exactly the variance η / (1 + t)^γ whatever the clipping did.
+the optimizer sees carry exactly the variance η / (1 + t)^γ whatever the clipping did. A model's constraint
+on its params (e.g. DCLS positions kept inside their kernel) is not an optimizer's: the model module's
+`param_constraint`, which the trainer applies after each update.
 
 Optimizers (`OPTIMIZERS`), all reading lr, weight_decay and their own keys of config.optimizer:
   adamw  Adam with decoupled weight decay: θ -= lr·(m̂/(√v̂ + ε) + wd·θ); b1, b2.
@@ -50,7 +51,6 @@ import jax.numpy as jnp
 import optax
 
 from effjax.config import ConfigError
-from effjax.layers import dcls
 
 
 def _unknown(kind: str, name: str, valid) -> ConfigError:
@@ -228,17 +228,10 @@ _NORM_MODULE = re.compile(r"norm|(^|_)(ln|bn|gn)\d*($|_)")
 _NO_DECAY_NAME = re.compile(r"bias|pos_?emb|position|^cls|_token$")
 
 
-def _entry_name(entry) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr)).lower()
-  return str(entry).lower()
-
-
 def no_bias_norm_mask(params):
   """Pytree of bools like `params`: True where weight decay applies (rule in the module docstring)."""
   def decays(path, leaf):
-    names = [_entry_name(e) for e in path]
+    names = [jax.tree_util.keystr((e,), simple=True).lower() for e in path]
     if leaf.ndim <= 1 or (names and _NO_DECAY_NAME.search(names[-1])):
       return False
     return not any(_NORM_MODULE.search(n) for n in names[:-1])
@@ -265,6 +258,4 @@ def make_optimizer(opt, total_steps: int, steps_per_epoch: int, *,
   if opt.grad_noise_eta > 0:
     parts.append(add_annealed_noise(opt.grad_noise_eta, opt.grad_noise_gamma, seed))
   parts.append(OPTIMIZERS[opt.name](opt, schedule, DECAY_MASKS[opt.decay_mask]))
-  if opt.get("dcls_clamp", 0) > 0:  # DCLS positions stay inside their dilated kernel, as the official training loop
-    parts.append(dcls.clamp_positions_after_update((opt.dcls_clamp, opt.dcls_clamp)))
   return optax.chain(*parts), schedule

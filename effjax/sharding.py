@@ -51,8 +51,8 @@ def replicated(mesh) -> NamedSharding:
 
 
 def path_str(path) -> str:
-  """Key path -> "a/b/c"."""
-  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+  """Key path -> "a/b/c", the names the sharding rules' and init_from.skip's regexes match."""
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _fsdp_spec(shape, mesh, axes):

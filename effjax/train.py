@@ -21,81 +21,10 @@ import optax
 from effjax import checkpoint, components, metrics as metrics_lib, optim, preemption, runtime, sharding, weights
 from effjax.config import ConfigError
 from effjax.data import pipeline
+from effjax.train_config import COMPUTE_DTYPES, check_data, eval_spec, validate
 from effjax.weights import posemb
 
 log = metrics_lib.logger()
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def validate(config, num_devices):
-  """Checks types and combinations that can be checked without data; raises ConfigError (one line)."""
-  def need(cond, message):
-    if not cond:
-      raise ConfigError(message)
-  need(config.model_name, "config.model_name is empty; set it to a module of effjax/models, e.g. 'vit'")
-  for name in config.evals:
-    need(name in config.evaluators, f"config.evals.{name} is not listed in config.evaluators {config.evaluators}")
-  for kind, name in [("models", config.model_name), ("tasks", config.task_name)] + [
-      ("evaluators", pipeline.eval_spec(config, e)[0]) for e in config.evaluators]:
-    try:
-      components.load(kind, name)
-    except ValueError as e:
-      raise ConfigError(str(e)) from None
-  need((config.total_steps > 0) != (config.total_epochs > 0),
-       f"set exactly one of config.total_steps ({config.total_steps}) and config.total_epochs "
-       f"({config.total_epochs}) to a positive value")
-  need(config.grad_accum_steps >= 1, f"config.grad_accum_steps must be >= 1, got {config.grad_accum_steps}")
-  need(config.batch_size % config.grad_accum_steps == 0,
-       f"batch_size {config.batch_size} is not divisible by grad_accum_steps {config.grad_accum_steps}")
-  micro = config.batch_size // config.grad_accum_steps
-  need(micro % num_devices == 0,
-       f"batch size {micro} (per micro-batch) is not divisible by the number of devices ({num_devices})")
-  need(config.eval_batch_size % num_devices == 0,
-       f"eval_batch_size {config.eval_batch_size} is not divisible by the number of devices ({num_devices})")
-  need(config.compute_dtype in COMPUTE_DTYPES,
-       f"config.compute_dtype {config.compute_dtype!r} must be one of {list(COMPUTE_DTYPES)}")
-  need(0.0 <= config.ema_decay < 1.0, f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
-  need(config.log_every_steps > 0, f"config.log_every_steps must be positive, got {config.log_every_steps}")
-  need(config.init_from.path == "" or config.resume == "",
-       "set at most one of config.resume and config.init_from.path")
-  _check_numbers(config)
-
-
-# (dotted key, lowest allowed value, bound it must stay below or None): each value must lie in [low, high)
-_RANGES = (("batch_size", 1, None), ("eval_batch_size", 1, None), ("checkpoint_every_steps", 1, None),
-           ("keep_checkpoints", 1, None), ("optimizer.lr", 0.0, None), ("optimizer.weight_decay", 0.0, None),
-           ("optimizer.b1", 0.0, 1.0), ("optimizer.b2", 0.0, 1.0), ("optimizer.momentum", 0.0, 1.0),
-           ("optimizer.warmup_steps", 0, None), ("optimizer.warmup_epochs", 0.0, None),
-           ("optimizer.end_lr_factor", 0.0, None), ("optimizer.grad_clip_norm", 0.0, None),
-           ("optimizer.grad_noise_eta", 0.0, None))
-
-
-def _check_numbers(config):
-  """Every float in the config is finite, and the trainer's numeric keys lie in their ranges."""
-  def walk(node, prefix):
-    for key, value in node.items():
-      if isinstance(value, ml_collections.ConfigDict):
-        walk(value, f"{prefix}{key}.")
-        continue
-      for v in value if isinstance(value, (tuple, list)) else (value,):
-        if isinstance(v, float) and not math.isfinite(v):
-          raise ConfigError(f"config.{prefix}{key} is {value}; it must be a finite number")
-  walk(config, "")
-  for key, low, high in _RANGES:
-    node = config
-    for part in key.split("."):
-      node = node[part]
-    if node < low or (high is not None and node >= high):
-      raise ConfigError(f"config.{key}={node} is out of range; it must be in [{low}, {high or 'inf'})")
-
-
-def _check_data(config, info):
-  want = config.model.get("num_classes")
-  have = info.get("num_classes")
-  if want is not None and have is not None and want != have:
-    raise ConfigError(f"config.model.num_classes={want} but data source {config.data.source!r} has {have} classes")
-
-
 def total_steps(config, num_train_examples):
   if config.total_steps > 0:
     return int(config.total_steps)
@@ -125,7 +54,7 @@ def _train_and_evaluate(config, workdir, sigterm):
   task = components.load("tasks", config.task_name).Task(config)
   batch_sharding = sharding.batch_sharding(mesh)
   train_data = pipeline.train_data(config.data, config.batch_size, batch_sharding, config.seed)
-  _check_data(config, train_data.info)
+  check_data(config, train_data.info)
   eval_source = pipeline.make_source(config.data, config.data.eval_split)
   evals = _make_evals(config, eval_source)
 
@@ -266,7 +195,7 @@ def _train_and_evaluate(config, workdir, sigterm):
 
 @dataclasses.dataclass
 class _Eval:
-  """One evaluation: its name, evaluator type, data config, source and cadence (see pipeline.eval_spec)."""
+  """One evaluation: its name, evaluator type, data config, source and cadence (see train_config.eval_spec)."""
   name: str
   type: str
   data: ml_collections.ConfigDict
@@ -279,7 +208,7 @@ def _make_evals(config, default_source):
   """The evaluations of config.evaluators; sources are built once per (source, split) and shared."""
   sources, evals = {(config.data.source, config.data.eval_split): default_source}, []
   for name in config.evaluators:
-    type_, data, every = pipeline.eval_spec(config, name)
+    type_, data, every = eval_spec(config, name)
     key = (data.source, data.eval_split)
     if key not in sources:
       sources[key] = pipeline.make_source(data, data.eval_split)
@@ -368,8 +297,10 @@ def _step_flops(compiled_step):
 
 
 def make_train_step(config, model, task, tx, schedule, compute_dtype):
-  """(state, batch) -> (state, metrics): gradient accumulation, mixed precision, EMA, norms."""
+  """(state, batch) -> (state, metrics): gradient accumulation, mixed precision, EMA, norms; the params pass
+  through the model module's `param_constraint(config)` after each update when it has one (None: no constraint)."""
   accum = config.grad_accum_steps
+  constraint = getattr(components.load("models", config.model_name), "param_constraint", lambda config: None)(config)
 
   def loss_fn(params, model_state, batch, rng):
     variables = {"params": _cast_floats(params, compute_dtype), **model_state}
@@ -409,6 +340,8 @@ def make_train_step(config, model, task, tx, schedule, compute_dtype):
 
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
+    if constraint is not None:
+      new_params = constraint(new_params)
     new_state = {**state, "step": state["step"] + 1, "params": new_params, "opt_state": opt_state,
                  "model_state": model_state}
     if config.ema_decay > 0:

@@ -1,12 +1,23 @@
-"""The trainer's config schema: `base_config()` holds every key effjax/train.py reads, with its default.
+"""The trainer's config schema and its validation, in one place.
 
-Every config file (configs/<name>.py) starts from it and fills in model, task and data, so that a typo anywhere
-is caught by the locked ConfigDict (an unknown key is an error naming the closest valid one).
+`base_config()` holds every key effjax/train.py reads, with its default. Every config file (configs/<name>.py)
+starts from it and fills in model, task and data, so that a typo anywhere is caught by the locked ConfigDict (an
+unknown key is an error naming the closest valid one). `validate` checks types, ranges and combinations before
+anything is built, `check_data` what needs the data source, and `eval_spec` gives each evaluation its own data
+config (config.evals.<name>, EVAL_KEYS): the data pipeline receives only that slice.
 """
+import copy
+import math
+
+import jax.numpy as jnp
 from ml_collections import ConfigDict
+
+from effjax import components
+from effjax.config import ConfigError
 
 # The ImageNet statistics timm's and the official models' weights expect, as a pp op.
 IMAGENET_NORM = "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))"
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def base_config() -> ConfigDict:
@@ -19,7 +30,7 @@ def base_config() -> ConfigDict:
   c.task = ConfigDict()
   c.evaluators = ("classification",) # effjax/evaluators/<name>.py, run every eval_every_steps
   c.evaluator = ConfigDict()         # evaluator options, e.g. evaluator.coding_rate.eps
-  c.evals = ConfigDict()             # per-evaluation data and cadence, see effjax/data/pipeline.py:EVAL_KEYS
+  c.evals = ConfigDict()             # per-evaluation data and cadence, see EVAL_KEYS below
 
   c.data = ConfigDict()
   c.data.source = ""                 # name[:arg] of a module in effjax/data/sources, e.g. "tfds:cifar10"
@@ -56,7 +67,7 @@ def base_config() -> ConfigDict:
   c.optimizer.decay_mask = "no_bias_norm"  # which params get weight decay: "all" or "no_bias_norm"
   c.optimizer.grad_noise_eta = 0.0   # annealed gradient noise σ_t² = η / (1 + t)^γ; 0 disables
   c.optimizer.grad_noise_gamma = 0.55
-  c.optimizer.dcls_clamp = 0         # > 0: clamp DCLS tap positions to ±dcls_clamp // 2 after every update
+  c.optimizer.dcls_clamp = 0         # > 0: DCLS positions kept within ±dcls_clamp // 2 (convnext.param_constraint)
 
   c.mesh = (("data", -1),)           # (axis name, size) pairs; -1 takes the remaining devices
   c.sharding_rules = ((".*", "replicate"),)  # (param-path regex, "replicate" | "fsdp") first match wins
@@ -72,3 +83,93 @@ def base_config() -> ConfigDict:
   c.init_from.skip = r"^head/"       # param-path regex left at its fresh init (e.g. a new head)
   c.progress_bar = True
   return c
+
+
+# config.evals.<name> keys -> the config.data key each replaces (None: not a data key). Missing keys take
+# the defaults: type = the evaluation's name (effjax/evaluators/<type>.py), the config.data values, and
+# every_steps = config.eval_every_steps (-1: only at the end).
+EVAL_KEYS = {"type": None, "source": "source", "split": "eval_split", "pp": "pp_eval", "examples": "eval_examples",
+             "every_steps": None}
+
+
+def eval_spec(config, name):
+  """(evaluator type, data config, every_steps) of evaluation `name`: config.evals.<name> over the defaults."""
+  spec = dict(config.evals.get(name, {}))
+  unknown = sorted(set(spec) - set(EVAL_KEYS))
+  if unknown:
+    raise ConfigError(f"config.evals.{name}: unknown key(s) {unknown}; valid: {sorted(EVAL_KEYS)}")
+  data = copy.deepcopy(config.data)
+  for key, data_key in EVAL_KEYS.items():
+    if data_key and key in spec:
+      data[data_key] = spec[key]
+  return spec.get("type", name), data, spec.get("every_steps", config.eval_every_steps)
+
+
+def validate(config, num_devices):
+  """Checks types and combinations that can be checked without data; raises ConfigError (one line)."""
+  def need(cond, message):
+    if not cond:
+      raise ConfigError(message)
+  need(config.model_name, "config.model_name is empty; set it to a module of effjax/models, e.g. 'vit'")
+  for name in config.evals:
+    need(name in config.evaluators, f"config.evals.{name} is not listed in config.evaluators {config.evaluators}")
+  for kind, name in [("models", config.model_name), ("tasks", config.task_name)] + [
+      ("evaluators", eval_spec(config, e)[0]) for e in config.evaluators]:
+    try:
+      components.load(kind, name)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+  need((config.total_steps > 0) != (config.total_epochs > 0),
+       f"set exactly one of config.total_steps ({config.total_steps}) and config.total_epochs "
+       f"({config.total_epochs}) to a positive value")
+  need(config.grad_accum_steps >= 1, f"config.grad_accum_steps must be >= 1, got {config.grad_accum_steps}")
+  need(config.batch_size % config.grad_accum_steps == 0,
+       f"batch_size {config.batch_size} is not divisible by grad_accum_steps {config.grad_accum_steps}")
+  micro = config.batch_size // config.grad_accum_steps
+  need(micro % num_devices == 0,
+       f"batch size {micro} (per micro-batch) is not divisible by the number of devices ({num_devices})")
+  need(config.eval_batch_size % num_devices == 0,
+       f"eval_batch_size {config.eval_batch_size} is not divisible by the number of devices ({num_devices})")
+  need(config.compute_dtype in COMPUTE_DTYPES,
+       f"config.compute_dtype {config.compute_dtype!r} must be one of {list(COMPUTE_DTYPES)}")
+  need(0.0 <= config.ema_decay < 1.0, f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
+  need(config.log_every_steps > 0, f"config.log_every_steps must be positive, got {config.log_every_steps}")
+  need(config.init_from.path == "" or config.resume == "",
+       "set at most one of config.resume and config.init_from.path")
+  check_numbers(config)
+
+
+# (dotted key, lowest allowed value, bound it must stay below or None): each value must lie in [low, high)
+_RANGES = (("batch_size", 1, None), ("eval_batch_size", 1, None), ("checkpoint_every_steps", 1, None),
+           ("keep_checkpoints", 1, None), ("optimizer.lr", 0.0, None), ("optimizer.weight_decay", 0.0, None),
+           ("optimizer.b1", 0.0, 1.0), ("optimizer.b2", 0.0, 1.0), ("optimizer.momentum", 0.0, 1.0),
+           ("optimizer.warmup_steps", 0, None), ("optimizer.warmup_epochs", 0.0, None),
+           ("optimizer.end_lr_factor", 0.0, None), ("optimizer.grad_clip_norm", 0.0, None),
+           ("optimizer.grad_noise_eta", 0.0, None))
+
+
+def check_numbers(config):
+  """Every float in the config is finite, and the trainer's numeric keys lie in their ranges."""
+  def walk(node, prefix):
+    for key, value in node.items():
+      if isinstance(value, ConfigDict):
+        walk(value, f"{prefix}{key}.")
+        continue
+      for v in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(v, float) and not math.isfinite(v):
+          raise ConfigError(f"config.{prefix}{key} is {value}; it must be a finite number")
+  walk(config, "")
+  for key, low, high in _RANGES:
+    node = config
+    for part in key.split("."):
+      node = node[part]
+    if node < low or (high is not None and node >= high):
+      raise ConfigError(f"config.{key}={node} is out of range; it must be in [{low}, {high or 'inf'})")
+
+
+def check_data(config, info):
+  """The config agrees with what the data source reports (`info`, e.g. its number of classes)."""
+  want = config.model.get("num_classes")
+  have = info.get("num_classes")
+  if want is not None and have is not None and want != have:
+    raise ConfigError(f"config.model.num_classes={want} but data source {config.data.source!r} has {have} classes")

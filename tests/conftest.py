@@ -1,9 +1,19 @@
-"""Test setup: 8 fake CPU devices, configured before JAX initialises its backend."""
+"""Test setup: 8 fake CPU devices, configured before JAX initialises its backend, and a persistent compilation cache.
+
+The cache (JAX_COMPILATION_CACHE_DIR, default tmp/jax_cache under the repository, ignored by git) keeps every
+compiled program, however small and fast to compile: a model that several tests train, or a test run again, is
+compiled once. The settings go through the environment so that the subprocesses the tests start (the command line,
+the soak script) share the cache.
+"""
 import os
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["XLA_FLAGS"] = " ".join(
     [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
     + ["--xla_force_host_platform_device_count=8"])
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, "tmp", "jax_cache"))
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -11,8 +21,9 @@ import pytest  # noqa: E402
 from effjax import reference  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])  # if jax came in earlier
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 DATA = os.path.join(REPO, "tests", "data")
 
 

@@ -1,8 +1,8 @@
-"""Per-evaluation data and cadence (config.evals, effjax/data/pipeline.py:eval_spec) through the trainer."""
+"""Per-evaluation data and cadence (config.evals, effjax/train_config.py:eval_spec) through the trainer."""
 import ml_collections
 import pytest
 
-from effjax import config as cfg, metrics, train
+from effjax import config as cfg, metrics, train, train_config
 from effjax.data import pipeline
 
 from trainer_utils import tiny_vit_config
@@ -18,10 +18,10 @@ def _with_train_subset(**spec):
 
 def test_eval_spec_defaults_and_overrides():
   c = _with_train_subset(pp=("normalize(mean=0.5,std=0.5)",))
-  kind, data, every = pipeline.eval_spec(c, "classification")
+  kind, data, every = train_config.eval_spec(c, "classification")
   assert (kind, data.eval_split, data.eval_examples, every) == ("classification", "test", 64, -1)
   assert data.pp_eval == c.data.pp_eval
-  kind, data, every = pipeline.eval_spec(c, "train_subset")
+  kind, data, every = train_config.eval_spec(c, "train_subset")
   assert (kind, data.source, data.eval_split, data.eval_examples, every) == (
       "classification", "mnist5k", "train", 32, 5)
   assert tuple(data.pp_eval) == ("normalize(mean=0.5,std=0.5)",) and c.data.eval_split == "test"
@@ -30,13 +30,13 @@ def test_eval_spec_defaults_and_overrides():
 def test_eval_config_errors():
   c = _with_train_subset(splitt="train")
   with pytest.raises(cfg.ConfigError, match="config.evals.train_subset: unknown key"):
-    pipeline.eval_spec(c, "train_subset")
+    train_config.eval_spec(c, "train_subset")
   c = _with_train_subset()
   c.evaluators = ("classification",)
   with pytest.raises(cfg.ConfigError, match="config.evals.train_subset is not listed in config.evaluators"):
-    train.validate(c, 1)
+    train_config.validate(c, 1)
   c = _with_train_subset(pp=("flip", "normalize"))
-  _, data, _ = pipeline.eval_spec(c, "train_subset")
+  _, data, _ = train_config.eval_spec(c, "train_subset")
   with pytest.raises(cfg.ConfigError, match=r"must be deterministic; \['flip'\]"):
     next(pipeline.eval_batches(data, 8, None))
 

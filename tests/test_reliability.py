@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from effjax import checkpoint, metrics, train
+from effjax import checkpoint, metrics, train, train_config
 from effjax.config import ConfigError
 from effjax.data import ops
 
@@ -107,7 +107,7 @@ def test_numbers_are_checked_before_compiling():
                             ("model.dropout", float("inf"), "config.model.dropout is inf"),
                             ("keep_checkpoints", 0, "keep_checkpoints=0 is out of range")]:
     with pytest.raises(ConfigError, match=match):
-      train.validate(tiny_vit_config(**{key: value}), 1)
+      train_config.validate(tiny_vit_config(**{key: value}), 1)
   for spec in ("normalize(std=0.0)", "normalize(mean=0.5,std=(0.5,0.0,0.5))", "normalize(std=nan)"):
     with pytest.raises(ValueError, match="std must be finite and non-zero"):
       ops.parse(spec)

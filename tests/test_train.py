@@ -1,11 +1,11 @@
-"""The shared trainer end to end on a tiny ViT: parallelism parity, exact resume, preemption, NaN guard,
-corrupt checkpoints, gradient accumulation, bf16 + EMA, fine-tuning with a new head, the CLI."""
+"""The shared trainer end to end on a tiny ViT: parallelism parity, preemption, NaN guard, corrupt checkpoints,
+gradient accumulation, bf16 + EMA, fine-tuning with a new head, the CLI. Exact resume after SIGKILL is
+test_reliability.py's soak (losses and params bit for bit) and test_data_tfds.py's (batches, grain workers)."""
 import itertools
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import jax
@@ -50,61 +50,6 @@ def test_fsdp_rule_shards_parameters():
   assert sh["head"]["bias"].spec == jax.sharding.PartitionSpec()
   with pytest.raises(ValueError, match="strategy must be one of"):
     sharding.param_shardings(shapes, mesh, ((".*", "zero3"),))
-
-
-_RUN_SCRIPT = textwrap.dedent("""
-    import hashlib, os, signal, sys
-    sys.path.insert(0, {tests!r})
-    import numpy as np
-    from effjax import checkpoint, train
-    from effjax.data import pipeline
-    from trainer_utils import tiny_vit_config
-    workdir, kill_step, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    original_next = pipeline.TrainData.__next__
-    def recording_next(self):
-      batch = original_next(self)
-      digest = hashlib.sha256(np.asarray(batch["image"]).tobytes() + np.asarray(batch["label"]).tobytes())
-      with open(log, "a") as f:
-        f.write(digest.hexdigest() + "\\n")
-      return batch
-    pipeline.TrainData.__next__ = recording_next
-    original_save = checkpoint.Checkpointer.save
-    def save_then_maybe_die(self, step, *args, **kwargs):
-      result = original_save(self, step, *args, **kwargs)
-      if step == kill_step:
-        self.wait()
-        os.kill(os.getpid(), signal.SIGKILL)
-      return result
-    checkpoint.Checkpointer.save = save_then_maybe_die
-    train.train_and_evaluate(tiny_vit_config(total_steps=40, checkpoint_every_steps=20), workdir)
-""")
-
-
-def _run_script(*args):
-  script = _RUN_SCRIPT.format(tests=os.path.dirname(os.path.abspath(__file__)))
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  return subprocess.run([sys.executable, "-c", script, *map(str, args)], env=env, capture_output=True,
-                        text=True, timeout=300)
-
-
-@pytest.mark.slow
-def test_exact_resume_after_sigkill(tmp_path):
-  straight = _run_script(tmp_path / "straight", -1, tmp_path / "straight.log")
-  assert straight.returncode == 0, straight.stderr[-3000:]
-  killed = _run_script(tmp_path / "resumed", 20, tmp_path / "resumed.log")
-  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-  assert checkpoint.Checkpointer(tmp_path / "resumed" / "checkpoints").steps() == [20]
-  resumed = _run_script(tmp_path / "resumed", -1, tmp_path / "resumed.log")
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
-  assert "at step 20" in resumed.stderr
-
-  batches_straight = (tmp_path / "straight.log").read_text().split()
-  batches_resumed = (tmp_path / "resumed.log").read_text().split()
-  assert len(batches_straight) == 40 and batches_resumed == batches_straight
-  a = checkpoint.restore_params(str(tmp_path / "straight" / "checkpoints"))
-  b = checkpoint.restore_params(str(tmp_path / "resumed" / "checkpoints"))
-  diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))), a, b))
-  assert max(diffs) == 0.0
 
 
 @pytest.mark.slow
@@ -184,7 +129,8 @@ def test_bf16_compute_with_ema(tmp_path):
   result = train.train_and_evaluate(tiny_vit_config(compute_dtype="bfloat16", ema_decay=0.9), str(tmp_path))
   losses = _losses(str(tmp_path))
   assert all(np.isfinite(list(losses.values()))) and losses[20] < losses[1]
-  assert 0.0 <= result["eval/accuracy"] <= 1.0
+  correct = result["eval/accuracy"] * result["eval/examples"]  # whole examples of the 64 evaluated
+  assert result["eval/examples"] == 64 and abs(correct - round(correct)) < 1e-4
   params = checkpoint.restore_params(str(tmp_path / "checkpoints"))
   assert all(p.dtype == np.float32 for p in jax.tree.leaves(params))
 

@@ -7,10 +7,9 @@ Prefetch: a background thread takes the next batches from grain, assembles them 
 arrays (host-to-device transfer included) and keeps `data.prefetch` of them ready while the current step
 runs; batches waiting in the queue are not counted as consumed, so resume stays exact.
 Evaluation: one deterministic pass; the last batch is padded with `mask = 0` examples so that every
-process runs the same number of equally shaped batches. Each evaluation may name its own data and
-cadence in `config.evals.<name>` (EVAL_KEYS).
+process runs the same number of equally shaped batches. Each evaluation passes its own data config
+(effjax/train_config.py:eval_spec).
 """
-import copy
 import queue
 import sys
 import threading
@@ -22,12 +21,6 @@ import numpy as np
 from effjax import components
 from effjax.config import ConfigError
 from effjax.data import ops
-
-# config.evals.<name> keys -> the config.data key each replaces (None: not a data key). Missing keys take
-# the defaults: type = the evaluation's name (effjax/evaluators/<type>.py), the config.data values, and
-# every_steps = config.eval_every_steps (-1: only at the end).
-EVAL_KEYS = {"type": None, "source": "source", "split": "eval_split", "pp": "pp_eval", "examples": "eval_examples",
-             "every_steps": None}
 
 
 def make_source(data_config, split):
@@ -203,19 +196,6 @@ def eval_batches(data_config, global_batch_size, sharding, source=None):
     batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
     batch["mask"] = (indices < count).astype(np.float32)
     yield to_global(batch, sharding, global_batch_size)
-
-
-def eval_spec(config, name):
-  """(evaluator type, data config, every_steps) of evaluation `name`: config.evals.<name> over the defaults."""
-  spec = dict(config.evals.get(name, {}))
-  unknown = sorted(set(spec) - set(EVAL_KEYS))
-  if unknown:
-    raise ConfigError(f"config.evals.{name}: unknown key(s) {unknown}; valid: {sorted(EVAL_KEYS)}")
-  data = copy.deepcopy(config.data)
-  for key, data_key in EVAL_KEYS.items():
-    if data_key and key in spec:
-      data[data_key] = spec[key]
-  return spec.get("type", name), data, spec.get("every_steps", config.eval_every_steps)
 
 
 def to_global(local_batch, sharding, global_batch_size):

@@ -8,7 +8,7 @@ Every op (`attention`, `subspace_attention`, `depthwise_conv`, `dcls.construct_k
     kernel, both compiled; on any other platform (CPU) the TPU kernel in interpret mode. When the op
     cannot run its kernel on these arguments, `resolve` raises a ValueError naming why.
   * "auto": the kernel only when the arguments fit it AND the committed validation record (`RECORD`,
-    written by `python -m effjax.kernels.check`) holds a passing entry for this op on this platform,
+    written by `python experiments/kernels/check.py`) holds a passing entry for this op on this platform,
     device kind and JAX version whose kernel was at least as fast as XLA; otherwise "xla". So "auto" is
     XLA on CPU and on any accelerator, JAX version or kernel that has not been checked.
 

@@ -6,8 +6,8 @@ Cross-correlation as torch's F.conv2d (no kernel flip); inputs are channels-last
 Parameters keep the official names and layouts, so official weights load unchanged:
 weight [O, I/groups, kernel_count], P and SIG [n, O, I/groups, kernel_count], bias [O].
 
-Positions must stay within ±dks // 2: after every optimiser update call `clamp_dcls_positions(params, dks)`
-or chain `clamp_positions_after_update(dks)` last in the optax optimiser.
+Positions must stay within ±dks // 2: after every optimiser update call `clamp_dcls_positions(params, dks)` (a
+model's `param_constraint`, which the trainer applies after each update, does; see models/convnext.py).
 
 Also the official variants with 1-D spacing learning: `DclsConvDense1d` (Dcls2_1d, Dcls3_1d: a dense kernel
 over the leading axes whose last axis is learnable) and `Dcls2dK1d` (a 1-D DCLS kernel used as an H×1 or
@@ -20,7 +20,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import linen as nn
 
 from effjax.kernels import dcls
@@ -231,13 +230,3 @@ def clamp_dcls_positions(params, dilated_kernel_size):
       out["P"] = dcls.clamp_positions(out["P"], dilated_kernel_size)
     return out
   return walk(dict(params))
-
-
-def clamp_positions_after_update(dilated_kernel_size):
-  """optax transform (chain it last): turns updates u into clamp(params + u) - params for DCLS positions."""
-  def update(updates, state, params=None):
-    if params is None:
-      raise ValueError("clamp_positions_after_update needs params in optimizer.update(grads, state, params)")
-    new = clamp_dcls_positions(jax.tree.map(lambda p, u: p + u, params, updates), dilated_kernel_size)
-    return jax.tree.map(lambda n, p: n - p, new, params), state
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)

@@ -14,8 +14,10 @@ kernel (the ConvNeXt-dcls models of the DCLS paper). Otherwise the depthwise con
 `effjax.kernels.depthwise_conv`.
 
 Intermediates sown in "intermediates": `stem` and `stage{i}` (channels-last).
-`convert_official(state_dict)` maps a timm ConvNeXt state dict (`conv_mlp` True or False) to params.
+`convert_official(state_dict)` maps a timm ConvNeXt state dict (`conv_mlp` True or False) to params;
+`param_constraint(config)` keeps the DCLS positions inside their kernel after every update (the trainer applies it).
 """
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -24,7 +26,7 @@ import numpy as np
 
 from effjax.kernels.depthwise_conv import depthwise_conv
 from effjax.layers.common import LN_EPS, DropPath, with_variants
-from effjax.layers.dcls import DclsConv
+from effjax.layers.dcls import DclsConv, clamp_dcls_positions
 from effjax.weights.mapping import OfficialStateDict
 
 _trunc02 = nn.initializers.truncated_normal(0.02)
@@ -152,3 +154,11 @@ def convert_official(state_dict) -> dict:
     params[f"stage{i}_block{j}"] = block
   sd.check_all_used()
   return params
+
+
+def param_constraint(config):
+  """params -> params after every optimiser update (effjax.train.make_train_step applies it), or None: with
+  config.optimizer.dcls_clamp = s > 0 every DCLS position is clamped to ±s // 2, as the official DCLS training loop
+  does after each step."""
+  s = config.optimizer.dcls_clamp
+  return functools.partial(clamp_dcls_positions, dilated_kernel_size=(s, s)) if s > 0 else None

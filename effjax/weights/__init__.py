@@ -2,7 +2,7 @@
 
 Formats, chosen by the file suffix:
   .pth .pt .bin   PyTorch `torch.save` zip files, read without torch (weights/torch_file.py)
-  .safetensors    read with numpy (weights/safetensors_file.py)
+  .safetensors    safetensors.numpy
   .npz            numpy archives: state-dict names, big_vision/Flax paths joined by "/", or the golden
                   reference files (keys "param/<name>")
   .msgpack        Flax `serialization.to_bytes` files (nested dicts; paths joined by "/")
@@ -15,9 +15,12 @@ import os
 
 import flax.serialization
 import numpy as np
+import safetensors
+import safetensors.numpy
+from flax import traverse_util
 
 from effjax import components
-from effjax.weights import keras_h5, safetensors_file, torch_file
+from effjax.weights import keras_h5, torch_file
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
 SUFFIXES = TORCH_SUFFIXES + (".safetensors", ".npz", ".msgpack", ".h5")
@@ -29,15 +32,6 @@ def _suffix(path):
   if suffix not in SUFFIXES:
     raise ValueError(f"{path}: unknown weights format {suffix!r}; expected one of {', '.join(SUFFIXES)}")
   return suffix
-
-
-def _flatten(tree, sep, prefix=""):
-  if not isinstance(tree, dict):
-    return {prefix: tree}
-  out = {}
-  for key, value in tree.items():
-    out.update(_flatten(value, sep, f"{prefix}{sep}{key}" if prefix else str(key)))
-  return out
 
 
 def _unwrap(obj):
@@ -63,15 +57,18 @@ def read(path) -> dict:
   if not os.path.isfile(path):
     raise ValueError(f"weights file {path} does not exist")
   if suffix in TORCH_SUFFIXES:
-    flat = _flatten(_unwrap(torch_file.read(path)), ".")
+    flat = traverse_util.flatten_dict(_unwrap(torch_file.read(path)), sep=".")
   elif suffix == ".safetensors":
-    flat = safetensors_file.read(path)
+    try:
+      flat = safetensors.numpy.load_file(path)
+    except safetensors.SafetensorError as e:
+      raise ValueError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
   elif suffix == ".npz":
     with np.load(path, allow_pickle=False) as data:
       flat = _strip_prefix({k: data[k] for k in data.files})
   elif suffix == ".msgpack":
     with open(path, "rb") as f:
-      flat = _strip_prefix(_flatten(flax.serialization.msgpack_restore(f.read()), "/"))
+      flat = _strip_prefix(traverse_util.flatten_dict(flax.serialization.msgpack_restore(f.read()), sep="/"))
   else:
     flat = keras_h5.read(path)
   arrays = {k: np.asarray(v) for k, v in flat.items() if isinstance(v, np.ndarray) or np.isscalar(v)}
@@ -87,19 +84,12 @@ def write(path, flat: dict) -> None:
   if suffix in TORCH_SUFFIXES:
     torch_file.write(path, flat)
   elif suffix == ".safetensors":
-    safetensors_file.write(path, flat)
+    safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, path)
   elif suffix == ".npz":
     np.savez(path, **flat)
   elif suffix == ".msgpack":
-    tree = {}
-    for name, value in flat.items():
-      *parents, leaf = name.split("/")
-      node = tree
-      for part in parents:
-        node = node.setdefault(part, {})
-      node[leaf] = value
     with open(path, "wb") as f:
-      f.write(flax.serialization.msgpack_serialize(tree))
+      f.write(flax.serialization.msgpack_serialize(traverse_util.unflatten_dict(flat, sep="/")))
   else:
     keras_h5.write(path, flat)
 

@@ -116,26 +116,6 @@ def test_bad_input_errors():
     crate.Model(num_classes=10, variant="XL")
 
 
-@pytest.mark.slow
-def test_runlocal_config_trains_through_the_trainer_on_8_devices(tmp_path):
-  import os
-
-  from effjax import config as cfg, metrics, train
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  c = cfg.load_config_file(os.path.join(repo, "configs/crate.py:runlocal"))
-  c.model.update(dict(patch_size=7, width=32, depth=2, num_heads=2))
-  c.batch_size, c.eval_batch_size, c.data.eval_examples = 32, 32, 64
-  c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 4, 1, -1, 4
-  c.optimizer.warmup_steps, c.progress_bar = 1, False
-  assert jax.device_count() == 8 and c.mesh == (("data", -1),)
-  result = train.train_and_evaluate(c, str(tmp_path))
-  assert result["step"] == 4 and np.isfinite(result["train/loss"])
-  assert 0.0 <= result["eval/accuracy"] <= 1.0 and result["eval/examples"] == 64
-  assert result["eval/coding_rate/layer1"] > 0 and 0.0 < result["eval/sparsity/layer1"] < 1.0
-  assert len([r for r in metrics.read_jsonl(str(tmp_path)) if "train/loss" in r]) == 4
-  assert os.path.exists(tmp_path / "coding_rate" / "step_4.png")
-
-
 @pytest.mark.parametrize("spec", ["crate.py:variant=T", "crate.py:variant=L,dataset=tfds:cifar10,num_classes=10",
                                   "crate_alpha.py:variant=L/14,stage=finetune", "crate_alpha.py:runlocal",
                                   "crate_finetune.py:variant=S",

@@ -109,19 +109,3 @@ def test_reconstruction_evaluator_metrics_and_png(tmp_path):
 def test_unpatchify_inverts_patchify():
   images = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 12, 3))
   np.testing.assert_array_equal(unpatchify(patchify(images, 4), 4, (2, 3), 3), images)
-
-
-@pytest.mark.slow
-def test_runlocal_config_trains_through_the_trainer_on_8_devices(tmp_path):
-  from effjax import config as cfg, train
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  c = cfg.load_config_file(os.path.join(repo, "configs/crate_mae.py:runlocal"))
-  c.model.update(dict(patch_size=7, width=16, depth=1, num_heads=2, decoder_depth=1))
-  c.batch_size, c.eval_batch_size, c.data.eval_examples = 32, 32, 64
-  c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 3, 1, -1, 3
-  c.optimizer.warmup_steps, c.progress_bar = 1, False
-  result = train.train_and_evaluate(c, str(tmp_path))
-  assert result["step"] == 3 and np.isfinite(result["train/loss"])
-  assert result["eval/mse_masked"] > 0 and result["eval/examples"] == 64
-  assert "eval/coding_rate/layer0" in result
-  assert os.path.exists(tmp_path / "reconstruction" / "step_3.png")

@@ -65,15 +65,10 @@ def test_bad_input_errors():
 
 @pytest.mark.parametrize("spec", ["runlocal", "variant=t0", "variant=l"])
 def test_configs_build_their_models(spec):
-  from effjax import components, config as cfg
+  from effjax import config as cfg
   c = cfg.load_config_file(os.path.join(REPO, f"configs/fasternet.py:{spec}"))
-  components.load("models", c.model_name).Model(**c.model)
-
-
-@pytest.mark.slow
-def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
-  trainer_utils.train_runlocal_two_steps("fasternet.py:runlocal", tmp_path,
-                                         model=dict(depths=(1, 1), width=8, feature_dim=16))
+  shape = (1, 32, 32, 1) if spec == "runlocal" else (1, 64, 64, 3)
+  assert trainer_utils.logits_shape(c, shape) == (1, c.model.num_classes)
 
 
 def test_partial_conv_convolves_only_the_first_channels():

@@ -6,8 +6,6 @@ import pytest
 
 from effjax import config as cfg, metrics, train
 
-import trainer_utils
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -18,7 +16,8 @@ def _load(spec, **overrides):
   c.log_every_steps = 1
   c.eval_every_steps = -1
   c.checkpoint_every_steps = 1000
-  return trainer_utils.set_keys(c, overrides)
+  c.update_from_flattened_dict(overrides)
+  return c
 
 
 def _losses(workdir):

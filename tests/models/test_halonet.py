@@ -10,7 +10,6 @@ import pytest
 from effjax.models import halonet
 
 import timm_golden
-import trainer_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOOKS = {"stem": "stem", "final_conv": "final", **{f"stages.{i}": f"stage{i}" for i in range(4)}}
@@ -137,8 +136,3 @@ def test_configs_build_their_models(spec):
   model = components.load("models", c.model_name).Model(**c.model)
   shape = (1, 32, 32, 1) if "runlocal" in spec else (1, 256, 256, 3)   # runlocal resizes MNIST to 32×32
   jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros(shape))
-
-
-@pytest.mark.slow
-def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
-  trainer_utils.train_runlocal_two_steps("halonet.py:runlocal", tmp_path, model=dict(widths=(8, 16)))

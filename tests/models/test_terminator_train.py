@@ -1,34 +1,12 @@
-"""Terminator through the shared trainer on 8 fake devices (1D sMNIST and 2D MNIST), and its configs."""
+"""The Terminator configs (their trainer runs are in tests/test_configs_runlocal.py)."""
 import os
 
-import jax
 import numpy as np
 import pytest
 
-from effjax import components, config as cfg, train
+from effjax import components, config as cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SMALL_BRANCH = dict(global_hidden=8, local_hidden=8, channel_hidden=8, interact_channel_hidden=4,
-                    interact_spatial_hidden=8)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("dataset,stats", [("smnist", "accumulated"), ("cifar10", "batch")])
-def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path, dataset, stats):
-  c = cfg.load_config_file(os.path.join(REPO, f"configs/terminator.py:dataset={dataset},runlocal,stats={stats}"))
-  c.model.branch.update(SMALL_BRANCH)
-  # one block keeps the compile short (the slow loss and its gradient are tested in test_terminator.py)
-  c.model.update(dict(expansions=(12,), skips=((),), global_layers=(1,), dropout=(0.05,)))
-  c.batch_size, c.eval_batch_size, c.data.eval_examples = 16, 16, 32
-  c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 2, 1, -1, 2
-  c.optimizer.warmup_steps, c.progress_bar = 1, False
-  assert jax.device_count() == 8 and c.mesh == (("data", -1),) and c.optimizer.name == "kar3"
-  result = train.train_and_evaluate(c, str(tmp_path))
-  assert result["step"] == 2 and np.isfinite(result["train/loss"])
-  assert result["train/reg_loss"] > 0 and result["train/slow_loss"] == 0.0  # one block: no pairs
-  assert 0.0 <= result["eval/accuracy"] <= 1.0 and result["eval/examples"] == 32
-
-
 @pytest.mark.parametrize("spec", ["dataset=smnist", "dataset=pmnist,stats=accumulated", "dataset=scifar10",
                                   "dataset=cifar10", "dataset=cifar100", "dataset=smnist,runlocal",
                                   "dataset=pmnist,runlocal", "dataset=cifar10,runlocal"])

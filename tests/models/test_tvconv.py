@@ -9,8 +9,6 @@ import pytest
 
 from effjax.models import tvconv
 
-import trainer_utils
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(blocks=((1, 8, 1, 1), (2, 16, 2, 2)), stem_width=8, last_width=32, tvconv_hidden=4,
             tvconv_hidden_layers=1)
@@ -92,10 +90,3 @@ def test_configs_build_their_models(spec):
   c = cfg.load_config_file(os.path.join(REPO, f"configs/tvconv.py:{spec}"))
   model = components.load("models", c.model_name).Model(**c.model)
   assert model.tvconv == ("tvconv=False" not in spec)
-
-
-@pytest.mark.slow
-def test_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
-  tiny = dict(blocks=((1, 8, 1, 1), (2, 16, 1, 2)), stem_width=8, last_width=32, tvconv_hidden=4,
-              tvconv_hidden_layers=1)
-  trainer_utils.train_runlocal_two_steps("tvconv.py:runlocal", tmp_path, model=tiny)

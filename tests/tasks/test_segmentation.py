@@ -128,26 +128,6 @@ def test_nifti_source_reads_pairs_crops_and_splits(tmp_path):
     nifti.make("train", f"root={tmp_path / 'missing'}")
 
 
-@pytest.mark.slow
-def test_dformer_runlocal_trains_through_the_trainer_on_8_devices(tmp_path):
-  from effjax import train
-  assert jax.device_count() == 8
-  c = cfg.load_config_file(os.path.join(REPO, "configs/dformer.py:runlocal"))
-  c.model.update(dict(width=8, depths=(2, 2), num_heads=(1, 1), intervals=(8, 4)))  # 2 stages: 1 head
-  c.task.deep_supervision_weights = (1.0,)
-  c.data.source = "ellipsoids:depth=8;height=32;width=32;train=16;test=8"
-  c.total_steps = 4
-  c.optimizer.warmup_steps = 1
-  c.log_every_steps = 1
-  c.eval_every_steps = -1
-  c.checkpoint_every_steps = 4
-  c.progress_bar = False
-  result = train.train_and_evaluate(c, str(tmp_path))
-  assert result["step"] == 4 and np.isfinite(result["train/loss"])
-  assert 0.0 <= result["eval/dice_mean"] <= 1.0 and result["eval/volumes"] == 8
-  assert os.path.exists(tmp_path / "dice" / "step_000004.png")
-
-
 @pytest.mark.parametrize("dataset,crop,classes", [("synapse", (64, 128, 128), 14), ("acdc", (16, 160, 160), 4)])
 def test_paper_configs_build_at_their_crop_size(dataset, crop, classes):
   from effjax.models import dformer

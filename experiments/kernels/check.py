@@ -1,28 +1,29 @@
 """One command that validates and times every Pallas kernel on the machine it runs on.
 
-    python -m effjax.kernels.check --out DIR [--update_record] [--budget_s 420]
+    python experiments/kernels/check.py --out DIR [--update_record] [--budget_s 420]
 
 On a GPU or TPU it compiles every kernel for real (no interpret mode) and
   1. compares values and gradients with the XLA references on several shapes (ragged lengths, bf16, f32);
-  2. times forward and forward+backward against the XLA path (and, for attention, against
-     `jax.nn.dot_product_attention`, cuDNN on GPU), including full attention and a 1/8-density sliding
-     window at L = 4096;
+  2. times forward and forward+backward against the XLA path (and, for full and causal attention, against
+     `jax.nn.dot_product_attention`, cuDNN on GPU) with benchmark.py's cases and timer;
   3. runs one training step (loss, gradients, SGD update) of each family (CRATE, D-Former, FIT-AR,
      Terminator) with impl="xla" and impl="pallas" and compares losses, updated parameters and step times;
 and writes DIR/check.json (everything), DIR/check.md (the tables) and DIR/validated.json: one validation
 entry per kernel {kernel, platform, device_kind, jax, passed, speedup (min XLA / Pallas fwd+bwd time over the
 timed cases), checked} that `dispatch` reads. `--update_record` merges those entries into the committed
-record `effjax/kernels/validated.json`, which is what makes `impl="auto"` pick a kernel there.
+record `effjax/kernels/validated.json` (read by effjax.kernels.dispatch), which is what makes `impl="auto"`
+pick a kernel there.
 Sizes are bounded for one H200 within 8 minutes; `--budget_s` skips (and reports) whatever would start later.
 
-On CPU it runs the same code in interpret mode at tiny shapes: a smoke test (tests/kernels/test_check.py);
-its timings mean nothing and it never writes the committed record.
+On CPU it runs the same code in interpret mode at tiny shapes (one timed case per op): a smoke test
+(tests/experiments/test_kernel_check.py); its timings mean nothing and it never writes the committed record.
 """
 import argparse
 import json
 import pathlib
 import time
 
+import benchmark
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,15 +43,11 @@ def rel(a, b):
   return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def _rand(seed, shape, dtype=jnp.float32):
-  return jnp.asarray(np.random.default_rng(seed).normal(size=shape), dtype)
-
-
 def _loss(f, cot_seed=99):
   """sum(f(*args) · w) for a fixed random cotangent w of f's output shape."""
   def loss(*args):
     out = f(*args).astype(jnp.float32)
-    return jnp.sum(out * _rand(cot_seed, out.shape))
+    return jnp.sum(out * benchmark.normal(out.shape, jnp.float32, cot_seed))
   return loss
 
 
@@ -64,7 +61,7 @@ def _value_and_grads(f, args):
 
 def _attention_cases(big, dtype):
   b, h, d, n = (2, 4, 64, 1000) if big else (1, 2, 8, 40)
-  q, k, v = (_rand(s, (b, n, h, d), dtype) for s in range(3))
+  q, k, v = (benchmark.normal((b, n, h, d), dtype, s) for s in range(3))
   km = jnp.asarray(np.random.default_rng(3).random((b, n)) > 0.1)
   grid = (20, 50) if big else (5, 8)
   window = max(n // 8, 1)
@@ -81,59 +78,27 @@ def correctness_cases(big, dtypes=("float32", "bfloat16")):
   cases = []
   for dtype in (getattr(jnp, d) for d in dtypes):
     cases += _attention_cases(big, dtype)
-    w = _rand(4, (4, 197, 4, 64) if big else (1, 20, 2, 8), dtype)
+    w = benchmark.normal((4, 197, 4, 64) if big else (1, 20, 2, 8), dtype, 4)
     cases.append(("subspace_attention", f"L={w.shape[1]} {dtype.__name__}", (w,),
                   lambda w: subspace_attention(w, impl="pallas"), subspace_attention_reference))
     for xs, ks, dil in ([((2, 64, 64, 128), (7, 7), 2), ((1, 8, 16, 16, 128), (3, 3, 3), 1)] if big else
                         [((1, 8, 8, 4), (3, 3), 2), ((1, 4, 4, 4, 4), (3, 3, 3), 1)]):
-      x, kern = _rand(5, xs, dtype), _rand(6, ks + xs[-1:], dtype)
+      x, kern = benchmark.normal(xs, dtype, 5), benchmark.normal(ks + xs[-1:], dtype, 6)
       cases.append(("depthwise_conv", f"x{xs} k{ks} d{dil} {dtype.__name__}", (x, kern),
                     lambda x, k, dil=dil: depthwise_conv(x, k, dilation=dil, impl="pallas"),
                     lambda x, k, dil=dil: depthwise_conv_reference(x, k, dilation=dil)))
-    z = _rand(7, (4, 32, 32, 64) if big else (1, 8, 8, 4), dtype)
-    vs = _rand(8, z.shape[:-1] + (3 * z.shape[-1],), dtype)
+    z = benchmark.normal((4, 32, 32, 64) if big else (1, 8, 8, 4), dtype, 7)
+    vs = benchmark.normal(z.shape[:-1] + (3 * z.shape[-1],), dtype, 8)
     cases.append(("hyperzzw_global", f"z{z.shape} 3 maps {dtype.__name__}", (z[0], z, vs),
                   lambda w, z, v: hyperzzw.hyperzzw_global(w, z, v, impl="pallas")[0],
                   lambda w, z, v: hyperzzw.hyperzzw_global(w, z, v, impl="xla")[0]))
   o, i, kc, dks = (64, 64, 26, (17, 17)) if big else (2, 2, 3, (5, 5))
   for version in ("v1", "gauss"):
-    args = (_rand(9, (o, i, kc)), _rand(10, (2, o, i, kc)) * 2, _rand(11, (2, o, i, kc)))
+    args = tuple(benchmark.normal(shape, jnp.float32, seed) * scale
+                 for shape, seed, scale in (((o, i, kc), 9, 1), ((2, o, i, kc), 10, 2), ((2, o, i, kc), 11, 1)))
     cases.append(("dcls", f"{version} O={o} I={i} KC={kc} dks={dks}", args,  # f32 parameters
                   lambda *a, v=version: dcls.construct_kernel(*a, dks, v, impl="pallas"),
                   lambda *a, v=version: dcls.construct_kernel_reference(*a, dks, v)))
-  return cases
-
-
-def timing_cases(big):
-  """(kernel, name, args, {impl name: fn}); speedups are XLA / Pallas."""
-  n, b, h, d = (4096, 2, 8, 64) if big else (64, 1, 2, 8)
-  q, k, v = (_rand(s, (b, n, h, d), jnp.bfloat16) for s in range(3))
-  cudnn = lambda q, k, v, causal=False: jax.nn.dot_product_attention(
-      q, k, v, is_causal=causal, implementation="cudnn" if dispatch.platform() == "gpu" else None)
-  cases = []
-  for name, p in [("full", ap.full()), ("causal", ap.causal()), ("local 1/8", ap.local(n // 16, n // 16 - 1))]:
-    impls = {"pallas": lambda q, k, v, p=p: attention(q, k, v, pattern=p, impl="pallas"),
-             "xla": lambda q, k, v, p=p: attention(q, k, v, pattern=p, impl="xla")}
-    if p.kind in ("full", "causal"):
-      impls["jax.nn.dot_product_attention"] = lambda q, k, v, c=p.kind == "causal": cudnn(q, k, v, c)
-    if p.kind == "local":
-      impls["pallas full"] = lambda q, k, v: attention(q, k, v, impl="pallas")
-    cases.append(("attention", f"{name} L={n} B={b} H={h} D={d} bf16", (q, k, v), impls))
-  w = _rand(4, (8, 1024, 8, 64) if big else (1, 32, 2, 8), jnp.bfloat16)
-  cases.append(("subspace_attention", f"L={w.shape[1]} bf16", (w,),
-                {i: lambda w, i=i: subspace_attention(w, impl=i) for i in ("pallas", "xla")}))
-  x = _rand(5, (8, 64, 64, 128) if big else (1, 8, 8, 4), jnp.bfloat16)
-  kern = _rand(6, (13, 13, x.shape[-1]) if big else (3, 3, x.shape[-1]), jnp.bfloat16)
-  cases.append(("depthwise_conv", f"x{x.shape} k{kern.shape[:2]} bf16", (x, kern),
-                {i: lambda x, k, i=i: depthwise_conv(x, k, impl=i) for i in ("pallas", "xla")}))
-  z = _rand(7, (32, 32, 32, 64) if big else (1, 8, 8, 4), jnp.bfloat16)
-  vs = _rand(8, z.shape[:-1] + (3 * z.shape[-1],), jnp.bfloat16)
-  cases.append(("hyperzzw_global", f"z{z.shape} 3 maps bf16", (z[0], z, vs),
-                {i: lambda w, z, v, i=i: hyperzzw.hyperzzw_global(w, z, v, impl=i)[0] for i in ("pallas", "xla")}))
-  o, i_, kc, dks = (128, 128, 26, (17, 17)) if big else (2, 2, 3, (5, 5))
-  args = (_rand(9, (o, i_, kc)), _rand(10, (2, o, i_, kc)), _rand(11, (2, o, i_, kc)))
-  cases.append(("dcls", f"gauss O={o} I={i_} KC={kc} dks={dks}", args,
-                {i: lambda *a, i=i: dcls.construct_kernel(*a, dks, "gauss", impl=i) for i in ("pallas", "xla")}))
   return cases
 
 
@@ -169,15 +134,6 @@ def family_steps(big):
 
 # ---------------------------------------------------------------------------------------------- runners
 
-def _timed(fn, args, repeats):
-  jax.block_until_ready(fn(*args))
-  start = time.perf_counter()
-  for _ in range(repeats):
-    out = fn(*args)
-  jax.block_until_ready(out)
-  return (time.perf_counter() - start) / repeats * 1e3
-
-
 def _error(e):
   return f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
 
@@ -195,19 +151,19 @@ def check_correctness(case, tol):
   return row
 
 
-def check_timing(case, repeats):
-  kernel, name, args, impls = case
-  row = dict(kernel=kernel, case=name, fwd_ms={}, fwd_bwd_ms={})
-  for impl, f in impls.items():
-    try:
-      row["fwd_ms"][impl] = _timed(jax.jit(f), args, repeats)
-      row["fwd_bwd_ms"][impl] = _timed(jax.jit(jax.grad(_loss(f), tuple(range(len(args))))), args, repeats)
-    except Exception as e:
-      row.setdefault("errors", {})[impl] = _error(e)
-  t = row["fwd_bwd_ms"]
-  if "pallas" in t and "xla" in t:
-    row["speedup_vs_xla"] = t["xla"] / t["pallas"]
-  return row
+def timing(big, repeats, within_budget):
+  """benchmark.py's rows (ms, TFLOP/s, speed-up over XLA) of its cases at full size (CPU: its first case of
+  each group at tiny size); a case that fails records its error instead."""
+  rows = []
+  for group in benchmark.GROUPS.values():
+    for case in group("full") if big else group("tiny")[:1]:
+      if not within_budget(f"time {case.op} {case.label}"):
+        continue
+      try:
+        rows += benchmark.benchmark([case], benchmark.IMPLS, repeats)
+      except Exception as e:  # a kernel that does not compile is reported, not a crash
+        rows.append(dict(op=case.op, case=case.label, error=_error(e)))
+  return rows
 
 
 def _train_step(model, variables, x):
@@ -233,7 +189,7 @@ def check_family(family, make, x, repeats):
     for impl in ("xla", "pallas"):
       step = jax.jit(lambda v, x, m=make(impl): _train_step(m, v, x))
       results[impl] = step(variables, x)
-      row[f"{impl}_step_ms"] = _timed(step, (variables, x), repeats)
+      row[f"{impl}_step_ms"] = benchmark.median_time(step, (variables, x), repeats) * 1e3
     (lx, px), (lp, pp) = results["xla"], results["pallas"]
     row["loss_err"] = rel(lp, lx)
     flat = lambda t: np.concatenate([np.ravel(np.asarray(a, np.float32)) for a in jax.tree.leaves(t)])
@@ -259,13 +215,14 @@ def markdown(result):
   for r in result["correctness"]:
     lines.append(f"| {r['kernel']} | {r['case']} | {_fmt(r.get('value_err'))} | {_fmt(r.get('grad_err'))} | "
                  f"{'yes' if r['passed'] else 'NO ' + r.get('error', '')} |")
-  lines += ["", "## Time (ms): forward / forward+backward", "", "| kernel | case | impl | fwd | fwd+bwd |",
-            "|---|---|---|---|---|"]
+  lines += ["", "## Time (benchmark.py's cases; median ms)", "", "| kernel | case | pass | impl | ms | TFLOP/s | "
+            "speed-up vs xla |", "|---|---|---|---|---|---|---|"]
   for r in result["timing"]:
-    for impl in sorted(set(r["fwd_ms"]) | set(r.get("errors", {}))):
-      err = r.get("errors", {}).get(impl)
-      lines.append(f"| {r['kernel']} | {r['case']} | {impl} | {_fmt(r['fwd_ms'].get(impl))} | "
-                   f"{_fmt(r['fwd_bwd_ms'].get(impl)) if not err else 'error: ' + err} |")
+    if "error" in r:
+      lines.append(f"| {r['op']} | {r['case']} | | | error: {r['error']} | | |")
+    else:
+      lines.append(f"| {r['op']} | {r['case']} | {r['pass_']} | {r['impl']} | {_fmt(r['ms'])} | "
+                   f"{_fmt(r['tflops'])} | {_fmt(r['speedup'], '.2f')} |")
   lines += ["", "## One training step per family (impl xla vs pallas)", "",
             "| family | xla ms | pallas ms | xla/pallas | loss rel err | params rel err |", "|---|---|---|---|---|---|"]
   for r in result["families"]:
@@ -283,7 +240,8 @@ def records(correctness, timing, checked):
   out = []
   for kernel in dispatch.OPS:
     rows = [r for r in correctness if r["kernel"] == kernel]
-    speeds = [r.get("speedup_vs_xla", 0.0) for r in timing if r["kernel"] == kernel]
+    speeds = [0.0 if "error" in r else r["speedup"] for r in timing
+              if r["op"] == kernel and r.get("impl", "pallas") == "pallas" and r.get("pass_", "fwd+bwd") == "fwd+bwd"]
     out.append(dict(kernel=kernel, platform=dispatch.platform(), device_kind=dispatch.device_kind(),
                     jax=jax.__version__, passed=bool(rows) and all(r["passed"] for r in rows),
                     speedup=min(speeds) if speeds else 0.0, checked=checked))
@@ -319,13 +277,13 @@ def run(out_dir, *, budget_s=420.0, repeats=None, update=False, dtypes=("float32
 
   correctness = [check_correctness(c, tol) for c in correctness_cases(big, tuple(dtypes))
                  if within_budget(f"{c[0]} {c[1]}")]
-  timing = [check_timing(c, repeats) for c in timing_cases(big) if within_budget(f"time {c[0]} {c[1]}")]
+  timed = timing(big, repeats, within_budget)
   families = [check_family(f, m, x, repeats) for f, m, x in family_steps(big)
               if (families is None or f in families) and within_budget(f"step {f}")]
   checked = time.strftime("%Y-%m-%d", time.gmtime())
   result = dict(platform=dispatch.platform(), device_kind=dispatch.device_kind(), jax=jax.__version__,
                 interpret=not big, wall_s=time.time() - start, skipped=skipped, correctness=correctness,
-                timing=timing, families=families, record=records(correctness, timing, checked))
+                timing=timed, families=families, record=records(correctness, timed, checked))
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   (out / "check.json").write_text(json.dumps(result, indent=1) + "\n")
