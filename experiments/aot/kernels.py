@@ -5,8 +5,8 @@
 Each case is one op at a model family's shapes (per chip), forward and backward (value and gradients of a
 random projection of the output), with impl="pallas" resolved as on the target chip (`dispatch.target`), so
 the compiled program holds the Mosaic kernels themselves. Mosaic kernels cannot be partitioned by XLA, so
-every case runs inside `shard_map` over a 1-D mesh of the slice's chips: batch-sharded inputs, replicated
-weights whose gradients are summed over the chips. Prints one line per (case, chip) and writes
+every case runs inside `shard_map` (check_vma=False) over a 1-D mesh of the slice's chips: batch-sharded
+inputs, replicated weights whose gradients are summed over the chips. Prints one line per (case, chip) and writes
 experiments/aot/kernels.json; `--update_record` writes the per-(kernel, chip) summary to
 effjax/kernels/aot.json: "compiles for <chip> (AOT)", a record that `dispatch` never reads. Only
 effjax/kernels/validated.json (hardware runs, `effjax.kernels.check`) makes `impl="auto"` take a kernel.
@@ -91,7 +91,9 @@ def sharded_value_and_grad(fn, specs, mesh):
     grads = tuple(g if s else jax.lax.psum(g, "data") for g, (_, _, s) in zip(grads, specs))
     return jax.lax.psum(value, "data"), grads
 
-  return jax.shard_map(per_chip, mesh=mesh, in_specs=in_specs, out_specs=(P(), in_specs))
+  # check_vma=False: the kernels' pallas_call out_shapes carry no per-axis variance (jax 0.10.2 asks for
+  # `manual_axis_type` on them under the default check_vma=True; see experiments/aot/README.md)
+  return jax.shard_map(per_chip, mesh=mesh, in_specs=in_specs, out_specs=(P(), in_specs), check_vma=False)
 
 
 def compile_case(case, devices):
@@ -145,6 +147,22 @@ def summary(entries):
   return list(out.values())
 
 
+def markdown(entries, meta):
+  """One row per case, one column per chip: compile seconds and Mosaic calls, or FAILED."""
+  chips = list(dict.fromkeys(e["chip"] for e in entries))
+  rows = {}
+  for e in entries:
+    cell = f"yes ({e['mosaic_calls']} calls, {e['compile_s']:.0f} s)" if e["compiled"] else "**FAILED**"
+    rows.setdefault((e["kernel"], e["family"], e["case"]), {})[e["chip"]] = cell
+  lines = [f"Compiled with jax {meta['jax']}, libtpu {meta['libtpu']} on {meta['date']} (forward + backward, "
+           "per-chip shapes, inside shard_map; seconds on a shared 2-core CPU).", "",
+           "| kernel | family | case | " + " | ".join(f"{c} (AOT)" for c in chips) + " |",
+           "|---|---|---|" + "---|" * len(chips)]
+  for (kernel, family, case), cells in rows.items():
+    lines.append(f"| {kernel} | {family} | {case} | " + " | ".join(cells.get(c, "") for c in chips) + " |")
+  return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--topologies", default=",".join(TOPOLOGIES))
@@ -156,6 +174,7 @@ def main(argv=None):
   meta = {"jax": jax.__version__, "libtpu": importlib.metadata.version("libtpu"),
           "date": datetime.date.today().isoformat()}
   (HERE / "kernels.json").write_text(json.dumps({**meta, "entries": entries}, indent=1) + "\n")
+  (HERE / "kernels.md").write_text(markdown(entries, meta))
   if args.update_record:
     RECORD.write_text(json.dumps({**meta, "note": "compiles for <chip> (AOT) only; hardware validation is "
                                   "validated.json", "kernels": summary(entries)}, indent=1) + "\n")
