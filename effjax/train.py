@@ -45,27 +45,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return _train_and_evaluate(config, workdir, sigterm)
 
 
-def _train_and_evaluate(config, workdir, sigterm):
-  config = ml_collections.ConfigDict(config)
-  config.lock()
-  mesh = sharding.make_mesh(config.mesh)
-  validate(config, mesh.size)
+@dataclasses.dataclass
+class TrainStep:
+  """The trainer's model, task, optimizer, abstract train state with its shardings, and jitted update step.
+
+  `step` is `jax.jit(step_fn)` with the trainer's shardings, donation and compile options; compile it with
+  `step.lower(abstract_state, batch_spec).compile()` (effjax.aot does the same for a TPU topology).
+  """
+  model: object
+  task: object
+  tx: object
+  schedule: object
+  compute_dtype: object
+  init: object            # rng -> train state (unsharded); jit it with out_shardings=state_shardings
+  rng: jax.Array
+  abstract_state: dict    # ShapeDtypeStructs carrying their shardings
+  state_shardings: dict
+  batch_spec: dict        # one global training batch: ShapeDtypeStructs carrying the batch sharding
+  step: object
+
+
+def build_train_step(config, mesh, example_batch, num_steps, steps_per_epoch) -> TrainStep:
+  """Builds everything the update step needs on `mesh`, from shapes only (no data, no arrays).
+
+  example_batch: ShapeDtypeStructs of one batch (any leading size; the training batch gets config.batch_size).
+  The compile options are runtime.compiler_options() of the mesh's platform (the CPU options on CPU only).
+  """
   model = components.load("models", config.model_name).Model(**config.model)
   task = components.load("tasks", config.task_name).Task(config)
-  batch_sharding = sharding.batch_sharding(mesh)
-  train_data = pipeline.train_data(config.data, config.batch_size, batch_sharding, config.seed)
-  check_data(config, train_data.info)
-  eval_source = pipeline.make_source(config.data, config.data.eval_split)
-  evals = _make_evals(config, eval_source)
-
-  os.makedirs(workdir, exist_ok=True)
-  num_steps = total_steps(config, train_data.num_examples)
-  steps_per_epoch = max(train_data.num_examples // config.batch_size, 1)
   tx, schedule = optim.make_optimizer(config.optimizer, num_steps, steps_per_epoch, seed=config.seed)
   compute_dtype = COMPUTE_DTYPES[config.compute_dtype]
-
-  example_batch = next(pipeline.eval_batches(config.data, mesh.size, batch_sharding, eval_source))
-  example_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), example_batch)
 
   def init(rng):
     dummy = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), example_batch)
@@ -82,11 +91,41 @@ def _train_and_evaluate(config, workdir, sigterm):
   state_shardings["step"], state_shardings["rng"] = repl, repl
   abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                 abstract_state, state_shardings)
+  batch_sharding = sharding.batch_sharding(mesh)
+  batch_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct((config.batch_size,) + s.shape[1:], s.dtype,
+                                                          sharding=batch_sharding),
+                            {k: v for k, v in example_batch.items() if k != task.padding_key})
+  step = jax.jit(make_train_step(config, model, task, tx, schedule, compute_dtype),
+                 in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, repl),
+                 donate_argnums=0, compiler_options=runtime.compiler_options(mesh.devices.flat[0].platform))
+  return TrainStep(model, task, tx, schedule, compute_dtype, init, rng, abstract_state, state_shardings,
+                   batch_spec, step)
+
+
+def _train_and_evaluate(config, workdir, sigterm):
+  config = ml_collections.ConfigDict(config)
+  config.lock()
+  mesh = sharding.make_mesh(config.mesh)
+  validate(config, mesh.size)
+  batch_sharding = sharding.batch_sharding(mesh)
+  train_data = pipeline.train_data(config.data, config.batch_size, batch_sharding, config.seed)
+  check_data(config, train_data.info)
+  eval_source = pipeline.make_source(config.data, config.data.eval_split)
+  evals = _make_evals(config, eval_source)
+
+  os.makedirs(workdir, exist_ok=True)
+  num_steps = total_steps(config, train_data.num_examples)
+  steps_per_epoch = max(train_data.num_examples // config.batch_size, 1)
+  example_batch = next(pipeline.eval_batches(config.data, mesh.size, batch_sharding, eval_source))
+  example_batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), example_batch)
+  built = build_train_step(config, mesh, example_batch, num_steps, steps_per_epoch)
+  model, task, compute_dtype = built.model, built.task, built.compute_dtype
+  abstract_state, state_shardings = built.abstract_state, built.state_shardings
 
   meta = checkpoint.describe(config, abstract_state)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
   try:
-    state = _initial_state(config, ckpt, abstract_state, state_shardings, init, rng, train_data, meta)
+    state = _initial_state(config, ckpt, abstract_state, state_shardings, built.init, built.rng, train_data, meta)
   except BaseException:
     ckpt.close()
     raise
@@ -95,14 +134,7 @@ def _train_and_evaluate(config, workdir, sigterm):
       f.write(config.to_json_best_effort(indent=2))
   start_step = int(jax.device_get(state["step"]))
 
-  train_step = make_train_step(config, model, task, tx, schedule, compute_dtype)
-  batch_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct((config.batch_size,) + s.shape[1:], s.dtype,
-                                                          sharding=batch_sharding),
-                            {k: v for k, v in example_batch.items() if k != task.padding_key})
-  train_step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
-                       out_shardings=(state_shardings, repl), donate_argnums=0,
-                       compiler_options=runtime.compiler_options())
-  train_step = train_step.lower(abstract_state, batch_spec).compile()
+  train_step = built.step.lower(abstract_state, built.batch_spec).compile()
   flops = _step_flops(train_step)
   for e in evals:
     e.evaluator = components.load("evaluators", e.type).Evaluator(config, task, model)

@@ -12,9 +12,12 @@ Every op (`attention`, `subspace_attention`, `depthwise_conv`, `dcls.construct_k
     device kind and JAX version whose kernel was at least as fast as XLA; otherwise "xla". So "auto" is
     XLA on CPU and on any accelerator, JAX version or kernel that has not been checked.
 
+`target(platform, device_kind)` makes the rule resolve for another machine while tracing (effjax.aot compiles
+for a TPU slice from a CPU host: "auto" then picks what that chip would run, "pallas" its compiled kernel).
 `backend` ("tpu" / "gpu") and `interpret` override the platform defaults for "pallas" (tests use them to
 run one backend's kernel in interpret mode, or to lower it for another platform with `jax.export`).
 """
+import contextlib
 import dataclasses
 import functools
 import json
@@ -40,13 +43,26 @@ class Kernel:
   interpret: object = False
 
 
+_TARGET = []  # (platform, device_kind) set by `target`, innermost last
+
+
+@contextlib.contextmanager
+def target(platform_name: str, kind: str):
+  """Resolves kernels as on `platform_name` ("cpu", "gpu", "tpu") devices of `kind` within the block."""
+  _TARGET.append((platform_name, kind))
+  try:
+    yield
+  finally:
+    _TARGET.pop()
+
+
 def platform() -> str:
-  """"cpu", "gpu" or "tpu" (jax.default_backend)."""
-  return jax.default_backend()
+  """"cpu", "gpu" or "tpu" (jax.default_backend, or the `target`)."""
+  return _TARGET[-1][0] if _TARGET else jax.default_backend()
 
 
 def device_kind() -> str:
-  return jax.devices()[0].device_kind
+  return _TARGET[-1][1] if _TARGET else jax.devices()[0].device_kind
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,7 +82,7 @@ def is_validated(op: str, *, records=None) -> bool:
     return False
   records = _records(str(RECORD)) if records is None else records
   key = (op, platform(), device_kind(), jax.__version__)
-  return any(record_key(r) == key and r["passed"] and r["speedup"] >= 1.0 for r in records)
+  return any(record_key(r) == key and r.get("passed") and r.get("speedup", 0.0) >= 1.0 for r in records)
 
 
 def resolve(op: str, impl: str, *, unsupported: str | None = None, backend: str | None = None,
