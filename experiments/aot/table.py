@@ -46,7 +46,8 @@ ROWS = [
 
 def table():
   """The markdown table of every row with a result, in ROWS order, then rows not run yet."""
-  lines = [aot.MD_HEADER[:-1] + "| slice choice |", aot.MD_HEADER.splitlines()[1] + "---|"]
+  head, rule = aot.MD_HEADER.splitlines()
+  lines = [head + " slice choice |", rule + "---|"]
   for config, topology, why, *_ in ROWS:
     path = RESULTS / f"{aot.file_name(config, topology)}.json"
     if path.exists():
