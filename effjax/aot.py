@@ -65,6 +65,7 @@ TFDS_DATASETS = {
     "cifar10": ((32, 32, 3), 50_000),
     "cifar100": ((32, 32, 3), 50_000),
     "mnist": ((28, 28, 1), 60_000),
+    "imagenet21k": ((None, None, 3), None),  # size not recorded here: pass --train_examples for chip-hours
 }
 RAW_SIDE = 512  # side given to a variable-size image before the config's eval ops crop / resize it
 
@@ -93,6 +94,8 @@ def topology_devices(name: str):
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")    # no TPU is opened: other processes may load libtpu
   from jax.experimental import topologies
   kwargs = {"chip_config_name": "megacore"} if chip.name == "v4" else {}
+  if math.prod(dims) < 4:  # fewer chips than one host's default 2x2x1: the slice is one (partial) host
+    kwargs["chips_per_host_bounds"] = dims + (1,) * (3 - len(dims))
   devices = topologies.get_topology_desc(platform="tpu", topology_name=name, **kwargs).devices
   if len(devices) != math.prod(dims):
     raise AotError(f"topology {name} gave {len(devices)} devices, expected one per chip ({math.prod(dims)})")

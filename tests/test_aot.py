@@ -118,6 +118,7 @@ def test_committed_aot_record_covers_four_generations_and_every_kernel():
 
 
 @needs_libtpu
+@pytest.mark.slow
 def test_compiles_a_small_config_for_v5e_2x2(tmp_path):
   r = aot.compile_config(_config("crate.py:runlocal"), "v5e:2x2", name="crate.py:runlocal")
   assert r["compiled"] and r["fits"] and r["chips"] == 4 and r["device_kind"] == "TPU v5 lite"
@@ -132,6 +133,7 @@ def test_compiles_a_small_config_for_v5e_2x2(tmp_path):
 
 
 @needs_libtpu
+@pytest.mark.slow
 def test_a_config_that_cannot_fit_prints_one_line_and_exits_non_zero(capsys):
   assert aot.main(["--config", CRATE_LOCAL, "--topology", "v5e:2x2", "--config.batch_size=262144"]) == 1
   err = capsys.readouterr().err
@@ -139,6 +141,7 @@ def test_a_config_that_cannot_fit_prints_one_line_and_exits_non_zero(capsys):
 
 
 @needs_libtpu
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", sorted(dispatch.OPS))
 def test_mosaic_kernel_compiles_for_v5e_2x2(kernel):
   case = next(c for c in aot_kernels.CASES if c[1] == kernel)
