@@ -3,7 +3,7 @@
 Every config file (configs/<name>.py) starts from it and fills in model, task and data, so that a typo anywhere
 is caught by the locked ConfigDict (an unknown key is an error naming the closest valid one).
 """
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 # The ImageNet statistics timm's and the official models' weights expect, as a pp op.
 IMAGENET_NORM = "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))"
@@ -69,6 +69,7 @@ def base_config() -> ConfigDict:
   c.allow_config_change = False      # resume a checkpoint made with other config values (same state shapes)
   c.init_from = ConfigDict()
   c.init_from.path = ""              # effjax checkpoint dir or official weights file (effjax.weights) to fine-tune from
-  c.init_from.skip = r"^head/"       # param-path regex left at its fresh init (e.g. a new head)
+  c.init_from.skip = config_dict.placeholder(str)  # param-path regex left at its fresh init; None: the model's HEAD
+  c.init_from.allow_unused = False   # True: params of the file that the model does not have are ignored, not an error
   c.progress_bar = True
   return c

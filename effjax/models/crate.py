@@ -30,6 +30,8 @@ from effjax.layers.common import TORCH_LN_EPS, torch_default_init, with_variants
 from effjax.layers.dense import Dense, weight_gradient
 from effjax.layers.patches import patchify
 
+HEAD = r"^head/"  # params a new task replaces: config.init_from.skip's default
+
 VARIANTS = {  # head dim = width / heads, as the official CRATE_tiny/small/base/large; shared with crate_mae
     "T": dict(width=384, depth=12, num_heads=6),
     "S": dict(width=576, depth=12, num_heads=12),

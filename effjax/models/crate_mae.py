@@ -28,6 +28,8 @@ from effjax.layers.common import LN_EPS, TORCH_LN_EPS, with_variants
 from effjax.layers.patches import sincos_2d
 from effjax.models import crate
 
+HEAD = r""  # no task head: config.init_from.skip's default replaces nothing
+
 # mae_crate_tiny/small/base/large: CRATE's table, the decoder with the encoder's width, depth and heads.
 VARIANTS = {name: dict(v, decoder_depth=v["depth"]) for name, v in crate.VARIANTS.items()}
 POS_EMBED_ATOL = 1e-5  # how far an official fixed sin-cos embedding may be from `sincos_2d`

@@ -35,6 +35,8 @@ from effjax.layers.squeeze_excite import make_divisible
 from effjax.models.crate import OfficialStateDict
 from effjax.models.resnet import Bottleneck, ConvBN, convert_conv_bn, convert_gate, stem
 
+HEAD = r"^head/"  # params a new task replaces: config.init_from.skip's default
+
 ACTS = {"relu": nn.relu, "silu": nn.silu}
 
 _TIERED = dict(stem_type="deep_tiered", stem_width=32)

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 from effjax.layers.common import with_variants
 from effjax.layers.p3d import KINDS, P3DBottleneck
 
+HEAD = r"^classifier/"  # params a new task replaces: config.init_from.skip's default
+
 _kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 VARIANTS = {

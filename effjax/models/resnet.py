@@ -27,6 +27,8 @@ from effjax.layers.common import DropPath, torch_default_bias, torch_default_ini
 from effjax.layers.squeeze_excite import make_gate
 from effjax.models.crate import OfficialStateDict
 
+HEAD = r"^fc/"  # params a new task replaces: config.init_from.skip's default
+
 _kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # timm ResNet conv init
 
 _ECA = dict(stem_width=32, avg_down=True, gate="eca")

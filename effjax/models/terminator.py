@@ -26,6 +26,8 @@ from effjax.layers.common import torch_kaiming_normal
 from effjax.layers.hyperzzw_blocks import SFNEBlock
 from effjax.layers.remat import remat
 
+HEAD = r"^out_layer/"  # params a new task replaces: config.init_from.skip's default
+
 OFFICIAL_SKIPS = ((), (), (0,), (1,), (2, 1))
 
 

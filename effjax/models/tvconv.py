@@ -25,6 +25,8 @@ import jax.numpy as jnp
 from effjax.layers.common import with_variants
 from effjax.layers.tvconv import TVConv
 
+HEAD = r"^classifier/"  # params a new task replaces: config.init_from.skip's default
+
 _kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
