@@ -12,8 +12,11 @@ to read (truncated, partially written) is set aside, renamed to <step>.unreadabl
 and the previous one is tried; nothing is restored into the data iterator until a checkpoint has been
 read completely, so a run that finds no readable checkpoint starts exactly like a fresh one.
 """
+import contextlib
+import fcntl
 import json
 import os
+import socket
 import time
 
 import jax
@@ -182,6 +185,32 @@ class Checkpointer:
       path = os.path.join(self.directory, name)
       if name.isdigit() and not os.path.isdir(path):
         metrics.logger().warning("%s is not a checkpoint directory (a file?); ignored", path)
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir):
+  """Holds WORKDIR/lock (an advisory flock, held by process 0, released by the OS however the process ends)
+  for the duration of a run; a second run on the same workdir raises ConfigError naming the holder."""
+  if not workdir:
+    raise ConfigError("--workdir is empty; name a directory for the run")
+  if jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  fd = os.open(os.path.join(workdir, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+      raise ConfigError(f"--workdir {workdir} is in use by {holder}; wait for it to end, or use another "
+                        f"--workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%H:%M:%S')})".encode(),
+              0)
+    yield
+  finally:
+    os.close(fd)
 
 
 def restore_params(path):

@@ -112,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   The returned dict holds the last train metrics (train/...), the final evaluation (eval/...), "step"
   and "preempted" (True when a SIGTERM stopped the run after saving).
   """
-  with preemption.Sigterm() as sigterm:
+  with preemption.Sigterm() as sigterm, checkpoint.workdir_lock(workdir):
     return _train_and_evaluate(config, workdir, sigterm)
 
 
