@@ -133,3 +133,38 @@ def test_ctrl_c_in_training_saves_and_a_second_run_is_refused(tmp_path):
   assert "(preempted, checkpoint saved)" in out
   assert [n for n in os.listdir(workdir / "checkpoints") if n.isdigit()]
   assert len(metrics.read_jsonl(str(workdir))) >= 2
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second_delay", [None, 0.3])
+def test_two_processes_agree_on_the_step_a_sigterm_stops(tmp_path, second_delay):
+  """SIGTERM to process 0 only, or to both 0.3 s apart: both save the same step and exit 0 (hung before)."""
+  workdir, port = tmp_path / "w", _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "effjax.main", *trainer_utils.TINY_CLI, "--workdir", str(workdir),
+       "--config.total_steps=100000", "--config.checkpoint_every_steps=100000",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=trainer_utils.REPO, env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  deadline = time.time() + 300
+  while not ((workdir / "metrics.jsonl").exists() and (workdir / "metrics.jsonl").read_text().count("\n") >= 3):
+    assert time.time() < deadline and all(p.poll() is None for p in procs), procs[0].communicate()[1][-2000:]
+    time.sleep(0.1)
+  procs[0].send_signal(signal.SIGTERM)
+  if second_delay is not None:
+    time.sleep(second_delay)
+    procs[1].send_signal(signal.SIGTERM)
+  began = time.time()
+  results = [p.communicate(timeout=120) for p in procs]
+  assert time.time() - began < 60
+  for p, (_, err) in zip(procs, results):
+    assert p.returncode == 0 and "Traceback" not in err, err[-2000:]
+  saved = [int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()]
+  assert len(saved) == 1 and f"finished at step {saved[0]} (preempted, checkpoint saved)" in results[0][0]
