@@ -56,6 +56,7 @@ def validate(config, num_devices):
        f"config.compute_dtype {config.compute_dtype!r} must be one of {list(COMPUTE_DTYPES)}")
   need(0.0 <= config.ema_decay < 1.0, f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
   need(config.log_every_steps > 0, f"config.log_every_steps must be positive, got {config.log_every_steps}")
+  need(config.data.eval_examples != 0, "config.data.eval_examples=0 leaves nothing to evaluate; use -1 (all) or N > 0")
   need(config.init_from.path == "" or config.resume == "",
        "set at most one of config.resume and config.init_from.path")
   _check_numbers(config)
@@ -347,6 +348,13 @@ def _read_init_from(config, abstract_state):
   that differs, or a path of the file that the model does not use (unless init_from.allow_unused).
   """
   path, model_name = config.init_from.path, config.model_name
+  skip_regex = config.init_from.skip
+  if skip_regex is None:
+    skip_regex = components.load("models", model_name).HEAD
+  try:
+    skip = re.compile(skip_regex) if skip_regex else None
+  except re.error as e:
+    raise ConfigError(f"config.init_from.skip={skip_regex!r} is not a regular expression: {e}") from None
   if not os.path.exists(path):
     raise ConfigError(f"config.init_from.path={path!r} does not exist (an official weights file or an effjax "
                       f"checkpoints directory)")
@@ -355,10 +363,6 @@ def _read_init_from(config, abstract_state):
                  else checkpoint.restore_variables(path))
   except ValueError as e:
     raise ConfigError(f"config.init_from.path: {(str(e).splitlines() or [''])[0]}") from None
-  skip_regex = config.init_from.skip
-  if skip_regex is None:
-    skip_regex = components.load("models", model_name).HEAD
-  skip = re.compile(skip_regex) if skip_regex else None
   wanted = {"params": abstract_state["params"], **abstract_state["model_state"]}
 
   def flat(tree):
