@@ -12,8 +12,11 @@ to read (truncated, partially written) is set aside, renamed to <step>.unreadabl
 and the previous one is tried; nothing is restored into the data iterator until a checkpoint has been
 read completely, so a run that finds no readable checkpoint starts exactly like a fresh one.
 """
+import contextlib
+import fcntl
 import json
 import os
+import socket
 import time
 
 import jax
@@ -29,7 +32,8 @@ from effjax.config import ConfigError
 RESUMABLE_CHANGES = ("total_steps", "total_epochs", "log_every_steps", "eval_every_steps",
                      "checkpoint_every_steps", "keep_checkpoints", "progress_bar", "resume", "init_from",
                      "evaluators", "evaluator", "eval_batch_size", "data.eval_split", "data.eval_examples",
-                     "data.worker_count", "mesh", "sharding_rules", "allow_config_change")
+                     "data.worker_count", "data.prefetch", "data.wait_warn_frac", "mesh", "sharding_rules",
+                     "allow_config_change")
 OVERRIDE_KEY = "allow_config_change"
 
 
@@ -67,24 +71,28 @@ def first_difference(saved, current, allow_config_change=False):
   difference is one `allow_config_change` can accept (the state's tree and shapes agree)."""
   def show(value):
     return json.dumps(value)
-  if not allow_config_change:
-    if saved["model_name"] != current["model_name"]:
-      return f"model {saved['model_name']!r} there, {current['model_name']!r} now", True
-    if saved["optimizer"] != current["optimizer"]:
-      return f"optimizer {saved['optimizer']!r} there, {current['optimizer']!r} now", True
-    a, b = saved["fingerprint"], current["fingerprint"]
-    for key in sorted(set(a) | set(b), key=lambda k: (not k.startswith("model"), k)):
-      if a.get(key, "<absent>") != b.get(key, "<absent>"):
-        return f"config.{key} is {show(a.get(key, '<absent>'))} there, {show(b.get(key, '<absent>'))} now", True
+  state_difference = None
   a, b = saved["state"], current["state"]
   for key in sorted(set(a) | set(b), key=lambda k: (not k.startswith("['params']"), k)):
     if key not in a:
-      return f"state{key} is new (not in the checkpoint)", False
-    if key not in b:
-      return f"state{key} is in the checkpoint but not in this run", False
-    if a[key] != b[key]:
-      return f"state{key} has shape/dtype {a[key]} there, {b[key]} now", False
-  return None, False
+      state_difference = f"state{key} is new (not in the checkpoint)"
+    elif key not in b:
+      state_difference = f"state{key} is in the checkpoint but not in this run"
+    elif a[key] != b[key]:
+      state_difference = f"state{key} has shape/dtype {a[key]} there, {b[key]} now"
+    if state_difference:
+      break
+  if not allow_config_change:
+    if saved["model_name"] != current["model_name"]:
+      return f"model {saved['model_name']!r} there, {current['model_name']!r} now", state_difference is None
+    if saved["optimizer"] != current["optimizer"]:
+      return f"optimizer {saved['optimizer']!r} there, {current['optimizer']!r} now", state_difference is None
+    a, b = saved["fingerprint"], current["fingerprint"]
+    for key in sorted(set(a) | set(b), key=lambda k: (not k.startswith("model"), k)):
+      if a.get(key, "<absent>") != b.get(key, "<absent>"):
+        return (f"config.{key} is {show(a.get(key, '<absent>'))} there, {show(b.get(key, '<absent>'))} now",
+                state_difference is None)
+  return state_difference, False
 
 
 class Checkpointer:
@@ -126,13 +134,12 @@ class Checkpointer:
     result, unreadable = (None, None, None), []
     for step in reversed(self.steps()):
       path = os.path.join(self.directory, str(step))
-      if os.path.isdir(os.path.join(path, "state")) and not os.path.exists(os.path.join(path, "meta")):
-        raise IncompatibleCheckpoint(f"checkpoint {path} has no meta item (written by an older effjax), so it "
-                                     f"cannot be checked against this run; use a new --workdir, or fine-tune "
-                                     f"from it with --config.init_from.path={self.directory}")
       try:
+        if not os.path.exists(os.path.join(path, "meta")):
+          raise FileNotFoundError(f"{path}/meta is missing")
         saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-      except Exception as e:  # a torn write shows up as many different exception types
+      except Exception as e:  # a torn write shows up as many different exception types (never a signal's
+        # preemption.Terminated, a BaseException: an interrupted restore sets nothing aside)
         self._unreadable(step, e)
         unreadable.append(step)
         continue
@@ -180,8 +187,40 @@ class Checkpointer:
         metrics.logger().warning("%s is not a checkpoint directory (a file?); ignored", path)
 
 
+@contextlib.contextmanager
+def workdir_lock(workdir):
+  """Holds WORKDIR/lock (an advisory flock, held by process 0, released by the OS however the process ends)
+  for the duration of a run; a second run on the same workdir raises ConfigError naming the holder."""
+  if not workdir:
+    raise ConfigError("--workdir is empty; name a directory for the run")
+  if jax.process_index() != 0:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  fd = os.open(os.path.join(workdir, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+      raise ConfigError(f"--workdir {workdir} is in use by {holder}; wait for it to end, or use another "
+                        f"--workdir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} (since {time.strftime('%H:%M:%S')})".encode(),
+              0)
+    yield
+  finally:
+    os.close(fd)
+
+
 def restore_params(path):
   """The params of the newest checkpoint in `path` (a WORKDIR/checkpoints directory), as host arrays."""
+  return restore_variables(path)["params"]
+
+
+def restore_variables(path):
+  """{"params": ..., <collection>: ...} (params and model collections such as batch statistics) of the newest
+  checkpoint in `path` (a WORKDIR/checkpoints directory), as host arrays."""
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise ValueError(f"checkpoint directory {path} does not exist")
@@ -192,4 +231,4 @@ def restore_params(path):
     raise ValueError(f"no checkpoint found in {path}")
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   manager.close()
-  return restored["state"]["params"]
+  return {"params": restored["state"]["params"], **(restored["state"].get("model_state") or {})}

@@ -13,9 +13,13 @@ official file of the same architecture, e.g. the official model's freshly initia
 converted with every element replaced by its (key, index) tag, which shows where each official element lands
 in the effjax params; only a pure rearrangement (renaming, transposes, reshapes) is invertible this way.
 Official keys that no param fills (buffers, unused weights) keep the template's values and are listed.
+
+The converter never deletes or overwrites: an --output directory that already holds checkpoints, or an
+--output file that exists, is refused unless --overwrite is given. Every failure is one line on stderr.
 """
 import argparse
 import os
+import shutil
 import sys
 
 import jax
@@ -111,29 +115,57 @@ def main(argv=None):
   parser.add_argument("--output", required=True, help="checkpoints directory, or an official weights file")
   parser.add_argument("--template", help="effjax -> official: an official file of the same architecture")
   parser.add_argument("--select", default="", help="keep only official names starting with this prefix")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace the checkpoints in --output (a directory) or the --output file")
   args = parser.parse_args(argv)
   try:
+    if not os.path.exists(args.input):
+      raise ValueError(f"--input {args.input} does not exist")
     if os.path.isfile(args.input):
-      params = weights.converter(args.model)(_select(weights.read(args.input), args.select))
-      ckpt = checkpoint.Checkpointer(args.output, keep=1, async_save=False)
-      ckpt.save(0, {"params": params}, {}, {"model_name": args.model, "converted_from": os.path.abspath(args.input)},
-                force=True)
-      ckpt.wait()
-      ckpt.close()
-      print(f"wrote {len(_flat_params(params))} params to {os.path.abspath(args.output)}/0")
+      _official_to_effjax(args)
     else:
-      if not args.template:
-        raise ValueError("effjax -> official needs --template (an official file of the same architecture)")
-      params = checkpoint.restore_params(_params_dir(args.input))
-      template = _select(weights.read(args.template), args.select)
-      flat, kept = to_official(params, args.model, template)
-      weights.write(args.output, flat)
-      print(f"wrote {len(flat)} official tensors to {args.output}"
-            + (f"; kept from the template: {', '.join(kept)}" if kept else ""))
-  except (ValueError, ImportError) as e:
-    print(f"error: {e}", file=sys.stderr)
+      _effjax_to_official(args)
+  except Exception as e:  # the converter's whole job is one call: any failure is one line
+    message = (str(e).splitlines() or [""])[0]
+    print(f"effjax: error: {message if isinstance(e, ValueError) else f'{type(e).__name__}: {message}'}",
+          file=sys.stderr)
     return 1
   return 0
+
+
+def _official_to_effjax(args):
+  variables = weights.load_official_variables_from(_select(weights.read(args.input), args.select), args.model)
+  out = os.path.abspath(args.output)
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ValueError(f"--output {out} is a file, not a checkpoints directory")
+  existing = sorted(n for n in os.listdir(out) if n.split(".")[0].isdigit()) if os.path.isdir(out) else []
+  if existing and not args.overwrite:
+    raise ValueError(f"--output {out} already holds checkpoints ({', '.join(existing)}); nothing was changed. "
+                     f"Choose another directory, or pass --overwrite to replace them")
+  for name in existing:
+    shutil.rmtree(os.path.join(out, name))
+  params = variables.pop("params")
+  ckpt = checkpoint.Checkpointer(out, keep=1, async_save=False)
+  ckpt.save(0, {"params": params, "model_state": variables}, {},
+            {"model_name": args.model, "converted_from": os.path.abspath(args.input)}, force=True)
+  ckpt.wait()
+  ckpt.close()
+  print(f"wrote {len(_flat_params(params))} params"
+        + (f" and {', '.join(variables)}" if variables else "") + f" to {out}/0")
+
+
+def _effjax_to_official(args):
+  if not args.template:
+    raise ValueError("effjax -> official needs --template (an official file of the same architecture)")
+  if os.path.exists(args.output) and not args.overwrite:
+    raise ValueError(f"--output {args.output} exists; nothing was changed. Choose another name, or pass "
+                     f"--overwrite to replace it")
+  params = checkpoint.restore_params(_params_dir(args.input))
+  template = _select(weights.read(args.template), args.select)
+  flat, kept = to_official(params, args.model, template)
+  weights.write(args.output, flat)
+  print(f"wrote {len(flat)} official tensors to {args.output}"
+        + (f"; kept from the template: {', '.join(kept)}" if kept else ""))
 
 
 if __name__ == "__main__":

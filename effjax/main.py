@@ -85,6 +85,25 @@ def main(argv):
       _fail(e, workdir)
 
 
+def _check_coordinator():
+  """One line (instead of a crash inside jax.distributed) for a bad --coordinator_address or a bound port."""
+  import socket
+  address = _COORDINATOR.value or ""
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    _end(f"effjax: error: --coordinator_address {address!r} is not host:port (needed with --num_processes "
+         f"{_NUM_PROCESSES.value})", 2)
+  if not 0 <= _PROCESS_ID.value < _NUM_PROCESSES.value:
+    _end(f"effjax: error: --process_id {_PROCESS_ID.value} is not in [0, {_NUM_PROCESSES.value})", 2)
+  if _PROCESS_ID.value == 0:  # process 0 serves the coordinator on that port
+    with socket.socket() as s:
+      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the coordinator's server does: TIME_WAIT is fine
+      try:
+        s.bind(("", int(port)))
+      except OSError as e:
+        _end(f"effjax: error: process 0 cannot serve --coordinator_address {address}: port {port}: {e.strerror}", 2)
+
+
 def _run(workdir):
   if not flags.FLAGS["verbosity"].present:  # keep orbax's INFO chatter out of the console
     absl_logging.set_verbosity(absl_logging.WARNING)
@@ -93,9 +112,17 @@ def _run(workdir):
   if _NUM_PROCESSES.value > 1:
     if jax.config.jax_platforms in (None, "", "cpu") and not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
       jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts talk through gloo
+    _check_coordinator()
+    joined = threading.Timer(_CONNECT_TIMEOUT.value, _end, (  # before jax's own timeout, which aborts the process
+        f"effjax: error: not all {_NUM_PROCESSES.value} processes joined {_COORDINATOR.value} within "
+        f"--connect_timeout={_CONNECT_TIMEOUT.value} s; start every process with the same --coordinator_address "
+        f"and --num_processes", 3))
+    joined.daemon = True
+    joined.start()
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                               initialization_timeout=_CONNECT_TIMEOUT.value,
+                               initialization_timeout=_CONNECT_TIMEOUT.value + 60,
                                heartbeat_timeout_seconds=int(max(100, 3 * _PEER_TIMEOUT.value)))
+    joined.cancel()
     from effjax import peers
 
     def lost(peer):

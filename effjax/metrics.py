@@ -52,7 +52,9 @@ class Writer:
     self.jsonl = self.tb = None
     if self.active:
       os.makedirs(workdir, exist_ok=True)
-      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      _drop_torn_row(path)
+      self.jsonl = open(path, "a")
       from tensorboardX import SummaryWriter
       self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
@@ -71,10 +73,23 @@ class Writer:
       self.tb.close()
 
 
+def _drop_torn_row(path):
+  """Cuts a last row written only in part (e.g. on a full disk) so that appended rows start on a new line."""
+  if not os.path.exists(path):
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    if data and not data.endswith(b"\n"):
+      f.truncate(data.rfind(b"\n") + 1)
+
+
 def read_jsonl(workdir):
-  """All rows of WORKDIR/metrics.jsonl."""
+  """All rows of WORKDIR/metrics.jsonl (a last row cut mid-line, e.g. by a full disk, is left out)."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f if line.strip()]
+  if lines and not lines[-1].endswith("\n"):
+    lines.pop()
+  return [json.loads(line) for line in lines]
 
 
 class ProgressBar:

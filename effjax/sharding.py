@@ -73,7 +73,11 @@ def param_shardings(shapes, mesh, rules):
   for pattern, strategy in rules:
     if strategy not in STRATEGIES:
       raise ValueError(f"sharding rule ({pattern!r}, {strategy!r}): strategy must be one of {STRATEGIES}")
-    compiled.append((re.compile(pattern), strategy))
+    try:
+      compiled.append((re.compile(pattern), strategy))
+    except re.error as e:
+      raise ValueError(f"sharding rule ({pattern!r}, {strategy!r}): the pattern is not a regular expression: {e}") \
+          from None
   fsdp_axes = tuple(a for a in mesh.axis_names if a == "fsdp") or tuple(mesh.axis_names)
 
   def one(path, leaf):

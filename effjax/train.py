@@ -41,7 +41,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   The returned dict holds the last train metrics (train/...), the final evaluation (eval/...), "step"
   and "preempted" (True when a SIGTERM stopped the run after saving).
   """
-  with preemption.Sigterm() as sigterm:
+  with preemption.Sigterm() as sigterm, checkpoint.workdir_lock(workdir):
     return _train_and_evaluate(config, workdir, sigterm)
 
 
@@ -123,11 +123,17 @@ def _train_and_evaluate(config, workdir, sigterm):
   abstract_state, state_shardings = built.abstract_state, built.state_shardings
 
   meta = checkpoint.describe(config, abstract_state)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  fresh = not (os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir))
+  init_loaded = _read_init_from(config, abstract_state) if config.init_from.path and fresh else None
+  ckpt = checkpoint.Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
   try:
-    state = _initial_state(config, ckpt, abstract_state, state_shardings, built.init, built.rng, train_data, meta)
+    state = _initial_state(config, ckpt, abstract_state, state_shardings, built.init, built.rng, train_data, meta,
+                           init_loaded)
   except BaseException:
     ckpt.close()
+    if fresh and os.path.isdir(ckpt_dir) and not os.listdir(ckpt_dir):
+      os.rmdir(ckpt_dir)  # a run that fails at start leaves no empty checkpoints/ behind
     raise
   if jax.process_index() == 0:  # only once the checkpoints are known to belong to this config
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -193,11 +199,11 @@ def _train_and_evaluate(config, workdir, sigterm):
         if step == start_step + 1 or step % config.log_every_steps == 0 or step == num_steps:
           flush(step)
         progress.update(step, last_train.get("train/loss", float("nan")))
-        if sigterm.requested:
+        if sigterm.agreed(step):
           flush(step)
           ckpt.save(step, state, train_data.get_state(), meta, force=True)
           ckpt.wait()
-          log.warning("SIGTERM: saved checkpoint at step %d and stopped", step)
+          log.warning("%s: saved checkpoint at step %d and stopped", sigterm.name, step)
           preempted = True
           break
         if step % config.checkpoint_every_steps == 0 or step == num_steps:
@@ -254,7 +260,7 @@ def _has_eval_row(workdir, step):
       r["step"] == step and any(k.startswith("eval/") for k in r) for r in metrics_lib.read_jsonl(workdir))
 
 
-def _initial_state(config, ckpt, abstract_state, state_shardings, init, rng, train_data, meta):
+def _initial_state(config, ckpt, abstract_state, state_shardings, init, rng, train_data, meta, init_loaded=None):
   """Resume order: workdir's latest readable checkpoint -> config.resume -> config.init_from -> scratch.
 
   The data iterator is moved only when a checkpoint was read completely; a checkpoint made by another
@@ -267,6 +273,8 @@ def _initial_state(config, ckpt, abstract_state, state_shardings, init, rng, tra
     log.info("resumed from %s at step %d", ckpt.directory, step)
     return state
   if config.resume:
+    if not os.path.isdir(config.resume):
+      raise ConfigError(f"config.resume={config.resume!r} is not a directory (a WORKDIR/checkpoints to resume)")
     other = checkpoint.Checkpointer(config.resume, keep=config.keep_checkpoints, async_save=False)
     try:
       step, state, data_state = other.restore_latest(abstract_state, meta, config.allow_config_change)
@@ -279,43 +287,91 @@ def _initial_state(config, ckpt, abstract_state, state_shardings, init, rng, tra
     return state
   if had_checkpoints:
     log.warning("no readable checkpoint is left in %s; starting from scratch", ckpt.directory)
+  if config.init_from.path and init_loaded is None:  # the workdir's checkpoints were all unreadable
+    init_loaded = _read_init_from(config, abstract_state)
   state = jax.jit(init, out_shardings=state_shardings)(rng)
   if config.init_from.path:
-    state["params"] = _merge_init_params(config.init_from, state["params"], state_shardings["params"],
-                                         config.model_name)
+    state = _put_init(state, init_loaded, state_shardings)
     if config.ema_decay > 0:
       state["ema_params"] = state["params"]
-    log.info("initialised params from %s (kept fresh: %s)", config.init_from.path, config.init_from.skip)
+    log.info("initialised %s from %s", ", ".join(c for c in init_loaded if init_loaded[c]), config.init_from.path)
   return state
 
 
-def _merge_init_params(init_from, fresh, shardings, model_name):
-  """Loaded params where the path does not match init_from.skip and shapes agree; fresh ones elsewhere.
+def _read_init_from(config, abstract_state):
+  """{collection: {path: host array}} from config.init_from.path, checked against the model's abstract state.
 
-  init_from.path is an effjax checkpoint directory or an official weights file (effjax.weights); a learned
-  position embedding of another token grid is resampled (effjax.weights.posemb).
+  The file (an effjax checkpoint directory or an official weights file, effjax.weights) is read and compared
+  before anything is compiled. Every model collection it carries is loaded (params, and e.g. batch-norm
+  statistics). A learned position embedding of another token grid is resampled (effjax.weights.posemb).
+  Paths matching init_from.skip (default: the model module's HEAD) keep their fresh init. Any other mismatch
+  stops the run with one line naming the first one: a path the model needs that the file lacks, a shape
+  that differs, or a path of the file that the model does not use (unless init_from.allow_unused).
   """
-  if os.path.isfile(init_from.path):
-    loaded = weights.load_official(init_from.path, model_name)
-  else:
-    loaded = checkpoint.restore_params(init_from.path)
-  flat_loaded = {sharding.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(loaded)}
-  skip = re.compile(init_from.skip) if init_from.skip else None
+  path, model_name = config.init_from.path, config.model_name
+  skip_regex = config.init_from.skip
+  if skip_regex is None:
+    skip_regex = components.load("models", model_name).HEAD
+  try:
+    skip = re.compile(skip_regex) if skip_regex else None
+  except re.error as e:
+    raise ConfigError(f"config.init_from.skip={skip_regex!r} is not a regular expression: {e}") from None
+  if not os.path.exists(path):
+    raise ConfigError(f"config.init_from.path={path!r} does not exist (an official weights file or an effjax "
+                      f"checkpoints directory)")
+  try:
+    variables = (weights.load_official_variables(path, model_name) if os.path.isfile(path)
+                 else checkpoint.restore_variables(path))
+  except ValueError as e:
+    raise ConfigError(f"config.init_from.path: {(str(e).splitlines() or [''])[0]}") from None
+  wanted = {"params": abstract_state["params"], **abstract_state["model_state"]}
 
-  def pick(path, value, sh):
-    name = sharding.path_str(path)
-    if skip is not None and skip.search(name):
-      return value
-    if name not in flat_loaded:
-      raise ConfigError(f"init_from {init_from.path}: param {name} is missing; add it to init_from.skip")
-    new = np.asarray(flat_loaded[name])
-    if new.shape != value.shape and re.search(posemb.NAME, name) and new.shape[-1] == value.shape[-1]:
-      new = posemb.resample(new, value.shape[-2])
-    if new.shape != value.shape:
-      raise ConfigError(f"init_from {init_from.path}: param {name} has shape {new.shape}, the model "
-                        f"needs {value.shape}; add it to init_from.skip")
-    return jax.device_put(new.astype(value.dtype), sh)
-  return jax.tree_util.tree_map_with_path(pick, fresh, shardings)
+  def flat(tree):
+    return {sharding.path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+  out, differ, first = {}, 0, None
+  for collection in sorted(set(wanted) | set(variables), key=lambda c: c != "params"):
+    show = (lambda n: n) if collection == "params" else (lambda n, c=collection: f"{c}/{n}")
+    model, file = flat(wanted.get(collection, {})), flat(variables.get(collection, {}))
+    out[collection] = {}
+    for name, spec in model.items():
+      if skip is not None and skip.search(name):
+        continue
+      if name not in file:
+        raise ConfigError(f"init_from {path}: {show(name)} {tuple(spec.shape)} of the model is not in the file; "
+                          f"add it to config.init_from.skip to keep it fresh")
+      value = np.asarray(file[name])
+      if value.shape != spec.shape and re.search(posemb.NAME, name) and value.shape[-1] == spec.shape[-1]:
+        log.info("init_from: resampled %s from %d to %d positions (%s)", name, value.shape[-2], spec.shape[-2],
+                 posemb.__name__)
+        value = posemb.resample(value, spec.shape[-2])
+      if value.shape != spec.shape:
+        differ += 1
+        first = first or (show(name), value.shape, spec.shape)
+      out[collection][name] = value
+    if first is None and not config.init_from.allow_unused:
+      unused = [n for n in file if n not in model and not (skip is not None and skip.search(n))]
+      if unused:
+        raise ConfigError(f"init_from {path}: {show(unused[0])} {np.shape(file[unused[0]])} of the file is not "
+                          f"in the model {model_name!r} ({len(unused)} unused in all; another depth or variant?); "
+                          f"set config.init_from.allow_unused=True to load the rest anyway")
+  if first is not None:
+    name, have, need = first
+    hint = ("another variant (width)?" if differ > 1 else "add it to config.init_from.skip to keep it fresh")
+    raise ConfigError(f"init_from {path}: {name} has shape {have} in the file, {need} in the model "
+                      f"({differ} params differ; {hint})")
+  return out
+
+
+def _put_init(state, loaded, state_shardings):
+  """`state` with the leaves of `loaded` ({collection: {path: array}}, from _read_init_from) put in place."""
+  def put(collection, subtree, shardings):
+    def pick(p, value, sh):
+      new = loaded.get(collection, {}).get(sharding.path_str(p))
+      return value if new is None else jax.device_put(new.astype(value.dtype), sh)
+    return jax.tree_util.tree_map_with_path(pick, subtree, shardings)
+  state = dict(state, params=put("params", state["params"], state_shardings["params"]))
+  state["model_state"] = {c: put(c, v, state_shardings["model_state"][c]) for c, v in state["model_state"].items()}
+  return state
 
 
 def _step_flops(compiled_step):

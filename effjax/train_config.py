@@ -10,7 +10,7 @@ import copy
 import math
 
 import jax.numpy as jnp
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 from effjax import components
 from effjax.config import ConfigError
@@ -80,7 +80,8 @@ def base_config() -> ConfigDict:
   c.allow_config_change = False      # resume a checkpoint made with other config values (same state shapes)
   c.init_from = ConfigDict()
   c.init_from.path = ""              # effjax checkpoint dir or official weights file (effjax.weights) to fine-tune from
-  c.init_from.skip = r"^head/"       # param-path regex left at its fresh init (e.g. a new head)
+  c.init_from.skip = config_dict.placeholder(str)  # param-path regex left at its fresh init; None: the model's HEAD
+  c.init_from.allow_unused = False   # True: params of the file that the model does not have are ignored, not an error
   c.progress_bar = True
   return c
 
@@ -134,6 +135,7 @@ def validate(config, num_devices):
        f"config.compute_dtype {config.compute_dtype!r} must be one of {list(COMPUTE_DTYPES)}")
   need(0.0 <= config.ema_decay < 1.0, f"config.ema_decay must be in [0, 1), got {config.ema_decay}")
   need(config.log_every_steps > 0, f"config.log_every_steps must be positive, got {config.log_every_steps}")
+  need(config.data.eval_examples != 0, "config.data.eval_examples=0 leaves nothing to evaluate; use -1 (all) or N > 0")
   need(config.init_from.path == "" or config.resume == "",
        "set at most one of config.resume and config.init_from.path")
   check_numbers(config)

@@ -84,10 +84,11 @@ def test_command_official_to_effjax_and_back(tmp_path):
 def test_command_errors_are_one_line(tmp_path):
   result = _convert_cli("--model", "crate", "--input", str(tmp_path), "--output", str(tmp_path / "x.pth"))
   assert result.returncode == 1 and result.stderr.strip() == (
-      "error: effjax -> official needs --template (an official file of the same architecture)")
+      "effjax: error: effjax -> official needs --template (an official file of the same architecture)")
   npz = golden_path("crate_small")
   result = _convert_cli("--model", "crate_alpha", "--input", npz, "--output", str(tmp_path / "c"))
-  assert result.returncode == 1 and result.stderr.strip().startswith("error: official CRATE-α params are missing")
+  assert result.returncode == 1
+  assert result.stderr.strip().startswith("effjax: error: official CRATE-α params are missing")
 
 
 @pytest.mark.slow

@@ -31,6 +31,8 @@ def normalize(example, mean=0.5, std=0.5):
   """
   image = example["image"]
   mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+  if np.any(std == 0):
+    raise ValueError(f"normalize: std={std.tolist()} is zero in float32 (every value would be inf)")
   if image.dtype != np.uint8:
     return {**example, "image": (_to_float(image) - mean) / std}
   table = (np.arange(256, dtype=np.float32)[:, None] / 255.0 - mean.reshape(-1)) / std.reshape(-1)

@@ -18,6 +18,7 @@ Intermediates sown in "intermediates": `stem` and `stage{i}` (channels-last).
 `param_constraint(config)` keeps the DCLS positions inside their kernel after every update (the trainer applies it).
 """
 import functools
+import re
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -28,6 +29,8 @@ from effjax.kernels.depthwise_conv import depthwise_conv
 from effjax.layers.common import LN_EPS, DropPath, with_variants
 from effjax.layers.dcls import DclsConv, clamp_dcls_positions
 from effjax.weights.mapping import OfficialStateDict
+
+HEAD = r"^head/"  # params a new task replaces: config.init_from.skip's default
 
 _trunc02 = nn.initializers.truncated_normal(0.02)
 
@@ -124,14 +127,38 @@ class ConvNeXt(nn.Module):
 Model = with_variants(ConvNeXt, VARIANTS, "ConvNeXt")
 
 
+_OFFICIAL_NAMES = [  # the official ConvNeXt / ConvNeXt-DCLS repositories' names -> timm's
+    (r"^downsample_layers\.0\.([01])\.", r"stem.\1."), (r"^downsample_layers\.(\d+)\.", r"stages.\1.downsample."),
+    (r"^stages\.(\d+)\.(\d+)\.dwconv\.", r"stages.\1.blocks.\2.conv_dw."),
+    (r"^stages\.(\d+)\.(\d+)\.pwconv([12])\.", r"stages.\1.blocks.\2.mlp.fc\3."),
+    (r"^stages\.(\d+)\.(\d+)\.", r"stages.\1.blocks.\2."), (r"^norm\.", "head.norm."), (r"^head\.", "head.fc.")]
+
+
+def _timm_names(state_dict):
+  """The state dict under timm's names (an official-repository file is renamed; a timm file is returned as is)."""
+  names = {k[len("module."):] if k.startswith("module.") else k for k in state_dict}
+  if "downsample_layers.0.0.weight" not in names:
+    return state_dict
+  out = {}
+  for key, value in state_dict.items():
+    key = key[len("module."):] if key.startswith("module.") else key
+    for pattern, repl in _OFFICIAL_NAMES:
+      key, n = re.subn(pattern, repl, key)
+      if n:
+        break
+    out[key] = value
+  return out
+
+
 def convert_official(state_dict) -> dict:
-  """timm ConvNeXt state dict (names -> arrays; torch tensors accepted) -> params of `Model`.
+  """timm ConvNeXt state dict (names -> arrays; torch tensors accepted) -> params of `Model`. A file of the
+  official ConvNeXt or ConvNeXt-DCLS repository (downsample_layers / dwconv / pwconv names) is renamed first.
 
   Convolutions OIHW -> HWIO (the depthwise [C, 1, k, k] -> [k, k, C]; a DCLS depthwise convolution keeps its
   `weight`/`P`/`SIG` as they are), Linear or 1×1-conv MLP weights -> Dense kernels [in, out], norm weight ->
   scale. Missing or unexpected keys raise ValueError.
   """
-  sd = OfficialStateDict(state_dict)
+  sd = OfficialStateDict(_timm_names(state_dict))
   norm = sd.layer_norm
   params = {"stem_conv": sd.conv("stem.0"), "stem_norm": norm("stem.1"), "head_norm": norm("head.norm"),
             "head": sd.linear("head.fc")}

@@ -28,6 +28,8 @@ from effjax.layers.crate import SIZES, Layer, check_posemb_length, convert_layer
 from effjax.layers.patches import patchify
 from effjax.weights.mapping import OfficialStateDict
 
+HEAD = r"^head/"  # params a new task replaces: config.init_from.skip's default
+
 VARIANTS = SIZES  # the official CRATE_tiny/small/base/large
 
 

@@ -25,6 +25,8 @@ from effjax.layers.common import LN_EPS, DropPath, with_variants
 from effjax.layers.crate import MSSA, check_posemb_length
 from effjax.layers.patches import pair
 
+HEAD = r"^head/"  # params a new task replaces: config.init_from.skip's default
+
 VARIANTS = {  # the official decode_variant
     "Ti": dict(width=192, depth=12, num_heads=3),
     "S": dict(width=576, depth=12, num_heads=12),

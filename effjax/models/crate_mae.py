@@ -29,6 +29,8 @@ from effjax.layers.crate import MSSA, SIZES, Layer, convert_layer
 from effjax.layers.patches import sincos_2d
 from effjax.weights.mapping import OfficialStateDict
 
+HEAD = r""  # no task head: config.init_from.skip's default replaces nothing
+
 # mae_crate_tiny/small/base/large: CRATE's table, the decoder with the encoder's width, depth and heads.
 VARIANTS = {name: dict(v, decoder_depth=v["depth"]) for name, v in SIZES.items()}
 POS_EMBED_ATOL = 1e-5  # how far an official fixed sin-cos embedding may be from `sincos_2d`

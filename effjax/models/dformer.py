@@ -31,6 +31,8 @@ from flax import traverse_util
 from effjax.layers.dformer import PatchExpand, SegmentationHead, Stage, layer_norm
 from effjax.weights.mapping import conv_kernel, dense_kernel
 
+HEAD = r"^classifier/"  # params a new task replaces: config.init_from.skip's default
+
 FIDELITIES = ("official", "fixed")
 
 
@@ -42,8 +44,9 @@ class Model(nn.Module):
   full resolution first, then 1/2, 1/4, ... per axis.
   fidelity "official" reproduces the reference's behaviour where it is a bug (global fallback decided
   by H alone; GS-MSA padding along D alone left unmasked); "fixed" checks every axis and masks all padding.
-  They differ whenever a block sees H >= group_size[1] while D < group_size[0] or W < group_size[2], or a
-  GS-MSA block pads D alone (tests/models/test_dformer_fidelity.py); they agree everywhere else.
+  They can differ only where a block sees H >= group_size[1] while D < group_size[0] or W < group_size[2], or a
+  GS-MSA block pads D alone (tests/models/test_dformer_fidelity.py); where the padded grid fits one window
+  (local attention with the padding masked is then global attention) they agree, e.g. (1, 2, 4, 3, 4).
   """
   num_classes: int = 14
   in_channels: int = 1

@@ -17,6 +17,8 @@ import numpy as np
 from effjax.layers.common import TORCH_LN_EPS
 from effjax.layers.dformer import Stage
 
+HEAD = r"^head/"  # params a new task replaces: config.init_from.skip's default
+
 
 class Model(nn.Module):
   """Hierarchical dilated-attention classifier.

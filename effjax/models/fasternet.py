@@ -22,6 +22,8 @@ from effjax.layers.common import DropPath, batch_norm, with_variants
 from effjax.layers.pconv import PartialConv
 from effjax.weights.mapping import BATCH_NORM_BUFFERS, OfficialStateDict, params_only
 
+HEAD = r"^classifier/"  # params a new task replaces: config.init_from.skip's default
+
 _trunc02 = nn.initializers.truncated_normal(0.02)
 
 VARIANTS = {  # timm fasternet_<name>

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 
 from effjax.layers import fit_grouping, fit_layers as fl
 
+HEAD = r"^head/"  # params a new task replaces: config.init_from.skip's default
+
 
 class FIT(fl.Interleaved, kw_only=True):
   """The FIT encoder: (x [B, T, N, C], optional y [B, T, Ny, Cy]) -> (x [B, T, Ny+N, D_x], latents [B, T, M, D_l]).

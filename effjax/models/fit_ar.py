@@ -16,6 +16,8 @@ import jax.numpy as jnp
 
 from effjax.layers import fit_layers as fl
 
+HEAD = r""  # no task head: config.init_from.skip's default replaces nothing
+
 
 class Model(fl.Interleaved, kw_only=True):
   """FIT-AR language model: int tokens [B, L] -> logits [B, L, vocab_size] (logits[:, i] predicts token i+1).

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 
 from effjax.layers import fit_grouping, fit_layers as fl
 
+HEAD = r""  # no task head: config.init_from.skip's default replaces nothing
+
 
 def time_encoding(t, dim):
   """Official `positional_encoding(t·1000, dim)` for t [B] -> [B, dim] (concatenated, not interleaved)."""

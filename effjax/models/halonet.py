@@ -36,6 +36,8 @@ from effjax.layers.resnet_blocks import Bottleneck, ConvBN, stem
 from effjax.layers.squeeze_excite import make_divisible
 from effjax.weights.mapping import BATCH_NORM_BUFFERS, OfficialStateDict, params_only
 
+HEAD = r"^head/"  # params a new task replaces: config.init_from.skip's default
+
 ACTS = {"relu": nn.relu, "silu": nn.silu}
 
 _TIERED = dict(stem_type="deep_tiered", stem_width=32)

@@ -22,6 +22,8 @@ from effjax.kernels.depthwise_conv import depthwise_conv
 from effjax.layers.common import DropPath, batch_norm, with_variants
 from effjax.weights.mapping import BATCH_NORM_BUFFERS, OfficialStateDict, params_only
 
+HEAD = r"^head_fc2/"  # params a new task replaces: config.init_from.skip's default
+
 _trunc02 = nn.initializers.truncated_normal(0.02)
 
 VARIANTS = {  # timm inception_next_<name>

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 from effjax.layers.common import batch_norm, torch_kaiming_fan_out, with_variants
 from effjax.layers.p3d import KINDS, P3DBottleneck
 
+HEAD = r"^classifier/"  # params a new task replaces: config.init_from.skip's default
+
 VARIANTS = {
     "p3d63": dict(layers=(3, 4, 6, 3)),
     "p3d131": dict(layers=(3, 4, 23, 3)),

@@ -26,6 +26,8 @@ from effjax.layers.common import torch_default_bias, torch_default_init, with_va
 from effjax.layers.resnet_blocks import Bottleneck, stem
 from effjax.weights.mapping import BATCH_NORM_BUFFERS, OfficialStateDict, params_only
 
+HEAD = r"^fc/"  # params a new task replaces: config.init_from.skip's default
+
 _ECA = dict(stem_width=32, avg_down=True, gate="eca")
 _RS = dict(stem_width=32, stem_type="deep", replace_stem_pool=True, avg_down=True, gate="se", rd_ratio=0.25)
 VARIANTS = {

@@ -28,6 +28,8 @@ from effjax.layers.hyperzzw_blocks import SFNEBlock
 from effjax.layers.remat import remat
 from effjax.weights.mapping import dense_kernel
 
+HEAD = r"^out_layer/"  # params a new task replaces: config.init_from.skip's default
+
 OFFICIAL_SKIPS = ((), (), (0,), (1,), (2, 1))
 
 

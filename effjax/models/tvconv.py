@@ -25,6 +25,8 @@ import jax.numpy as jnp
 from effjax.layers.common import batch_norm, torch_kaiming_fan_out, with_variants
 from effjax.layers.tvconv import TVConv
 
+HEAD = r"^classifier/"  # params a new task replaces: config.init_from.skip's default
+
 BLOCKS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
           (6, 320, 1, 1))  # (expansion t, width c, repeats n, first stride s)
 VARIANTS = {f"x{a.replace('.', '_')}": dict(width_mult=float(a)) for a in ("0.1", "0.2", "0.3", "0.5", "1.0")}

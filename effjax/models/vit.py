@@ -15,6 +15,8 @@ from effjax.layers.remat import remat
 from effjax.layers.transformer import EncoderBlock
 from effjax.weights.mapping import OfficialStateDict
 
+HEAD = r"^head/"  # params a new task replaces: config.init_from.skip's default
+
 VARIANTS = {  # the standard ViT sizes (Dosovitskiy et al.; Ti from DeiT)
     "Ti": dict(width=192, depth=12, num_heads=3, mlp_dim=768),
     "S": dict(width=384, depth=12, num_heads=6, mlp_dim=1536),

@@ -1,7 +1,8 @@
 """Official checkpoint files: read into flat {official name: numpy array}, convert to effjax params, write back.
 
 Formats, chosen by the file suffix:
-  .pth .pt .bin   PyTorch `torch.save` zip files, read without torch (weights/torch_file.py)
+  .pth .pt .bin   PyTorch `torch.save` zip files, read without torch (weights/torch_file.py); also
+  .pth.tar        (the name official training scripts give their checkpoints)
   .safetensors    safetensors.numpy
   .npz            numpy archives: state-dict names, big_vision/Flax paths joined by "/", or the golden
                   reference files (keys "param/<name>")
@@ -9,7 +10,8 @@ Formats, chosen by the file suffix:
   .h5             Keras 2 weights under their variable names, e.g. pix2seq's FIT (needs h5py, weights/keras_h5.py)
 A checkpoint that wraps its weights ({"model": ...}, {"state_dict": ...}, {"params": ..., "opt": ...}) is
 unwrapped; a golden file's "param/" or a Flax checkpoint's "params/" prefix is stripped. `load_official`
-then converts with the family module's `convert_official`.
+then converts with the family module's `convert_official`; `load_official_variables` also returns the model
+collections the file carries (e.g. batch-norm statistics, from the module's `convert_official_variables`).
 """
 import os
 
@@ -28,6 +30,8 @@ _WRAPPERS = ("state_dict", "model", "model_state", "module", "params")
 
 
 def _suffix(path):
+  if str(path).lower().endswith(".pth.tar"):
+    return ".pth"
   suffix = os.path.splitext(str(path))[1].lower()
   if suffix not in SUFFIXES:
     raise ValueError(f"{path}: unknown weights format {suffix!r}; expected one of {', '.join(SUFFIXES)}")
@@ -105,3 +109,15 @@ def converter(model_name: str):
 def load_official(path, model_name: str) -> dict:
   """Params of effjax.models.<model_name> from an official weights file, via its `convert_official`."""
   return converter(model_name)(read(path))
+
+
+def load_official_variables(path, model_name: str) -> dict:
+  """{"params": ..., <collection>: ...} of effjax.models.<model_name> from an official weights file: every
+  collection the file carries (the module's `convert_official_variables` where it has one)."""
+  return load_official_variables_from(read(path), model_name)
+
+
+def load_official_variables_from(flat: dict, model_name: str) -> dict:
+  """load_official_variables of an already read {official name: array}."""
+  convert = getattr(components.load("models", model_name), "convert_official_variables", None)
+  return convert(flat) if convert is not None else {"params": converter(model_name)(flat)}

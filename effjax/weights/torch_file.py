@@ -5,7 +5,9 @@ data.pkl is a protocol-2 pickle of the saved object in which every tensor is
 `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, metadata])` and every
 storage a persistent id `("storage", torch.<Type>Storage, key, location, numel)` naming the raw bytes of
 `data/<key>`. Reading uses a restricted unpickler: the few globals a state dict needs are mapped to
-numpy-building functions and every other global becomes an inert `Opaque` record, so a file cannot run code.
+numpy-building functions and every other global becomes an inert `Opaque` record, so a file cannot run code;
+every tensor view is checked against its storage (offset, sizes and strides must stay inside it) and every
+storage against its declared element count, so a file cannot make the reader touch memory outside its data.
 Writing emits the same opcodes by hand for a flat {name: array} dict, which `torch.load(weights_only=True)`
 accepts. The legacy (pre-1.6, non-zip) format is not read.
 """
@@ -45,9 +47,27 @@ class _Storage:
     self.dtype, self.data = dtype, data
 
 
+def _ints(value, what):
+  if not (isinstance(value, (tuple, list)) and all(isinstance(v, int) and v >= 0 for v in value)):
+    raise ValueError(f"tensor {what} {value!r} is not a tuple of non-negative integers")
+  return tuple(value)
+
+
 def _rebuild_tensor(storage, offset, size, stride, *_):
+  """The view (offset, size, stride) of `storage` as a new array; a view reaching outside it is refused."""
+  if not isinstance(storage, _Storage) or not isinstance(offset, int) or offset < 0:
+    raise ValueError(f"tensor with storage {storage!r} at offset {offset!r} is not a valid tensor record")
+  size, stride = _ints(size, "size"), _ints(stride, "stride")
+  if len(size) != len(stride):
+    raise ValueError(f"tensor size {size} and stride {stride} differ in length")
+  if 0 in size:
+    return np.zeros(size, storage.dtype)
+  end = offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1  # one past the last element read
+  if end > storage.data.size:
+    raise ValueError(f"tensor view (offset {offset}, size {size}, stride {stride}) reaches element {end - 1} of a "
+                     f"storage of {storage.data.size} elements")
   item = storage.dtype.itemsize
-  return np.lib.stride_tricks.as_strided(storage.data[offset:], tuple(size), tuple(s * item for s in stride)).copy()
+  return np.lib.stride_tricks.as_strided(storage.data[offset:], size, tuple(s * item for s in stride)).copy()
 
 
 def _rebuild_parameter(data, *_):
@@ -58,6 +78,7 @@ class _Unpickler(pickle.Unpickler):
   def __init__(self, file, archive, prefix, little_endian):
     super().__init__(file)
     self.archive, self.prefix, self.little_endian = archive, prefix, little_endian
+    self.names = set(archive.namelist())
 
   def find_class(self, module, name):
     if (module, name) == ("collections", "OrderedDict"):
@@ -77,22 +98,45 @@ class _Unpickler(pickle.Unpickler):
     if not isinstance(dtype, np.dtype):
       raise ValueError(f"unsupported storage type {dtype!r} in the PyTorch file")
     dtype = dtype.newbyteorder("<" if self.little_endian else ">")
-    return _Storage(dtype, np.frombuffer(self.archive.read(f"{self.prefix}data/{key}"), dtype))
+    name = f"{self.prefix}data/{key}"
+    if name not in self.names:
+      raise ValueError(f"storage {key!r} has no data in the archive")
+    data = self.archive.read(name)
+    numel = pid[4] if len(pid) > 4 else None
+    if len(data) % dtype.itemsize or (isinstance(numel, int) and numel * dtype.itemsize > len(data)):
+      raise ValueError(f"storage {key!r} holds {len(data)} bytes, too few for {numel} {dtype} elements")
+    return _Storage(dtype, np.frombuffer(data, dtype))
+
+
+def _not_a_zip(path):
+  """Why `path` (not a readable zip archive) cannot be read."""
+  with open(path, "rb") as f:
+    head = f.read(4)
+  if not head:
+    return f"{path} is empty (0 bytes)"
+  if head.startswith(b"PK"):
+    return f"{path} is a truncated or damaged zip archive (no readable central directory)"
+  if head[:1] == b"\x80":
+    return (f"{path} is a legacy (pre-1.6) PyTorch file, which is not read; re-save it with torch >= 1.6 "
+            f"(torch.save(torch.load(path), path))")
+  return f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy pickle)"
 
 
 def read(path) -> object:
-  """The object saved in a `torch.save` zip file, with tensors as numpy arrays."""
+  """The object saved in a `torch.save` zip file, with tensors as numpy arrays (ValueError for any damage)."""
   if not zipfile.is_zipfile(path):
-    raise ValueError(f"{path} is not a PyTorch zip checkpoint (legacy pre-1.6 files are not read; re-save "
-                     f"with torch >= 1.6)")
-  with zipfile.ZipFile(path) as archive:
-    pkl = [n for n in archive.namelist() if n.endswith("data.pkl")]
-    if len(pkl) != 1:
-      raise ValueError(f"{path}: expected one data.pkl in the archive, found {len(pkl)}")
-    prefix = pkl[0][:-len("data.pkl")]
-    names = set(archive.namelist())
-    little = archive.read(f"{prefix}byteorder") != b"big" if f"{prefix}byteorder" in names else True
-    return _Unpickler(io.BytesIO(archive.read(pkl[0])), archive, prefix, little).load()
+    raise ValueError(_not_a_zip(path))
+  try:
+    with zipfile.ZipFile(path) as archive:
+      pkl = [n for n in archive.namelist() if n.endswith("data.pkl")]
+      if len(pkl) != 1:
+        raise ValueError(f"expected one data.pkl in the archive, found {len(pkl)}")
+      prefix = pkl[0][:-len("data.pkl")]
+      little = archive.read(f"{prefix}byteorder") != b"big" if f"{prefix}byteorder" in archive.namelist() else True
+      return _Unpickler(io.BytesIO(archive.read(pkl[0])), archive, prefix, little).load()
+  except Exception as e:  # damaged archive, hostile or foreign pickle: whatever breaks, one message
+    raise ValueError(f"{path} is not a readable PyTorch state dict: {type(e).__name__}: "
+                     f"{(str(e).splitlines() or [''])[0]}") from None
 
 
 def _global(module, name):

@@ -1,6 +1,15 @@
-"""Soak test of resume: SIGKILL a run N times at random moments, then compare it with an uninterrupted run.
+"""Soak test of resume: stop a run N times at random moments, then compare it with an uninterrupted run.
 
     PYTHONPATH=. python experiments/reliability/soak.py --kills=20 --out=experiments/reliability/soak_n20.json
+    PYTHONPATH=. python experiments/reliability/soak.py --kills=20 --signal=mixed --processes=2 --out=...
+
+--signal chooses how a life is stopped: SIGKILL (default), SIGTERM, SIGINT, or "mixed" (TERM or INT at
+random). With --processes=2 every life (and the reference) is two processes on localhost; a signal goes to
+process 0, process 1 or both (0.3 s apart), at random. A life stopped by SIGTERM/SIGINT must end on its own
+within --exit_within seconds with exit status 0 (all its processes), no traceback, and no checkpoint set
+aside as unreadable (a good checkpoint must never be); the row records how long it took. (With two
+processes, a signal to one of them before the training loop stops that one with status 0; its peer then ends
+with status 3 and the one line "process i of 2 is gone", which is accepted.)
 
 A reference run of the tiny ViT (the tests' config, `--steps` steps, a checkpoint every 2 steps) runs
 uninterrupted first; it takes S seconds to start (imports, compilation). Then the same command runs in
@@ -19,6 +28,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,14 +49,40 @@ def command(workdir, steps):
           f"--config.total_steps={steps}", "--config.checkpoint_every_steps=2", "--config.eval_every_steps=-1"]
 
 
-def start(workdir, steps):
-  """Starts the run; all runs share a persistent compilation cache (same executables, shorter lives)."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-         "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-         "JAX_COMPILATION_CACHE_DIR": os.path.join(os.path.dirname(workdir), "jax_cache"),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-  return subprocess.Popen(command(workdir, steps), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+class Run:
+  """The run's processes (one, or two on localhost), started together; all runs share a persistent
+  compilation cache (same executables, shorter lives)."""
+
+  def __init__(self, workdir, steps, processes):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "JAX_COMPILATION_CACHE_DIR": os.path.join(os.path.dirname(workdir), "jax_cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    multi = [] if processes == 1 else [f"--coordinator_address=127.0.0.1:{_free_port()}",
+                                       f"--num_processes={processes}"]
+    self.procs = [subprocess.Popen(command(workdir, steps) + multi + ([f"--process_id={i}"] if multi else []),
+                                   cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                  for i in range(processes)]
+
+  def poll(self):
+    """None while any process runs, else the first non-zero exit status (0 when all succeeded)."""
+    codes = [p.poll() for p in self.procs]
+    return None if None in codes else next((c for c in codes if c), 0)
+
+  def communicate(self, timeout=None):
+    outs = [p.communicate(timeout=timeout) for p in self.procs]
+    self.returncode = self.poll()
+    return "".join(o for o, _ in outs), "".join(e for _, e in outs)
+
+  def kill(self):
+    for p in self.procs:
+      p.kill()
 
 
 def temporary(workdir):
@@ -72,10 +108,12 @@ def logged(workdir):
     return 0
 
 
-def one_life(workdir, steps, mode, delay, more_steps):
-  """Starts the run and kills it as `mode` says; returns a row describing the kill (None: it finished)."""
+def one_life(workdir, steps, mode, delay, more_steps, sig=signal.SIGKILL, processes=1, targets=(0,),
+             exit_within=60.0):
+  """Starts the run and stops it as `mode` says with `sig` (to the processes in `targets`); returns a row
+  describing the kill (None: it finished)."""
   leftovers, rows = temporary(workdir), logged(workdir)
-  proc, began = start(workdir, steps), time.time()
+  proc, began = Run(workdir, steps, processes), time.time()
 
   def wait(done):
     while proc.poll() is None and not done():
@@ -90,14 +128,30 @@ def one_life(workdir, steps, mode, delay, more_steps):
       wait(lambda: temporary(workdir) - leftovers)
   in_save = bool(temporary(workdir) - leftovers)
   if proc.poll() is not None:
-    proc.communicate()
+    _, err = proc.communicate()
     if proc.returncode != 0:
-      raise SystemExit(f"a life ended with exit status {proc.returncode} before its kill")
+      raise SystemExit(f"a life ended with exit status {proc.returncode} before its kill:\n{err[-2000:]}")
     return None
-  proc.send_signal(signal.SIGKILL)
-  proc.communicate()
-  return {"mode": mode, "seconds_after_start": round(time.time() - began, 3), "save_in_flight": in_save,
-          "last_checkpoint": committed(workdir)}
+  sent = time.time()
+  for i, target in enumerate(targets):
+    if i:
+      time.sleep(0.3)
+    proc.procs[target].send_signal(sig)
+  if sig == signal.SIGKILL:
+    proc.kill()
+    proc.communicate()
+  else:
+    try:
+      _, err = proc.communicate(timeout=exit_within)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      raise SystemExit(f"a life did not end within {exit_within} s of {sig.name} ({mode}, targets {targets})")
+    codes = [p.returncode for p in proc.procs]  # 3: a peer stopped before the loop was seen gone (one line)
+    if any(c not in (0, 3) for c in codes) or codes[targets[0]] != 0 or "Traceback" in err or "unreadable" in err:
+      raise SystemExit(f"a life stopped by {sig.name} ({mode}) ended with status {proc.returncode}:\n{err[-3000:]}")
+  return {"mode": mode, "signal": sig.name, "targets": list(targets),
+          "seconds_after_start": round(sent - began, 3), "exit_seconds": round(time.time() - sent, 3),
+          "save_in_flight": in_save, "last_checkpoint": committed(workdir)}
 
 
 def compare(reference, soaked):
@@ -124,6 +178,9 @@ def main():
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--workdir", default="/tmp/effjax_soak")
   parser.add_argument("--out", required=True)
+  parser.add_argument("--signal", default="SIGKILL", choices=["SIGKILL", "SIGTERM", "SIGINT", "mixed"])
+  parser.add_argument("--processes", type=int, default=1, choices=[1, 2])
+  parser.add_argument("--exit_within", type=float, default=60.0, help="seconds a signalled life may take to end")
   args = parser.parse_args()
   rand = random.Random(args.seed)
   reference, soaked = os.path.join(args.workdir, "reference"), os.path.join(args.workdir, "soaked")
@@ -132,7 +189,7 @@ def main():
       raise SystemExit(f"{path} exists; pass an empty --workdir")
 
   began = time.time()
-  proc = start(reference, args.steps)
+  proc = Run(reference, args.steps, args.processes)
   _, err = proc.communicate()
   if proc.returncode != 0:
     raise SystemExit(f"the reference run failed:\n{err[-3000:]}")
@@ -146,16 +203,20 @@ def main():
   while len(kills) < args.kills:
     mode = rand.choice(["startup", "training", "during save"])
     delay = rand.uniform(0, startup) if mode == "startup" else rand.uniform(0, 0.05)
-    row = one_life(soaked, args.steps, mode, delay, rand.randint(1, max(1, args.steps // args.kills)))
+    sig = signal.Signals[rand.choice(["SIGTERM", "SIGINT"]) if args.signal == "mixed" else args.signal]
+    targets = rand.choice([(0,), (1,), (0, 1)]) if args.processes == 2 else (0,)
+    row = one_life(soaked, args.steps, mode, delay, rand.randint(1, max(1, args.steps // args.kills)), sig,
+                   args.processes, targets, args.exit_within)
     if row is None:
       raise SystemExit(f"the run finished after {len(kills)} kills; pass more --steps")
     kills.append(row)
     print(f"kill {len(kills)}: {row}", flush=True)
-  proc = start(soaked, args.steps)
+  proc = Run(soaked, args.steps, args.processes)
   _, err = proc.communicate()
   finished = proc.returncode == 0
   differences, final_loss = compare(reference, soaked)
-  summary = {"kills": len(kills), "steps": args.steps, "differences": int(differences), "finished": finished,
+  summary = {"kills": len(kills), "signal": args.signal, "processes": args.processes, "steps": args.steps,
+             "differences": int(differences), "finished": finished,
              "kills_during_a_save": sum(k["save_in_flight"] for k in kills),
              "kills_before_the_first_checkpoint": sum(k["last_checkpoint"] is None for k in kills),
              "final_loss": final_loss, "reference_seconds": round(total, 1),

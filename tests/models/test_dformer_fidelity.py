@@ -37,6 +37,8 @@ def test_modes_differ_when_gs_msa_pads_d_alone():
     ((1, 2, 3, 8, 4), "local", 1),     # H < group_size[1]: both attend globally
     ((1, 4, 8, 8, 4), "dilated", 2),   # no padding at all
     ((1, 4, 6, 8, 4), "dilated", 2),   # H padded: both mask
+    ((1, 2, 4, 3, 4), "local", 1),     # W < group_size[2] <= H, but the padded grid is one window
+    ((2, 1, 4, 4, 4), "local", 1),     # D < group_size[0], H = group_size[1]: likewise one window
 ])
 def test_modes_agree_elsewhere(shape, pattern, interval):
   official, fixed = _both(shape, pattern, interval)

@@ -1,0 +1,170 @@
+"""Runs that stop well: signals are never swallowed, a restore interrupted by a signal sets nothing aside,
+damaged checkpoints fall back, refusals say what is true, one run per workdir, Ctrl-C saves like SIGTERM."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from effjax import checkpoint, metrics, preemption
+from effjax.config import ConfigError
+
+import trainer_utils
+
+ENV = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+
+def _saved(directory, steps):
+  """A Checkpointer in `directory` holding a tiny state at each of `steps`, and that state's (meta, abstract)."""
+  state = {"params": {"w": jnp.arange(4.0)}, "step": jnp.zeros((), jnp.int32)}
+  meta = {"model_name": "m", "optimizer": "o", "fingerprint": {"lr": 1}, "state": {"['params']['w']": [[4], "f32"]}}
+  ckpt = checkpoint.Checkpointer(str(directory), keep=5, async_save=False)
+  for s in steps:
+    ckpt.save(s, jax.tree.map(lambda x: x + s, state), {"next_batch": s}, meta, force=True)
+  ckpt.wait()
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+  return ckpt, meta, abstract
+
+
+def test_a_signal_during_restore_sets_nothing_aside(tmp_path, monkeypatch):
+  ckpt, meta, abstract = _saved(tmp_path / "c", [1, 2])
+  real = ckpt.manager.restore
+
+  def interrupted(step, args):
+    if "state" in args.keys():
+      raise preemption.Terminated("SIGTERM before the training loop started")
+    return real(step, args=args)
+  monkeypatch.setattr(ckpt.manager, "restore", interrupted)
+  with pytest.raises(preemption.Terminated):
+    ckpt.restore_latest(abstract, meta)
+  assert sorted(os.listdir(tmp_path / "c")) == ["1", "2"]
+
+
+def test_missing_meta_falls_back_to_the_previous_checkpoint(tmp_path):
+  ckpt, meta, abstract = _saved(tmp_path / "c", [1, 2])
+  import shutil
+  shutil.rmtree(tmp_path / "c" / "2" / "meta")
+  step, state, data = ckpt.restore_latest(abstract, meta)
+  assert step == 1 and data == {"next_batch": 1} and float(state["params"]["w"][0]) == 1.0
+  assert any(n.startswith("2.unreadable-") for n in os.listdir(tmp_path / "c"))
+
+
+def test_refusal_offers_the_override_only_when_the_shapes_agree():
+  saved = {"model_name": "m", "optimizer": "adamw", "fingerprint": {"model.width": 32},
+           "state": {"['params']['w']": [[32], "float32"]}}
+  wider = {**saved, "fingerprint": {"model.width": 64}, "state": {"['params']['w']": [[64], "float32"]}}
+  assert checkpoint.first_difference(saved, wider) == ("config.model.width is 32 there, 64 now", False)
+  relr = {**saved, "fingerprint": {"model.width": 32, "optimizer.lr": 2}}
+  assert checkpoint.first_difference(saved, relr)[1] is True
+
+
+def test_input_pipeline_tuning_does_not_refuse_resume():
+  from effjax import config as cfg
+  a = cfg.load_config_file(os.path.join(trainer_utils.REPO, "configs/vit.py:runlocal"))
+  b = cfg.load_config_file(os.path.join(trainer_utils.REPO, "configs/vit.py:runlocal"))
+  b.data.prefetch, b.data.wait_warn_frac = a.data.prefetch + 3, 0.9
+  assert checkpoint.fingerprint(a) == checkpoint.fingerprint(b)
+
+
+def test_a_signal_swallowed_during_compilation_stops_before_the_loop():
+  with preemption.Sigterm() as sig:
+    try:  # a handler's exception raised inside a callback is lost ("Exception ignored in ...")
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(0.5)
+    except preemption.Terminated:
+      pass
+    with pytest.raises(preemption.Terminated, match="SIGTERM"):
+      with sig.loop():
+        pass
+
+
+def test_sigint_is_handled_like_sigterm():
+  with preemption.Sigterm() as sig:
+    with sig.loop():
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.5)
+      assert sig.agreed(1) and sig.name == "SIGINT"
+
+
+def test_metrics_row_cut_mid_line_is_tolerated(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "tra')
+  assert metrics.read_jsonl(str(tmp_path)) == [{"step": 1, "train/loss": 2.0}]
+  writer = metrics.Writer(str(tmp_path))
+  writer.write(2, {"train/loss": 1.5})
+  writer.close()
+  assert [r["step"] for r in metrics.read_jsonl(str(tmp_path))] == [1, 2]
+
+
+def test_workdir_lock_refuses_a_second_run_naming_the_first(tmp_path):
+  with checkpoint.workdir_lock(str(tmp_path)):
+    child = subprocess.run([sys.executable, "-c", "import sys; from effjax import checkpoint\n"
+                            "with checkpoint.workdir_lock(sys.argv[1]): pass", str(tmp_path)],
+                           capture_output=True, text=True, cwd=trainer_utils.REPO, env={**os.environ, **ENV},
+                           timeout=120)
+    assert f"is in use by process {os.getpid()} on" in child.stderr
+  with checkpoint.workdir_lock(str(tmp_path)):  # released: usable again
+    pass
+  with pytest.raises(ConfigError, match="--workdir is empty"):
+    with checkpoint.workdir_lock(""):
+      pass
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_training_saves_and_a_second_run_is_refused(tmp_path):
+  workdir = tmp_path / "w"
+  args = [*trainer_utils.TINY_CLI, "--workdir", str(workdir), "--config.total_steps=100000",
+          "--config.checkpoint_every_steps=100000"]
+  proc = subprocess.Popen([sys.executable, "-m", "effjax.main", *args], cwd=trainer_utils.REPO,
+                          env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while not ((workdir / "metrics.jsonl").exists() and (workdir / "metrics.jsonl").read_text().count("\n") >= 2):
+    assert time.time() < deadline and proc.poll() is None, proc.communicate()[1][-2000:]
+    time.sleep(0.1)
+  second = trainer_utils.run_cli(args, env=ENV, timeout=120)
+  assert second.returncode == 1 and second.stderr.count("\n") == 1, second.stderr[-2000:]
+  assert second.stderr.startswith(f"effjax: error: --workdir {workdir} is in use by process {proc.pid} on")
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=60)
+  assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
+  assert "(preempted, checkpoint saved)" in out
+  assert [n for n in os.listdir(workdir / "checkpoints") if n.isdigit()]
+  assert len(metrics.read_jsonl(str(workdir))) >= 2
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second_delay", [None, 0.3])
+def test_two_processes_agree_on_the_step_a_sigterm_stops(tmp_path, second_delay):
+  """SIGTERM to process 0 only, or to both 0.3 s apart: both save the same step and exit 0 (hung before)."""
+  workdir, port = tmp_path / "w", _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "effjax.main", *trainer_utils.TINY_CLI, "--workdir", str(workdir),
+       "--config.total_steps=100000", "--config.checkpoint_every_steps=100000",
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=trainer_utils.REPO, env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  deadline = time.time() + 300
+  while not ((workdir / "metrics.jsonl").exists() and (workdir / "metrics.jsonl").read_text().count("\n") >= 3):
+    assert time.time() < deadline and all(p.poll() is None for p in procs), procs[0].communicate()[1][-2000:]
+    time.sleep(0.1)
+  procs[0].send_signal(signal.SIGTERM)
+  if second_delay is not None:
+    time.sleep(second_delay)
+    procs[1].send_signal(signal.SIGTERM)
+  began = time.time()
+  results = [p.communicate(timeout=120) for p in procs]
+  assert time.time() - began < 60
+  for p, (_, err) in zip(procs, results):
+    assert p.returncode == 0 and "Traceback" not in err, err[-2000:]
+  saved = [int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()]
+  assert len(saved) == 1 and f"finished at step {saved[0]} (preempted, checkpoint saved)" in results[0][0]
