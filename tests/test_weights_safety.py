@@ -184,8 +184,9 @@ def _timm(case, key):
 
 def test_batch_norm_statistics_are_loaded(tmp_path):
   sd, meta = _timm("resnet", "ecaresnet26t")
-  model = resnet.Model(variant=meta["timm_name"], **{k: tuple(v) if isinstance(v, list) else v
-                                                     for k, v in meta["kwargs"].items()})
+  model = resnet.Model(variant=meta["timm_name"],  # timm's `channels` are the stage `widths`
+                       **{"widths" if k == "channels" else k: tuple(v) if isinstance(v, list) else v
+                          for k, v in meta["kwargs"].items()})
   path = tmp_path / "eca.pth"
   weights.write(str(path), sd)
   abstract = _abstract_state(model, (1, meta["image_size"], meta["image_size"], 3))
