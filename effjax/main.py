@@ -125,7 +125,7 @@ def _parse_flags(argv):
 
 def run():
   """Entry point: checks --config.* overrides against the config before absl parses them."""
-  runtime.reexec_with_tcmalloc()
+  runtime.reexec_with_allocator()
   with preemption.Sigterm():  # from the first moment; main() installs its own
     try:
       try:
