@@ -157,7 +157,7 @@ def _parse_flags(argv):
 
 def run():
   """Entry point: absl parses the flags (_parse_flags), then main()."""
-  runtime.reexec_with_tcmalloc()
+  runtime.reexec_with_allocator()
   with preemption.Sigterm():  # from the first moment; main() installs its own
     try:
       app.run(main, flags_parser=_parse_flags)

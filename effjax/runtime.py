@@ -1,14 +1,16 @@
-"""CPU runtime set-up: the allocator (a re-run with tcmalloc preloaded) and the XLA:CPU options of the steps.
+"""CPU runtime set-up: the allocator (a re-run with tcmalloc or mimalloc preloaded) and XLA:CPU options of the steps.
 
 XLA:CPU allocates and frees its step buffers on every step; under glibc malloc those pages are handed
 back to the kernel and page-fault again on the next step (≈ 340,000 minor faults per CRATE-T train step,
 none with tcmalloc, which keeps freed memory for reuse; experiments/crate/README.md has the levers table:
 glibc's own knobs, mallopt or GLIBC_TUNABLES, did not remove the faults). An allocator can only be chosen
-when a process starts, so `python -m effjax.main` calls `reexec_with_tcmalloc()` before it imports JAX:
-when tcmalloc is installed (Debian/Ubuntu: `apt-get install libtcmalloc-minimal4`) and not yet loaded, the
-command re-executes itself once with LD_PRELOAD set and says so in one log line. EFFJAX_RUNTIME=off, an
-LD_PRELOAD of the user's own, or a missing library leave the process as it is. A notebook cannot be
-re-executed: start its kernel with LD_PRELOAD=<path below> to get the same effect.
+when a process starts, so `python -m effjax.main` calls `reexec_with_allocator()` before it imports JAX: it
+re-executes the command once with LD_PRELOAD set to a system tcmalloc when one is installed (Debian/Ubuntu:
+`apt-get install libtcmalloc-minimal4`), else to mimalloc from the cmeel-mimalloc wheel, a dependency of effjax
+on Linux (so `pip install` alone gives the fast path), and says so in one log line. Side by side on a CRATE-T
+step: experiments/crate/README.md, "Allocators". EFFJAX_RUNTIME=off, EFFJAX_ALLOCATOR=glibc, an LD_PRELOAD of
+the user's own, or no library found leave the process as it is. A notebook cannot be re-executed: start its
+kernel with LD_PRELOAD=<allocator_path()> to get the same effect.
 
 `compiler_options()` gives the XLA options effjax compiles its training steps with (`jax.jit(...,
 compiler_options=...)`, so they hold in a notebook too, whatever was imported first). On CPU each dot runs as
@@ -18,6 +20,7 @@ and batched attention matmuls gain 1.5x; a CRATE-T training step is 13% faster (
 levers). oneDNN's fusion with neighbouring elementwise ops (fusion type "dot") is not used: it aborted the
 process ("partition compile failed") on CRATE's attention backward. EFFJAX_RUNTIME=off returns no options.
 """
+import importlib.metadata
 import os
 import sys
 
@@ -25,7 +28,7 @@ TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
                   "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4")
 CPU_COMPILER_OPTIONS = {"xla_cpu_use_onednn": True,
                         "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-MARKER = "EFFJAX_ALLOCATOR"  # set in the re-executed process: the allocator it was started with
+MARKER = "EFFJAX_ALLOCATOR"  # the allocator this process was started with (set by the re-run; glibc: no re-run)
 
 
 def _switched_off():
@@ -38,19 +41,39 @@ def tcmalloc_path():
   return next((p for p in TCMALLOC_PATHS if os.path.exists(p)), None)
 
 
-def reexec_with_tcmalloc(argv=None):
-  """Replaces this process by the same command with tcmalloc preloaded (see the module docstring); returns
-  without doing anything when that does not apply. `argv`: the command to re-run (default: the original
-  command line of this interpreter, `sys.orig_argv`)."""
+def mimalloc_path():
+  """Path of mimalloc's shared library in the installed cmeel-mimalloc wheel, or None."""
+  try:
+    files = importlib.metadata.distribution("cmeel-mimalloc").files or ()
+  except importlib.metadata.PackageNotFoundError:
+    return None
+  paths = [str(f.locate()) for f in files if f.name.startswith("libmimalloc.so")]
+  return next((p for p in sorted(paths, key=len) if os.path.exists(p)), None)
+
+
+def allocator_path():
+  """(name, path) of the allocator a re-run preloads: a system tcmalloc, else the wheel's mimalloc; or None."""
+  for name, find in (("tcmalloc", tcmalloc_path), ("mimalloc", mimalloc_path)):
+    path = find()
+    if path:
+      return name, path
+  return None
+
+
+def reexec_with_allocator(argv=None):
+  """Replaces this process by the same command with allocator_path() preloaded (see the module docstring);
+  returns without doing anything when that does not apply. `argv`: the command to re-run (default: the
+  original command line of this interpreter, `sys.orig_argv`)."""
   if _switched_off() or os.environ.get(MARKER) or os.environ.get("LD_PRELOAD") or not sys.platform.startswith("linux"):
     return
-  path = tcmalloc_path()
-  if path is None:
+  found = allocator_path()
+  if found is None:
     return
+  name, path = found
   argv = list(sys.orig_argv if argv is None else argv)
   # stdout, beside the run's other progress lines: stderr stays reserved for the one-line errors
-  print(f"effjax: re-running with tcmalloc preloaded ({path}); EFFJAX_RUNTIME=off to skip", flush=True)
-  os.execve(sys.executable, argv, dict(os.environ, LD_PRELOAD=path, **{MARKER: "tcmalloc"}))
+  print(f"effjax: re-running with {name} preloaded ({path}); EFFJAX_RUNTIME=off to skip", flush=True)
+  os.execve(sys.executable, argv, dict(os.environ, LD_PRELOAD=path, **{MARKER: name}))
 
 
 def compiler_options(backend=None):
@@ -63,5 +86,7 @@ def compiler_options(backend=None):
 
 
 def allocator():
-  """The allocator this process runs with: "tcmalloc" (re-executed or preloaded by the user) or "glibc"."""
-  return "tcmalloc" if os.environ.get(MARKER) or "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"
+  """The allocator this process runs with: "tcmalloc" or "mimalloc" (re-executed or preloaded by the user), or
+  "glibc"."""
+  preload = os.environ.get("LD_PRELOAD", "")
+  return os.environ.get(MARKER) or next((a for a in ("tcmalloc", "mimalloc") if a in preload), "glibc")

@@ -40,7 +40,7 @@ def test_unknown_source_and_split_errors():
 
 def test_tfds_dataset_not_available_offline_fails_fast(tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
-  with pytest.raises(ValueError, match="'mnist' is not available offline"):
+  with pytest.raises(ValueError, match="'mnist' is not prepared .*python -m effjax.data.prepare --name mnist"):
     pipeline.make_source(_data_config(source="tfds:mnist"), "train")
 
 

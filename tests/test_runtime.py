@@ -1,4 +1,5 @@
-"""effjax/runtime.py: the command line re-runs itself once with tcmalloc when it is installed."""
+"""effjax/runtime.py: the command line re-runs itself once with tcmalloc when it is installed, else with mimalloc
+from the cmeel-mimalloc wheel."""
 import os
 import subprocess
 import sys
@@ -8,26 +9,42 @@ import pytest
 from effjax import runtime
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROBE = ("import sys; from effjax import runtime; print('start', flush=True); runtime.reexec_with_tcmalloc(); "
-         "print(runtime.allocator())")
+PROBE = ("from effjax import runtime; print('start', flush=True); {setup}runtime.reexec_with_allocator(); "
+         "print(runtime.allocator(), 'libmimalloc' in open('/proc/self/maps').read())")
+NO_TCMALLOC = "runtime.TCMALLOC_PATHS = (); "  # a machine without a system tcmalloc
 
 
-def probe(**env):
-  env = {k: v for k, v in dict(os.environ, PYTHONPATH=REPO, **env).items() if k not in ("LD_PRELOAD", runtime.MARKER)}
-  return subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
+def probe(setup="", **env):
+  inherited = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", runtime.MARKER)}
+  env = dict(inherited, PYTHONPATH=REPO, **env)
+  return subprocess.run([sys.executable, "-c", PROBE.format(setup=setup)], env=env, capture_output=True, text=True,
+                        check=True)
 
 
 @pytest.mark.skipif(runtime.tcmalloc_path() is None, reason="tcmalloc is not installed on this machine")
 def test_reexecs_once_with_tcmalloc():
   result = probe()
   lines = result.stdout.splitlines()  # the second "start" is the re-executed process
-  assert lines[0] == "start" and "re-running with tcmalloc" in lines[1] and lines[2:] == ["start", "tcmalloc"]
+  assert lines[0] == "start" and "re-running with tcmalloc" in lines[1] and lines[2:] == ["start", "tcmalloc False"]
   assert result.stderr == ""
 
 
+def test_without_tcmalloc_reexecs_once_with_the_mimalloc_wheel():
+  assert runtime.mimalloc_path() is not None  # cmeel-mimalloc is a dependency on Linux
+  result = probe(NO_TCMALLOC)
+  lines = result.stdout.splitlines()
+  assert lines[0] == "start" and lines[1].startswith("effjax: re-running with mimalloc preloaded (")
+  assert lines[2:] == ["start", "mimalloc True"]  # the library is mapped into the re-run process
+  assert result.stderr == ""
+
+
+def test_allocator_glibc_keeps_glibc():
+  assert probe(NO_TCMALLOC, EFFJAX_ALLOCATOR="glibc").stdout.split() == ["start", "glibc", "False"]
+
+
 def test_off_switch_keeps_glibc():
-  result = probe(EFFJAX_RUNTIME="off")
-  assert result.stdout.split() == ["start", "glibc"]
+  result = probe(NO_TCMALLOC, EFFJAX_RUNTIME="off")
+  assert result.stdout.split() == ["start", "glibc", "False"]
 
 
 def test_cpu_steps_compile_their_dots_to_onednn(monkeypatch):

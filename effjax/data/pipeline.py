@@ -10,6 +10,7 @@ Evaluation: one deterministic pass; the last batch is padded with `mask = 0` exa
 process runs the same number of equally shaped batches. Each evaluation passes its own data config
 (effjax/train_config.py:eval_spec).
 """
+import inspect
 import queue
 import sys
 import threading
@@ -29,6 +30,29 @@ def make_source(data_config, split):
   if not name:
     raise ValueError("config.data.source is empty; set it, e.g. --config.data.source=mnist5k")
   return components.load("data.sources", name).make(split, arg or None)
+
+
+# ops whose output size does not depend on the input's
+_SIZING_OPS = ("resize", "center_crop", "inception_crop")
+
+
+def _fit_source_to_ops(source, parsed, pp_key):
+  """Checks that a source of varying image sizes (info image_shape with None) is given one size by an op of
+  `parsed` (config.data.<pp_key>), and lets a source that decodes JPEGs (`min_size`) decode at a reduced scale
+  when the first op resizes to a fixed size (effjax/data/image.py, draft decoding)."""
+  shape = source.info.get("image_shape")
+  if shape and None in tuple(shape)[:2] and not any(name in _SIZING_OPS for name, _, _ in parsed):
+    raise ConfigError(f"{source.info.get('name', 'the data source')} has images of varying sizes {tuple(shape)}; "
+                      f"config.data.{pp_key} needs an op that gives them one size: resize(size=...), "
+                      f"center_crop(size=...,resize_small=...) or inception_crop(size=...)")
+  if not hasattr(source, "min_size") or not parsed:
+    return
+  name, fn, _ = parsed[0]
+  options = {k: p.default for k, p in inspect.signature(fn.func).parameters.items() if p.default is not p.empty}
+  options.update(fn.keywords)
+  size = {"resize": options.get("size"), "resize_small": options.get("size"),
+          "center_crop": options.get("resize_small") or None}.get(name)
+  source.min_size = None if size is None else (size, size) if np.isscalar(size) else tuple(size)
 
 
 class _Deterministic:
@@ -162,6 +186,7 @@ def train_data(data_config, global_batch_size, sharding, seed):
   if len(source) < global_batch_size:
     raise ValueError(f"batch_size {global_batch_size} exceeds the {len(source)} training examples")
   ops_list = [ops.parse(s) for s in data_config.pp_train]
+  _fit_source_to_ops(source, ops_list, "pp_train")
   order = GlobalOrder(source, ops_list, seed, global_batch_size, process_index, process_count)
   batches = grain.MapDataset.source(order).batch(order.local_batch, drop_remainder=True)
   make_iterator = lambda start: loader(batches[start:], data_config.worker_count)
@@ -189,6 +214,7 @@ def eval_batches(data_config, global_batch_size, sharding, source=None):
   random = [name for name, _, is_random in parsed if is_random]
   if random:
     raise ConfigError(f"evaluation preprocessing must be deterministic; {random} are random (move them to pp_train)")
+  _fit_source_to_ops(source, parsed, "pp_eval")
   prepare = _Deterministic([fn for _, fn, _ in parsed])
   for start in range(0, count, global_batch_size):
     indices = start + process_index * local + np.arange(local)

@@ -159,7 +159,7 @@ def worker(spec):
   global ThreeMatmulISTA
   if spec["side"] == "effjax":
     from effjax import runtime
-    runtime.reexec_with_tcmalloc()  # as `python -m effjax.main` does
+    runtime.reexec_with_allocator()  # as `python -m effjax.main` does
     ThreeMatmulISTA = _three_matmul_ista()
   step, info = (torch_step if spec["side"] == "torch" else effjax_step)(spec)
   losses = [step() for _ in range(WARMUP)]

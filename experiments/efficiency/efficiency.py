@@ -208,5 +208,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  runtime.reexec_with_tcmalloc()  # as `python -m effjax.main` does (EFFJAX_RUNTIME=off to skip)
+  runtime.reexec_with_allocator()  # as `python -m effjax.main` does (EFFJAX_RUNTIME=off to skip)
   sys.exit(main())

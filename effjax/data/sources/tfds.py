@@ -4,7 +4,8 @@ The dataset must already be prepared in the TFDS data dir (TFDS_DATA_DIR or ~/te
 effjax never downloads at training time, so a missing dataset fails at once with a message saying how
 to prepare it. A prepared dataset is read from its files alone (dataset_info.json), so datasets whose
 builder code is not registered in tensorflow-datasets work too. Examples are tfds feature dicts; image
-features are decoded with Pillow (effjax/data/image.py) into uint8 HWC arrays, labels stay under "label".
+features are decoded with Pillow (effjax/data/image.py) into uint8 HWC arrays, labels stay under "label";
+`min_size` (set by the pipeline from the recipe's first op) lets JPEGs decode at a reduced scale.
 """
 import os
 
@@ -25,10 +26,11 @@ def make(split: str, arg: str | None = None):
       tfds.builder(full_name, data_dir=data_dir)
     except Exception as e:
       raise ValueError(f"tfds dataset {name!r} is unknown to tensorflow-datasets and not prepared in "
-                       f"{data_dir}: {str(e).splitlines()[0]}") from None
+                       f"{data_dir} (a folder of images per class: `python -m effjax.data.prepare --name {name} "
+                       f"--source DIR`): {str(e).splitlines()[0]}") from None
     raise ValueError(
-        f"tfds dataset {name!r} is not available offline in {data_dir}; prepare it on a machine with "
-        f"network access (`tfds build {name} --file_format=array_record`) and copy it there, "
+        f"tfds dataset {name!r} is not prepared in {data_dir}: run `python -m effjax.data.prepare --name {name}` "
+        f"(no TensorFlow; downloads, so on a machine with network access, then copy {data_dir}/{name} here) "
         f"or set TFDS_DATA_DIR") from None
   features = builder.info.features
   images = {k: f.shape[-1] for k, f in features.items() if isinstance(f, tfds.features.Image)}
@@ -46,6 +48,7 @@ class _TfdsSource:
 
   def __init__(self, source, images, info):
     self.source, self.images, self.info = source, images, info
+    self.min_size = None  # (height, width) the decoded images must keep (image.decode's draft); None: full size
 
   def __len__(self):
     return len(self.source)
@@ -53,5 +56,5 @@ class _TfdsSource:
   def __getitem__(self, i):
     example = dict(self.source[i])
     for key, channels in self.images.items():
-      example[key] = image_lib.decode(example[key], channels)
+      example[key] = image_lib.decode(example[key], channels, self.min_size)
     return example
