@@ -29,11 +29,13 @@ round(`warmup_epochs` · steps_per_epoch) (not both), end lr = `end_lr_factor` �
   warmup_linear    decay = 1 - (1 - f)·p
   warmup_constant  decay = 1
   warmup_rsqrt     decay = √(max(W, 1) / max(t, W, 1))          (inverse square root after warm-up)
+  warmup_poly      decay = f + (1 - f)·(1 - p)^0.9              (nnU-Net's poly schedule, per step)
   constant         lr(t) = lr; setting a warm-up with it is an error (use warmup_constant).
 So lr(0) = 0 when W > 0, lr(W) = lr and lr(T) = end_lr_factor · lr for the decaying schedules. A warm-up
 longer than the run simply never reaches the peak.
 
-Weight-decay masks (`DECAY_MASKS`): "all", or "no_bias_norm", under which a param is decayed unless
+Weight-decay masks: "all", "re:<regex>" (a param is decayed iff the regex matches somewhere in its "/"-joined path,
+e.g. the CRATE-α official "re:/kernel$"), or "no_bias_norm", under which a param is decayed unless
   - it has ndim ≤ 1 (biases, norm scales and offsets, per-channel gains, scalars), or
   - its own name (last path entry, lower-cased) contains "bias" (multi-dimensional biases such as
     relative-position bias tables or the Terminator's `bias_p`), names a position embedding
@@ -189,8 +191,15 @@ def _rsqrt(p, t, w, f):
   return jnp.sqrt(w / jnp.maximum(t, w))
 
 
+POLY_POWER = 0.9  # nnU-Net's exponent
+
+
+def _poly(p, t, w, f):
+  return f + (1 - f) * (1 - p) ** POLY_POWER
+
+
 SCHEDULES = {"warmup_cosine": _cosine, "warmup_linear": _linear, "warmup_constant": _flat,
-             "warmup_rsqrt": _rsqrt, "constant": _flat}
+             "warmup_rsqrt": _rsqrt, "warmup_poly": _poly, "constant": _flat}
 
 
 def warmup_length(opt, steps_per_epoch: int) -> int:
@@ -245,7 +254,26 @@ def no_bias_norm_mask(params):
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def regex_mask(pattern):
+  """params -> pytree of bools: True where `pattern` matches (re.search) the param's "/"-joined path."""
+  regex = re.compile(pattern)
+  return lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, leaf: bool(regex.search("/".join(_entry_name(e) for e in path))), params)
+
+
 DECAY_MASKS = {"all": None, "no_bias_norm": no_bias_norm_mask}
+
+
+def decay_mask(name):
+  """The mask function of optimizer.decay_mask: a DECAY_MASKS name or "re:<regex>"."""
+  if name.startswith("re:"):
+    try:
+      return regex_mask(name[3:])
+    except re.error as e:
+      raise ConfigError(f"optimizer.decay_mask {name!r} is not a valid regex: {e}") from None
+  if name not in DECAY_MASKS:
+    raise _unknown("weight-decay mask", name, [*DECAY_MASKS, "re:<regex>"])
+  return DECAY_MASKS[name]
 
 
 # ------------------------------------------------------------------------------------ assembly
@@ -256,15 +284,14 @@ def make_optimizer(opt, total_steps: int, steps_per_epoch: int, *,
   """(tx, schedule) from config.optimizer; `seed` seeds the gradient noise. Unused keys are ignored."""
   if opt.name not in OPTIMIZERS:
     raise _unknown("optimizer", opt.name, OPTIMIZERS)
-  if opt.decay_mask not in DECAY_MASKS:
-    raise _unknown("weight-decay mask", opt.decay_mask, DECAY_MASKS)
+  mask = decay_mask(opt.decay_mask)
   schedule = make_schedule(opt, total_steps, steps_per_epoch)
   parts = []
   if opt.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
   if opt.grad_noise_eta > 0:
     parts.append(add_annealed_noise(opt.grad_noise_eta, opt.grad_noise_gamma, seed))
-  parts.append(OPTIMIZERS[opt.name](opt, schedule, DECAY_MASKS[opt.decay_mask]))
+  parts.append(OPTIMIZERS[opt.name](opt, schedule, mask))
   if opt.get("dcls_clamp", 0) > 0:  # DCLS positions stay inside their dilated kernel, as the official training loop
     parts.append(dcls.clamp_positions_after_update((opt.dcls_clamp, opt.dcls_clamp)))
   return optax.chain(*parts), schedule
