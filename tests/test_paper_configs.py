@@ -74,16 +74,20 @@ def test_paper_config_dry_run(spec, imagenet_like, tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", str(imagenet_like))
   model, keys = CONFIGS[spec]
   c = _config(spec)
-  # The pipelines as the config defines them: every training and evaluation batch has one shape.
+  # The pipelines as the config defines them: every training and evaluation batch has one shape (ResNet-RS trains
+  # and evaluates at different sizes).
   sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(jax.devices()), ("data",)),
                                         jax.sharding.PartitionSpec("data"))
   data = trainer_utils.set_keys(c, dict(keys)).data
-  batch = next(pipeline.train_data(data, 8, sharding, seed=0))
+  train_data = pipeline.train_data(data, 8, sharding, seed=0)
+  batch = next(train_data)
+  train_data.close()
   size = batch["image"].shape[1]
   assert batch["image"].shape == (8, size, size, 3) and batch["image"].dtype == np.float32
-  batches = list(pipeline.eval_batches(data, 8, sharding))
-  assert len(batches) == 1 and batches[0]["image"].shape == (8, size, size, 3)
   assert np.isfinite(np.asarray(batch["image"])).all()
+  batches = list(pipeline.eval_batches(data, 8, sharding))
+  size = batches[0]["image"].shape[1]
+  assert len(batches) == 1 and batches[0]["image"].shape == (8, size, size, 3) and size >= 64
   # Two train steps and an evaluation with the model shrunk.
   c.model.update(model)
   c.batch_size, c.eval_batch_size, c.data.eval_examples = 8, 8, 8

@@ -160,3 +160,18 @@ def test_regex_decay_mask():
     optim.decay_mask("re:(")
   with pytest.raises(cfg.ConfigError, match="no_bias_norm"):
     optim.decay_mask("no_bias_nrom")
+
+
+def test_random_crop_padding_modes_are_torchvisions():
+  """torchvision pads PIL images with np.pad(mode=padding_mode); the Terminator's official crop is "symmetric"."""
+  image = np.random.default_rng(0).integers(0, 256, (6, 7, 3)).astype(np.uint8)
+  for mode in ("constant", "reflect", "symmetric"):
+    crop = ops.parse(f"random_crop(pad=3,mode={mode})")[1]
+    rng = np.random.default_rng(5)
+    top, left = np.random.default_rng(5).integers(0, 7, size=2)
+    want = np.pad(image, [(3, 3), (3, 3), (0, 0)], mode=mode)[top:top + 6, left:left + 7]
+    np.testing.assert_array_equal(crop({"image": image}, rng)["image"], want)
+  assert (np.pad(image, [(3, 3), (3, 3), (0, 0)], mode="symmetric")[:3]
+          != np.pad(image, [(3, 3), (3, 3), (0, 0)], mode="reflect")[:3]).any()
+  with pytest.raises(ValueError, match="mode"):
+    ops.parse("random_crop(mode=wrap)")

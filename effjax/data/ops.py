@@ -50,11 +50,13 @@ def to_float(example):
   return {**example, "image": _to_float(example["image"])}
 
 
-def random_crop(example, rng, pad=4):
-  """Zero-pads H and W by `pad` and crops back to the original size at a random offset."""
+def random_crop(example, rng, pad=4, mode="constant"):
+  """Pads H and W by `pad` and crops back to the original size at a random offset. mode: numpy's pad mode, as
+  torchvision's RandomCrop(padding_mode=...): "constant" (zeros), "reflect" (edge not repeated) or "symmetric"
+  (edge repeated)."""
   image = example["image"]
   h, w = image.shape[:2]
-  padded = np.pad(image, [(pad, pad), (pad, pad)] + [(0, 0)] * (image.ndim - 2))
+  padded = np.pad(image, [(pad, pad), (pad, pad)] + [(0, 0)] * (image.ndim - 2), mode=mode)
   top, left = rng.integers(0, 2 * pad + 1, size=2)
   return {**example, "image": padded[top:top + h, left:left + w]}
 
@@ -201,6 +203,8 @@ def parse(spec: str):
   methods = (*_image.RESAMPLE, "random") if name in RANDOM_OPS else tuple(_image.RESAMPLE)
   if kwargs.get("method", "bilinear") not in methods:
     raise ValueError(f"data op {spec!r}: method must be one of {', '.join(methods)}")
+  if name == "random_crop" and kwargs.get("mode", "constant") not in ("constant", "reflect", "symmetric"):
+    raise ValueError(f"data op {spec!r}: mode must be constant, reflect or symmetric")
   if name == "random_erasing" and kwargs.get("mode", "pixel") not in ("pixel", "rand", "const"):
     raise ValueError(f"data op {spec!r}: mode must be pixel, rand or const")
   if name == "timm_randaugment":
