@@ -175,3 +175,24 @@ def test_random_crop_padding_modes_are_torchvisions():
           != np.pad(image, [(3, 3), (3, 3), (0, 0)], mode="reflect")[:3]).any()
   with pytest.raises(ValueError, match="mode"):
     ops.parse("random_crop(mode=wrap)")
+
+
+def test_bce_loss_matches_timm(timm_golden):
+  """timm's BinaryCrossEntropy on Mixup-style soft targets, without and with the RSB target threshold 0.2."""
+  import ml_collections
+
+  from effjax.tasks import classification
+  golden, meta = timm_golden
+  names = _cases(timm_golden, "bce")
+  assert len(names) == 3
+  for name in names:
+    thresh = meta["cases"][name]["target_threshold"]
+    c = ml_collections.ConfigDict(dict(model=dict(num_classes=10), compute_dtype="float32", task=dict(
+        loss="bce", bce_target_thresh=-1.0 if thresh is None else thresh)))
+    task = classification.Task(c)
+    logits, targets = golden[f"{name}/logits"], golden[f"{name}/targets"]
+    loss, _ = task.binary_cross_entropy(logits, targets, {"label": np.argmax(targets, -1)})
+    np.testing.assert_allclose(float(loss), float(golden[f"{name}/loss"]), rtol=1e-5, err_msg=name)
+  with pytest.raises(ValueError, match="bce"):
+    classification.Task(ml_collections.ConfigDict(dict(model=dict(num_classes=3), compute_dtype="float32",
+                                                       task=dict(loss="focal"))))

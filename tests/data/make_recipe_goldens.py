@@ -1,7 +1,7 @@
 """Writes tests/data/recipe_timm.npz: timm's RandAugment and RandomErasing on fixed inputs, with every random number
-they drew. Never run by the test suite.
+they drew, and timm's BinaryCrossEntropy on fixed logits and soft targets. Never run by the test suite.
 
-Needs an environment of its own and a timm checkout (its two pure-python files are loaded by path, timm is not
+Needs an environment of its own and a timm checkout (its three pure-python files are loaded by path, timm is not
 installed), e.g.
   python3 -m venv /tmp/refenv && /tmp/refenv/bin/pip install torch==2.13.0 numpy pillow==<the project's Pillow>
   /tmp/refenv/bin/python tests/data/make_recipe_goldens.py /path/to/pytorch-image-models <its commit>
@@ -11,7 +11,7 @@ The random numbers timm draws (python `random`, `np.random.choice`, torch's norm
 the outputs by value. Kinds: 0 a uniform [0, 1) draw, 1 a normal draw, 2 an integer, 3 a uniform (a, b) draw,
 4 an array of normal draws (the next entry of `arrays`, HWC).
 Layout: <case>/input, <case>/output, <case>/kinds, <case>/values, <case>/array<i>, and meta (JSON: versions,
-each case's arguments).
+each case's arguments); BCE cases bce<i>/logits, bce<i>/targets, bce<i>/loss.
 """
 import importlib.util
 import json
@@ -26,8 +26,8 @@ import torch
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipe_timm.npz")
 
 
-def load(repo, name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(repo, "timm", "data", f"{name}.py"))
+def load(repo, name, folder="data"):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(repo, "timm", folder, f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -137,6 +137,23 @@ def main(repo, commit):
     outp = op(torch.from_numpy(inp).permute(2, 0, 1).contiguous()).permute(1, 2, 0).numpy()
     erasing._get_pixels = get_pixels
     save(f"erase{k}", inp, outp, log, arrays, dict(prob=prob, mode=mode, count=count))
+
+  # BinaryCrossEntropy on dense soft targets (as timm's Mixup produces them: smoothed one-hots mixed with the batch
+  # reversed), without and with the RSB A1 target threshold 0.2.
+  bce = load(repo, "binary_cross_entropy", "loss")
+  rng = np.random.default_rng(7)
+  for k, thresh in enumerate((None, 0.2, None)):
+    logits = rng.normal(0, 3, (6, 10)).astype(np.float32)
+    labels = rng.integers(0, 10, 6)
+    smooth = 0.1 if k != 1 else 0.0
+    onehot = np.full((6, 10), smooth / 10, np.float32)
+    onehot[np.arange(6), labels] = 1 - smooth + smooth / 10
+    lam = 0.7
+    targets = (lam * onehot + (1 - lam) * onehot[::-1]).astype(np.float32)
+    loss = bce.BinaryCrossEntropy(smoothing=0.0, target_threshold=thresh)(torch.from_numpy(logits),
+                                                                          torch.from_numpy(targets))
+    out[f"bce{k}/logits"], out[f"bce{k}/targets"], out[f"bce{k}/loss"] = logits, targets, loss.numpy()
+    meta["cases"][f"bce{k}"] = dict(target_threshold=thresh)
 
   np.savez_compressed(OUT, meta=json.dumps(meta), **out)
   print(f"wrote {OUT}: {len(meta['cases'])} cases")
