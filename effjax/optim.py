@@ -276,6 +276,40 @@ def decay_mask(name):
   return DECAY_MASKS[name]
 
 
+# ----------------------------------------------------------------------------- layer-wise lr decay
+
+_BLOCK = re.compile(r"^(?:layer|block|encoderblock)_?(\d+)$")
+_STEM = re.compile(r"^(?:embedding|pos_?embedding|cls|patch_embed|stem)")
+
+
+def layer_id(names, depth):
+  """BEiT / MAE layer id of a param path: 0 for the patch / position embeddings and class token, i + 1 inside
+  block i (a path entry "layer<i>", "block<i>" or "encoderblock_<i>"), depth + 1 for everything else (head, final
+  norm)."""
+  for n in names:
+    m = _BLOCK.match(n)
+    if m:
+      return int(m.group(1)) + 1
+  return 0 if names and _STEM.match(names[0]) else depth + 1
+
+
+def layer_decay(decay):
+  """Scales each param's update (learning rate and decoupled weight decay alike) by decay^(depth + 1 − layer_id)
+  (MAE util/lr_decay.py param_groups_lrd); depth = the number of blocks found in the param paths."""
+  def scales(params):
+    paths = [[_entry_name(e) for e in path] for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    blocks = [int(m.group(1)) for names in paths for n in names if (m := _BLOCK.match(n))]
+    if not blocks:
+      raise ConfigError("optimizer.layer_decay needs a model with numbered blocks (layer<i>, block<i>)")
+    depth = max(blocks) + 1
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: decay ** (depth + 1 - layer_id([_entry_name(e) for e in path], depth)), params)
+
+  def update_fn(updates, state, params=None):
+    return jax.tree.map(lambda u, s: u * s, updates, scales(updates)), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 # ------------------------------------------------------------------------------------ assembly
 
 
@@ -292,6 +326,8 @@ def make_optimizer(opt, total_steps: int, steps_per_epoch: int, *,
   if opt.grad_noise_eta > 0:
     parts.append(add_annealed_noise(opt.grad_noise_eta, opt.grad_noise_gamma, seed))
   parts.append(OPTIMIZERS[opt.name](opt, schedule, mask))
+  if opt.get("layer_decay", 1.0) != 1.0:
+    parts.append(layer_decay(opt.layer_decay))
   if opt.get("dcls_clamp", 0) > 0:  # DCLS positions stay inside their dilated kernel, as the official training loop
     parts.append(dcls.clamp_positions_after_update((opt.dcls_clamp, opt.dcls_clamp)))
   return optax.chain(*parts), schedule

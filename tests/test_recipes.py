@@ -196,3 +196,34 @@ def test_bce_loss_matches_timm(timm_golden):
   with pytest.raises(ValueError, match="bce"):
     classification.Task(ml_collections.ConfigDict(dict(model=dict(num_classes=3), compute_dtype="float32",
                                                        task=dict(loss="focal"))))
+
+
+def test_layer_decay_scales_updates_as_maes_param_groups():
+  """MAE util/lr_decay.py: layer id 0 for cls / pos / patch embeddings, i + 1 in block i, depth + 1 elsewhere;
+  lr scale = decay^(depth + 1 − layer id). Depth 2, decay 0.75: head 1, block 1 0.75, block 0 0.5625, stem 0.421875."""
+  import jax
+  import jax.numpy as jnp
+  import ml_collections
+
+  from effjax import config as cfg, optim, train_config
+  params = {"embedding": {"kernel": jnp.ones((2, 2))}, "pos_embedding": jnp.ones((1, 2)), "cls": jnp.ones((1, 2)),
+            "layer0": {"mlp": {"kernel": jnp.ones((2, 2))}}, "layer1": {"mlp": {"kernel": jnp.ones((2, 2))}},
+            "encoder_norm": {"scale": jnp.ones(2)}, "head": {"kernel": jnp.ones((2, 2))}}
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), params)
+  opt = ml_collections.ConfigDict(train_config.base_config().optimizer.to_dict())
+  opt.update(dict(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, schedule="constant"))
+
+  def update(layer_decay):
+    opt.layer_decay = layer_decay
+    tx, _ = optim.make_optimizer(opt, 10, 5)
+    return tx.update(grads, tx.init(params), params)[0]
+  plain, decayed = update(1.0), update(0.75)
+  want = {"embedding": 0.421875, "pos_embedding": 0.421875, "cls": 0.421875, "layer0": 0.5625, "layer1": 0.75,
+          "encoder_norm": 1.0, "head": 1.0}
+  for key, scale in want.items():
+    for p, d in zip(jax.tree.leaves(plain[key]), jax.tree.leaves(decayed[key])):
+      np.testing.assert_allclose(np.asarray(d), scale * np.asarray(p), rtol=1e-6, err_msg=key)
+  opt.layer_decay = 0.5
+  with pytest.raises(cfg.ConfigError, match="numbered blocks"):
+    tx, _ = optim.make_optimizer(opt, 10, 5)
+    tx.update({"head": jnp.ones(2)}, tx.init({"head": jnp.ones(2)}), {"head": jnp.ones(2)})
