@@ -1,6 +1,7 @@
-"""Dry run of every ImageNet-scale paper config: its real train and eval pipelines on an ImageNet-shaped tfds dataset
-(JPEGs of varied sizes and aspect ratios, ArrayRecord, written offline by tests/tfds_photos.py), then two train steps
-and an evaluation with the model shrunk, so that no paper config can fail at its first batch on real ImageNet.
+"""Dry run of every paper config: its real train and eval pipelines on an ImageNet-shaped tfds dataset (JPEGs of
+varied sizes and aspect ratios, ArrayRecord, written offline by tests/tfds_photos.py; CIFAR configs on a
+CIFAR-shaped one), then two train steps and an evaluation with the model shrunk, so that no paper config can fail at
+its first batch on the real dataset.
 
 Only the model's size (depth / width) and the evaluators' sample counts are reduced; data ops, task, optimizer and
 schedule are the config's own. Batch 8 (one example per fake CPU device) of 16 training and 8 validation images.
@@ -53,27 +54,35 @@ CONFIGS = {
                                             **_stage_widths(resnet.ResNet, (8, 8, 16, 16))), {}),
     "tvconv.py:variant=x1_0": (dict(width_mult=0.1), {}),
     "vit.py:variant=S": (dict(_VIT, mlp_dim=64), {}),
+    "terminator.py:dataset=cifar10": (dict(expansions=(4, 2), skips=((), ()), global_layers=(2, 2), dropout=(0.0, 0.05),
+                                           branch=dict(omega_0=2000.0, local_sizes=(3, 9, 5, 7), impl="auto",
+                                                       global_hidden=16, local_hidden=8, channel_hidden=8,
+                                                       interact_channel_hidden=8, interact_spatial_hidden=16)),
+                                      {"data.source": f"tfds:{tfds_photos.CIFAR_NAME}"}),
 }
 
 
 @pytest.fixture(scope="module")
-def imagenet_like(tmp_path_factory):
-  directory = tmp_path_factory.mktemp("tfds_imagenet")
+def tfds_dir(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("tfds")
   tfds_photos.prepare_imagenet_like(directory)
+  tfds_photos.prepare_cifar_like(directory)
   return directory
 
 
-def _config(spec):
+def _config(spec, keys):
+  """The config, on the ImageNet-shaped dataset through its `dataset` argument unless `keys` sets data.source."""
   path, _, arg = spec.partition(":")
-  arg = ",".join(filter(None, [arg, f"dataset={DATASET}"]))
+  if "data.source" not in keys:
+    arg = ",".join(filter(None, [arg, f"dataset={DATASET}"]))
   return cfg.load_config_file(os.path.join(trainer_utils.REPO, "configs", f"{path}:{arg}"))
 
 
 @pytest.mark.parametrize("spec", list(CONFIGS))
-def test_paper_config_dry_run(spec, imagenet_like, tmp_path, monkeypatch):
-  monkeypatch.setenv("TFDS_DATA_DIR", str(imagenet_like))
+def test_paper_config_dry_run(spec, tfds_dir, tmp_path, monkeypatch):
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tfds_dir))
   model, keys = CONFIGS[spec]
-  c = _config(spec)
+  c = _config(spec, keys)
   # The pipelines as the config defines them: every training and evaluation batch has one shape (ResNet-RS trains
   # and evaluates at different sizes).
   sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(jax.devices()), ("data",)),
@@ -87,9 +96,13 @@ def test_paper_config_dry_run(spec, imagenet_like, tmp_path, monkeypatch):
   assert np.isfinite(np.asarray(batch["image"])).all()
   batches = list(pipeline.eval_batches(data, 8, sharding))
   size = batches[0]["image"].shape[1]
-  assert len(batches) == 1 and batches[0]["image"].shape == (8, size, size, 3) and size >= 64
+  assert len(batches) == 1 and batches[0]["image"].shape == (8, size, size, 3) and size >= 32
   # Two train steps and an evaluation with the model shrunk.
-  c.model.update(model)
+  for key, value in model.items():
+    if isinstance(value, dict):
+      c.model[key].update(value)
+    else:
+      c.model[key] = value
   c.batch_size, c.eval_batch_size, c.data.eval_examples = 8, 8, 8
   c.total_epochs, c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = -1.0, 2, 1, -1, 2
   c.progress_bar = False
