@@ -25,8 +25,10 @@ def get_config(arg=None):
   c.evaluator.coding_rate = ml_collections.ConfigDict(dict(max_examples=256, per_head=False))
   c.data.source = arg.dataset
   c.data.train_split, c.data.eval_split = "train", "validation"
-  c.data.pp_train = ("random_crop(pad=16)", "flip", "normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))")
-  c.data.pp_eval = ("normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))",)
+  # MAE main_pretrain.py: RandomResizedCrop(224, scale=(0.2, 1.0), bicubic) + flip, ImageNet mean/std;
+  # evaluation as MAE's fine-tuning eval: shorter side 256 (bicubic), central 224 crop.
+  c.data.pp_train = ("inception_crop(size=224,area_min=0.2,method=bicubic)", "flip", train_config.IMAGENET_NORM)
+  c.data.pp_eval = ("center_crop(size=224,resize_small=256,method=bicubic)", train_config.IMAGENET_NORM)
   c.batch_size = arg.batch
   c.total_epochs = 800.0
   c.optimizer.name = "adamw"

@@ -27,8 +27,9 @@ def get_config(arg=None):
   c.task = ml_collections.ConfigDict(dict(label_smoothing=0.1))
   c.data.source = arg.dataset
   c.data.train_split, c.data.eval_split = "train", "validation"
-  c.data.pp_train = ("random_crop(pad=16)", "flip", "normalize(mean=0.5,std=0.5)")
-  c.data.pp_eval = ("normalize(mean=0.5,std=0.5)",)
+  # The standard ImageNet pre-processing at `res`: inception crop + flip; shorter side to res/0.875, central crop.
+  c.data.pp_train = (f"inception_crop(size={arg.res})", "flip", "normalize(mean=0.5,std=0.5)")
+  c.data.pp_eval = (f"center_crop(size={arg.res},resize_small={arg.res * 8 // 7})", "normalize(mean=0.5,std=0.5)")
   c.batch_size = 1024
   c.total_epochs = 300.0
   c.optimizer.name = "adamw"

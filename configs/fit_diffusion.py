@@ -3,7 +3,7 @@
   python -m effjax.main --config configs/fit_diffusion.py:runlocal --workdir runs/fit_diffusion
   python -m effjax.main --config configs/fit_diffusion.py:res=64 --workdir runs/fit_in64
 
-Arguments: res (64/128/256: ImageNet at that resolution, tfds:imagenet2012 resized by the data source),
+Arguments: res (64/128/256: ImageNet images resized (bicubic, shorter side) and centre-cropped to res×res),
 dataset, runlocal (a small FIT denoiser on the embedded MNIST subset, 28×28 in 2×2 patches and 4 groups
 of 7×7 patches; a few minutes on a CPU). Training follows pix2seq's diffusion defaults (cosine
 schedule, LAMB at 1e-4 with 5k warmup steps, clip 1.0, EMA 0.9999, self-conditioning rate 0.5, DDPM
@@ -41,7 +41,9 @@ def get_config(arg=None):
   c.evaluator.samples = ml_collections.ConfigDict(dict(num_samples=64, steps=100, methods=("ddpm",), guidance=0.0))
   c.data.source = f"{arg.dataset}"
   c.data.train_split, c.data.eval_split = "train", "validation"
-  c.data.pp_train = ("flip",)
+  # Images to res×res as in the ImageNet diffusion literature (ADM): shorter side to res (bicubic), central crop.
+  crop = f"center_crop(size={arg.res},resize_small={arg.res},method=bicubic)"
+  c.data.pp_train, c.data.pp_eval = (crop, "flip"), (crop,)
   c.data.eval_examples = 1024
   c.batch_size = 512
   c.total_steps = 150_000
@@ -62,7 +64,7 @@ def get_config(arg=None):
     c.task.num_classes = 10
     c.data.source = "mnist5k"
     c.data.train_split, c.data.eval_split = "train", "test"
-    c.data.pp_train = ()
+    c.data.pp_train = c.data.pp_eval = ()
     c.data.eval_examples = 256
     c.evaluator.samples = ml_collections.ConfigDict(dict(num_samples=16, steps=20, methods=("ddim", "ddpm"),
                                                          guidance=0.0))

@@ -6,7 +6,16 @@
 
 Arguments: variant (a timm name in effjax.models.resnet.VARIANTS: ecaresnet26t/50d/50t/101d/200d/269d/light,
 resnetrs50 ... resnetrs420), gate (overrides the variant's gate: eca, se = cse, sse, scse, or "none"), dataset,
-num_classes, runlocal (a two-stage ECA-ResNet with a deep stem on the embedded MNIST subset).
+num_classes, ema (True: evaluate EMA weights), runlocal (a two-stage ECA-ResNet with a deep stem on the embedded
+MNIST subset).
+
+ImageNet recipe: ResNet-RS (Bello et al. 2021, "Revisiting ResNets", §4 and Appendix C): SGD momentum 0.9, lr 1.6
+for batch 4096 (0.1 · 4096/256), cosine over 350 epochs after 5 warm-up epochs, weight decay 4e-5, label smoothing
+0.1, EMA 0.9999 (the released checkpoints, e.g. timm's resnetrs50_ema, are EMA weights). Each ResNet-RS variant
+trains and evaluates at its own resolution (RS_RESOLUTIONS, from timm's pretrained cfgs of the official TF
+checkpoints: input_size, test_input_size, crop_pct), bicubic. Not reproduced: the per-variant dropout, stochastic
+depth and TF-style RandAugment magnitudes of the paper's Table 8 (left to --config.model.drop_path_rate and
+--config.data.pp_train). The ECA / SE variants use the same recipe at 224 px.
 """
 import ml_collections
 
@@ -14,10 +23,14 @@ from effjax import config as cfg, train_config
 from effjax.layers.squeeze_excite import GATES
 from effjax.models import resnet
 
+# variant -> (train size, test size, test crop_pct): timm resnet.py default_cfgs 'resnetrs<N>.tf_in1k'.
+RS_RESOLUTIONS = {"resnetrs50": (160, 224, 0.91), "resnetrs101": (192, 288, 0.94), "resnetrs152": (256, 320, 1.0),
+                  "resnetrs200": (256, 320, 1.0), "resnetrs270": (256, 352, 1.0), "resnetrs350": (288, 384, 1.0),
+                  "resnetrs420": (320, 416, 1.0)}
 
 def get_config(arg=None):
   arg = cfg.parse_arg(arg, variant="ecaresnet50d", gate="", dataset="tfds:imagenet2012", num_classes=1000,
-                      runlocal=False)
+                      ema=True, runlocal=False)
   if arg.variant not in resnet.VARIANTS:
     raise cfg.ConfigError(f"unknown ResNet variant {arg.variant!r}; expected one of {sorted(resnet.VARIANTS)}")
   if arg.gate and arg.gate != "none" and arg.gate not in GATES:
@@ -36,20 +49,24 @@ def get_config(arg=None):
   c.evaluators = ("classification",)
   c.data.source = arg.dataset
   c.data.train_split, c.data.eval_split = "train", "validation"
-  # timm's ImageNet recipe: inception crop + flip, resize 256 + central 224 crop for evaluation, ImageNet mean/std
-  c.data.pp_train = ("inception_crop(size=224)", "flip", train_config.IMAGENET_NORM)
-  c.data.pp_eval = ("center_crop(size=224,resize_small=256)", train_config.IMAGENET_NORM)
-  c.batch_size = 1024
-  c.total_epochs = 350.0
-  c.optimizer.name = "sgd"
-  c.optimizer.lr = 1.6
-  c.optimizer.weight_decay = 4e-5
+  # Inception crop + flip at the training size; shorter side test/crop_pct (timm: floor) + central test crop; bicubic.
+  train_size, test_size, crop_pct = RS_RESOLUTIONS.get(arg.variant, (224, 224, 0.875))
+  c.data.pp_train = (f"inception_crop(size={train_size},method=bicubic)", "flip", train_config.IMAGENET_NORM)
+  c.data.pp_eval = (f"center_crop(size={test_size},resize_small={int(test_size / crop_pct)},method=bicubic)",
+                    train_config.IMAGENET_NORM)
+  c.batch_size = 4096                # ResNet-RS Appendix C: batch 4096
+  c.total_epochs = 350.0             # ResNet-RS: 350 epochs
+  c.ema_decay = 0.9999 if arg.ema else 0.0  # ResNet-RS: EMA 0.9999
+  c.optimizer.name = "sgd"           # ResNet-RS: momentum 0.9
+  c.optimizer.lr = 1.6               # ResNet-RS: 0.1 · batch/256 = 1.6 at 4096, cosine
+  c.optimizer.weight_decay = 4e-5    # ResNet-RS: 4e-5
   c.optimizer.warmup_epochs = 5.0
   c.log_every_steps = 100
   c.eval_every_steps = 5000
   c.checkpoint_every_steps = 2000
 
   if arg.runlocal:
+    c.ema_decay = 0.0
     c.task.label_smoothing = 0.0
     c.data.source = "mnist5k"
     c.data.train_split, c.data.eval_split = "train", "test"

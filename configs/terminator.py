@@ -46,8 +46,12 @@ def get_config(arg=None):
                                           slow_factor=1e-6))
   c.data.source = source
   c.data.train_split, c.data.eval_split = "train", eval_split
-  c.data.pp_eval = ("normalize(mean=0.5,std=0.5)",)
-  c.data.pp_train = (("random_crop(pad=4)", "flip") if data_dim == 2 else ()) + c.data.pp_eval
+  # Official datamodules/cifar10.py (CIFAR-10 and CIFAR-100 alike): RandomCrop(32, padding=4,
+  # padding_mode="symmetric") + flip, then Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)).
+  norm = "normalize(mean=(0.4914,0.4822,0.4465),std=(0.2470,0.2435,0.2616))" if data_dim == 2 else \
+      "normalize(mean=0.5,std=0.5)"
+  c.data.pp_eval = (norm,)
+  c.data.pp_train = (("random_crop(pad=4,mode=symmetric)", "flip") if data_dim == 2 else ()) + c.data.pp_eval
   c.batch_size = 64
   c.eval_batch_size = 64
   c.total_epochs = 100.0

@@ -30,11 +30,13 @@ round(`warmup_epochs` · steps_per_epoch) (not both), end lr = `end_lr_factor` �
   warmup_linear    decay = 1 - (1 - f)·p
   warmup_constant  decay = 1
   warmup_rsqrt     decay = √(max(W, 1) / max(t, W, 1))          (inverse square root after warm-up)
+  warmup_poly      decay = f + (1 - f)·(1 - p)^0.9              (nnU-Net's poly schedule, per step)
   constant         lr(t) = lr; setting a warm-up with it is an error (use warmup_constant).
 So lr(0) = 0 when W > 0, lr(W) = lr and lr(T) = end_lr_factor · lr for the decaying schedules. A warm-up
 longer than the run simply never reaches the peak.
 
-Weight-decay masks (`DECAY_MASKS`): "all", or "no_bias_norm", under which a param is decayed unless
+Weight-decay masks: "all", "re:<regex>" (a param is decayed iff the regex matches somewhere in its "/"-joined path,
+e.g. the CRATE-α official "re:/kernel$"), or "no_bias_norm", under which a param is decayed unless
   - it has ndim ≤ 1 (biases, norm scales and offsets, per-channel gains, scalars), or
   - its own name (last path entry, lower-cased) contains "bias" (multi-dimensional biases such as
     relative-position bias tables or the Terminator's `bias_p`), names a position embedding
@@ -189,8 +191,15 @@ def _rsqrt(p, t, w, f):
   return jnp.sqrt(w / jnp.maximum(t, w))
 
 
+POLY_POWER = 0.9  # nnU-Net's exponent
+
+
+def _poly(p, t, w, f):
+  return f + (1 - f) * (1 - p) ** POLY_POWER
+
+
 SCHEDULES = {"warmup_cosine": _cosine, "warmup_linear": _linear, "warmup_constant": _flat,
-             "warmup_rsqrt": _rsqrt, "constant": _flat}
+             "warmup_rsqrt": _rsqrt, "warmup_poly": _poly, "constant": _flat}
 
 
 def warmup_length(opt, steps_per_epoch: int) -> int:
@@ -228,17 +237,75 @@ _NORM_MODULE = re.compile(r"norm|(^|_)(ln|bn|gn)\d*($|_)")
 _NO_DECAY_NAME = re.compile(r"bias|pos_?emb|position|^cls|_token$")
 
 
+def _entry_name(entry) -> str:
+  """One key of a pytree path, lower-cased ('Dense_0', 0 -> 'dense_0', '0')."""
+  return jax.tree_util.keystr((entry,), simple=True).lower()
+
+
 def no_bias_norm_mask(params):
   """Pytree of bools like `params`: True where weight decay applies (rule in the module docstring)."""
   def decays(path, leaf):
-    names = [jax.tree_util.keystr((e,), simple=True).lower() for e in path]
+    names = [_entry_name(e) for e in path]
     if leaf.ndim <= 1 or (names and _NO_DECAY_NAME.search(names[-1])):
       return False
     return not any(_NORM_MODULE.search(n) for n in names[:-1])
   return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def regex_mask(pattern):
+  """params -> pytree of bools: True where `pattern` matches (re.search) the param's "/"-joined path."""
+  regex = re.compile(pattern)
+  return lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, leaf: bool(regex.search("/".join(_entry_name(e) for e in path))), params)
+
+
 DECAY_MASKS = {"all": None, "no_bias_norm": no_bias_norm_mask}
+
+
+def decay_mask(name):
+  """The mask function of optimizer.decay_mask: a DECAY_MASKS name or "re:<regex>"."""
+  if name.startswith("re:"):
+    try:
+      return regex_mask(name[3:])
+    except re.error as e:
+      raise ConfigError(f"optimizer.decay_mask {name!r} is not a valid regex: {e}") from None
+  if name not in DECAY_MASKS:
+    raise _unknown("weight-decay mask", name, [*DECAY_MASKS, "re:<regex>"])
+  return DECAY_MASKS[name]
+
+
+# ----------------------------------------------------------------------------- layer-wise lr decay
+
+_BLOCK = re.compile(r"^(?:layer|block|encoderblock)_?(\d+)$")
+_STEM = re.compile(r"^(?:embedding|pos_?embedding|cls|patch_embed|stem)")
+
+
+def layer_id(names, depth):
+  """BEiT / MAE layer id of a param path: 0 for the patch / position embeddings and class token, i + 1 inside
+  block i (a path entry "layer<i>", "block<i>" or "encoderblock_<i>"), depth + 1 for everything else (head, final
+  norm)."""
+  for n in names:
+    m = _BLOCK.match(n)
+    if m:
+      return int(m.group(1)) + 1
+  return 0 if names and _STEM.match(names[0]) else depth + 1
+
+
+def layer_decay(decay):
+  """Scales each param's update (learning rate and decoupled weight decay alike) by decay^(depth + 1 − layer_id)
+  (MAE util/lr_decay.py param_groups_lrd); depth = the number of blocks found in the param paths."""
+  def scales(params):
+    paths = [[_entry_name(e) for e in path] for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    blocks = [int(m.group(1)) for names in paths for n in names if (m := _BLOCK.match(n))]
+    if not blocks:
+      raise ConfigError("optimizer.layer_decay needs a model with numbered blocks (layer<i>, block<i>)")
+    depth = max(blocks) + 1
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: decay ** (depth + 1 - layer_id([_entry_name(e) for e in path], depth)), params)
+
+  def update_fn(updates, state, params=None):
+    return jax.tree.map(lambda u, s: u * s, updates, scales(updates)), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 # ------------------------------------------------------------------------------------ assembly
@@ -249,13 +316,14 @@ def make_optimizer(opt, total_steps: int, steps_per_epoch: int, *,
   """(tx, schedule) from config.optimizer; `seed` seeds the gradient noise. Unused keys are ignored."""
   if opt.name not in OPTIMIZERS:
     raise _unknown("optimizer", opt.name, OPTIMIZERS)
-  if opt.decay_mask not in DECAY_MASKS:
-    raise _unknown("weight-decay mask", opt.decay_mask, DECAY_MASKS)
+  mask = decay_mask(opt.decay_mask)
   schedule = make_schedule(opt, total_steps, steps_per_epoch)
   parts = []
   if opt.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(opt.grad_clip_norm))
   if opt.grad_noise_eta > 0:
     parts.append(add_annealed_noise(opt.grad_noise_eta, opt.grad_noise_gamma, seed))
-  parts.append(OPTIMIZERS[opt.name](opt, schedule, DECAY_MASKS[opt.decay_mask]))
+  parts.append(OPTIMIZERS[opt.name](opt, schedule, mask))
+  if opt.get("layer_decay", 1.0) != 1.0:
+    parts.append(layer_decay(opt.layer_decay))
   return optax.chain(*parts), schedule

@@ -109,7 +109,8 @@ def test_resize_small_and_center_crop():
 def test_inception_crop_respects_area_and_aspect_bounds(monkeypatch):
   crops = []
   original = image_lib.resize
-  monkeypatch.setattr(image_lib, "resize", lambda crop, h, w: crops.append(crop.shape) or original(crop, h, w))
+  monkeypatch.setattr(image_lib, "resize",
+                      lambda crop, h, w, **kw: crops.append(crop.shape) or original(crop, h, w, **kw))
   image = _photo(120, 160)
   fn = _op("inception_crop(size=32,area_min=0.2,area_max=0.5)")
   for seed in range(200):

@@ -54,26 +54,33 @@ def from_pil(image: Image.Image) -> np.ndarray:
   return array[..., None] if array.ndim == 2 else array
 
 
-def resize(image: np.ndarray, height: int, width: int, box=None) -> np.ndarray:
-  """Antialiased bilinear resize of an HWC or HW image (any channel count; uint8 or float) to [height, width].
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def resize(image: np.ndarray, height: int, width: int, box=None, method: str = "bilinear") -> np.ndarray:
+  """Antialiased bilinear (or bicubic) resize of an HWC or HW image (any channel count; uint8 or float) to
+  [height, width].
 
   Pillow's BILINEAR filter: half-pixel centres and a triangle kernel widened by in/out when
-  downsampling. `box` = (left, top, right, bottom) in input pixels resizes only that region (a crop
-  fused with the resize; taps near its edges still read the pixels outside it, as a crop of the full
-  resize would). Same dtype out; uint8 is rounded by Pillow.
+  downsampling; method="bicubic": Pillow's BICUBIC (cubic kernel a = -0.5, widened likewise), the filter
+  torchvision applies to PIL images and so timm's `interpolation="bicubic"`. `box` = (left, top, right,
+  bottom) in input pixels resizes only that region (a crop fused with the resize; taps near its edges still
+  read the pixels outside it, as a crop of the full resize would). Same dtype out; uint8 is rounded by Pillow.
   """
   if image.ndim not in (2, 3):
     raise ValueError(f"resize expects an HW or HWC image, got shape {image.shape}")
   if height < 1 or width < 1:
     raise ValueError(f"resize target {height}x{width} must be positive")
+  if method not in RESAMPLE:
+    raise ValueError(f"resize method must be one of {sorted(RESAMPLE)}, got {method!r}")
   if box is None and image.shape[:2] == (height, width):
     return image
   hwc = image if image.ndim == 3 else image[..., None]
   if hwc.dtype == np.uint8 and hwc.shape[-1] in (1, 3):
-    out = from_pil(to_pil(hwc).resize((width, height), Image.BILINEAR, box=box))
+    out = from_pil(to_pil(hwc).resize((width, height), RESAMPLE[method], box=box))
   else:  # one float32 (mode F) plane per channel
     planes = [np.asarray(Image.fromarray(np.ascontiguousarray(hwc[..., c], np.float32), "F").resize(
-        (width, height), Image.BILINEAR, box=box)) for c in range(hwc.shape[-1])]
+        (width, height), RESAMPLE[method], box=box)) for c in range(hwc.shape[-1])]
     out = np.stack(planes, -1)
     out = np.clip(np.rint(out), 0, 255).astype(np.uint8) if image.dtype == np.uint8 else out.astype(image.dtype)
   return out if image.ndim == 3 else out[..., 0]

@@ -9,7 +9,11 @@ Geometry (Pillow, effjax/data/image.py; HWC, same dtype out as in; uint8 results
   center_crop(size=224, resize_small=0)  central size×size crop, after an optional resize_small (fused)
   inception_crop(size=224, area_min=0.08, area_max=1.0, ratio_min=3/4, ratio_max=4/3)
                                       random resized crop (Inception / torchvision RandomResizedCrop)
+Every resizing op takes method="bilinear" (default) or "bicubic" (timm's `interpolation`); inception_crop
+also takes method="random" (timm: bilinear or bicubic with probability 1/2 each, drawn per example).
   randaugment(num_layers=2, magnitude=9, max_magnitude=10)   see effjax/data/randaugment.py
+  timm_randaugment(policy=rand-m9-mstd0.5-inc1, method=bicubic)   timm's RandAugment, effjax/data/randaugment.py
+  random_erasing(prob=0.25, mode=pixel)   timm's RandomErasing, on the normalized image (after normalize)
 """
 import functools
 import inspect
@@ -48,11 +52,13 @@ def to_float(example):
   return {**example, "image": _to_float(example["image"])}
 
 
-def random_crop(example, rng, pad=4):
-  """Zero-pads H and W by `pad` and crops back to the original size at a random offset."""
+def random_crop(example, rng, pad=4, mode="constant"):
+  """Pads H and W by `pad` and crops back to the original size at a random offset. mode: numpy's pad mode, as
+  torchvision's RandomCrop(padding_mode=...): "constant" (zeros), "reflect" (edge not repeated) or "symmetric"
+  (edge repeated)."""
   image = example["image"]
   h, w = image.shape[:2]
-  padded = np.pad(image, [(pad, pad), (pad, pad)] + [(0, 0)] * (image.ndim - 2))
+  padded = np.pad(image, [(pad, pad), (pad, pad)] + [(0, 0)] * (image.ndim - 2), mode=mode)
   top, left = rng.integers(0, 2 * pad + 1, size=2)
   return {**example, "image": padded[top:top + h, left:left + w]}
 
@@ -64,10 +70,10 @@ def flip(example, rng, p=0.5):
   return example
 
 
-def resize(example, size=224):
+def resize(example, size=224, method="bilinear"):
   """image -> antialiased bilinear resize to size×size (or `size=(height, width)`)."""
   height, width = (size, size) if np.isscalar(size) else size
-  return {**example, "image": _image.resize(example["image"], int(height), int(width))}
+  return {**example, "image": _image.resize(example["image"], int(height), int(width), method=method)}
 
 
 def _shorter_side_shape(h, w, size):
@@ -75,13 +81,13 @@ def _shorter_side_shape(h, w, size):
   return max(int(round(h * scale)), size), max(int(round(w * scale)), size)
 
 
-def resize_small(example, size=256):
+def resize_small(example, size=256, method="bilinear"):
   """image -> antialiased bilinear resize so that the shorter side is `size`, keeping the aspect ratio."""
   image = example["image"]
-  return {**example, "image": _image.resize(image, *_shorter_side_shape(*image.shape[:2], size))}
+  return {**example, "image": _image.resize(image, *_shorter_side_shape(*image.shape[:2], size), method=method)}
 
 
-def center_crop(example, size=224, resize_small=0):
+def center_crop(example, size=224, resize_small=0, method="bilinear"):
   """image -> its central size×size crop; with resize_small > 0 the shorter side is first resized to
   `resize_small` (the ImageNet evaluation transform: resize_small=256, size=224). The resize is fused
   with the crop (only the kept pixels are computed), giving the same pixels as resize_small then crop."""
@@ -94,17 +100,19 @@ def center_crop(example, size=224, resize_small=0):
   if resize_small > 0:
     sy, sx = h / rh, w / rw
     box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-    return {**example, "image": _image.resize(image, size, size, box=box)}
+    return {**example, "image": _image.resize(image, size, size, box=box, method=method)}
   return {**example, "image": image[top:top + size, left:left + size]}
 
 
-def inception_crop(example, rng, size=224, area_min=0.08, area_max=1.0, ratio_min=3 / 4, ratio_max=4 / 3):
+def inception_crop(example, rng, size=224, area_min=0.08, area_max=1.0, ratio_min=3 / 4, ratio_max=4 / 3,
+                   method="bilinear"):
   """Random resized crop (Szegedy et al. 2015; torchvision RandomResizedCrop), resized to size×size.
 
   Up to 10 tries draw an area fraction a ~ U(area_min, area_max) of H·W and a log-uniform aspect ratio
   r (= width / height) in [ratio_min, ratio_max]; the crop is w = round(sqrt(a·H·W·r)),
   h = round(sqrt(a·H·W / r)) at a uniform position. If no try fits, the central crop of the whole image
-  with its aspect ratio clipped to [ratio_min, ratio_max] is used.
+  with its aspect ratio clipped to [ratio_min, ratio_max] is used. method="random" resizes with bilinear or
+  bicubic at random (one more draw from `rng`, after the crop's).
   """
   if not 0 < area_min <= area_max <= 1 or not 0 < ratio_min <= ratio_max:
     raise ValueError("inception_crop: need 0 < area_min <= area_max <= 1 and 0 < ratio_min <= ratio_max")
@@ -127,7 +135,9 @@ def inception_crop(example, rng, size=224, area_min=0.08, area_max=1.0, ratio_mi
       cw, ch = w, h
     top, left = (h - ch) // 2, (w - cw) // 2
   crop = image[top:top + ch, left:left + cw]
-  return {**example, "image": _image.resize(crop, size, size)}
+  if method == "random":
+    method = ("bilinear", "bicubic")[rng.integers(2)]
+  return {**example, "image": _image.resize(crop, size, size, method=method)}
 
 
 def randaugment(example, rng, num_layers=2, magnitude=9, max_magnitude=10):
@@ -135,7 +145,43 @@ def randaugment(example, rng, num_layers=2, magnitude=9, max_magnitude=10):
   return {**example, "image": _randaugment.randaugment(example["image"], rng, num_layers, magnitude, max_magnitude)}
 
 
-RANDOM_OPS = {"random_crop": random_crop, "flip": flip, "inception_crop": inception_crop, "randaugment": randaugment}
+def timm_randaugment(example, rng, policy="rand-m9-mstd0.5-inc1", method="bicubic", fill=(124, 116, 104),
+                     translate=0.45):
+  """timm's RandAugment `policy` on a uint8 HWC image; see effjax/data/randaugment.py."""
+  return {**example, "image": _randaugment.timm_randaugment(example["image"], rng, policy, method, fill, translate)}
+
+
+def random_erasing(example, rng, prob=0.25, area_min=0.02, area_max=1 / 3, ratio_min=0.3, mode="pixel", count=1):
+  """timm's RandomErasing (Zhong et al. 2020) on a normalized float HWC image (put it after normalize).
+
+  With probability `prob`, each of `count` rectangles: up to 10 tries draw an area a ~ U(area_min, area_max)·H·W/count
+  and a log-uniform aspect ratio r (height / width) in [ratio_min, 1/ratio_min]; h = round(sqrt(a·r)),
+  w = round(sqrt(a/r)); the first try with h < H and w < W is placed uniformly and filled with N(0, 1) noise per
+  pixel (mode="pixel"), one N(0, 1) colour per channel ("rand") or zeros ("const"). Draws in timm's order.
+  """
+  image = example["image"]
+  if not np.issubdtype(image.dtype, np.floating):
+    raise ValueError(f"random_erasing expects a normalized float image (put it after normalize), got {image.dtype}")
+  if rng.random() > prob:
+    return example
+  image = np.array(image)
+  height, width, channels = image.shape
+  log_ratio = (np.log(ratio_min), np.log(1 / ratio_min))
+  for _ in range(count):
+    for _ in range(10):
+      area = rng.uniform(area_min, area_max) * height * width / count
+      ratio = np.exp(rng.uniform(*log_ratio))
+      h, w = int(round(np.sqrt(area * ratio))), int(round(np.sqrt(area / ratio)))
+      if w < width and h < height:
+        top, left = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+        shape = {"pixel": (h, w, channels), "rand": (1, 1, channels)}.get(mode)
+        image[top:top + h, left:left + w] = rng.normal(size=shape) if shape else 0.0
+        break
+  return {**example, "image": image}
+
+
+RANDOM_OPS = {"random_crop": random_crop, "flip": flip, "inception_crop": inception_crop, "randaugment": randaugment,
+              "timm_randaugment": timm_randaugment, "random_erasing": random_erasing}
 DETERMINISTIC_OPS = {"normalize": normalize, "to_float": to_float, "resize": resize, "resize_small": resize_small,
                      "center_crop": center_crop}
 
@@ -156,6 +202,15 @@ def parse(spec: str):
   options = [k for k, v in inspect.signature(fn).parameters.items() if v.default is not inspect.Parameter.empty]
   given = parse_arg(rest[:-1] if rest else "", **{k: None for k in options})
   kwargs = {k: v for k, v in given.items() if v is not None}
+  methods = (*_image.RESAMPLE, "random") if name in RANDOM_OPS else tuple(_image.RESAMPLE)
+  if kwargs.get("method", "bilinear") not in methods:
+    raise ValueError(f"data op {spec!r}: method must be one of {', '.join(methods)}")
+  if name == "random_crop" and kwargs.get("mode", "constant") not in ("constant", "reflect", "symmetric"):
+    raise ValueError(f"data op {spec!r}: mode must be constant, reflect or symmetric")
+  if name == "random_erasing" and kwargs.get("mode", "pixel") not in ("pixel", "rand", "const"):
+    raise ValueError(f"data op {spec!r}: mode must be pixel, rand or const")
+  if name == "timm_randaugment":
+    _randaugment.parse_timm_policy(kwargs.get("policy", "rand"))
   std = np.asarray(kwargs.get("std", 1.0), np.float64) if name == "normalize" else 1.0
   if not np.all(np.isfinite(std) & (std != 0)):
     raise ValueError(f"data op {spec!r}: std must be finite and non-zero")

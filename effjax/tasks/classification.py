@@ -13,6 +13,11 @@ with one ratio λ ~ Beta(α, α) per batch, and trained on the soft label λ·�
   CutMix (Yun et al. 2019):   a box of area ≈ (1 − λ)·H·W at a uniform centre, clipped to the image, is
                               pasted from x_{B-1-i}; λ is then reset to 1 − (box area)/(H·W).
 With both α > 0, each batch uses one of the two with probability 1/2. Evaluation is never mixed.
+
+Training loss (`loss`): "softmax" cross-entropy against the soft targets, or "bce" (timm's BinaryCrossEntropy, the
+ResNet-strikes-back recipes): per-class sigmoid binary cross-entropy against the same soft targets t, averaged
+over classes and examples, −mean_k [t_k·log σ(z_k) + (1 − t_k)·log(1 − σ(z_k))]; with bce_target_thresh = τ ≥ 0 the
+targets are first binarised, t_k ← [t_k > τ] (RSB A1/A2: τ = 0.2). Evaluation reports softmax cross-entropy.
 """
 import jax
 import jax.numpy as jnp
@@ -68,7 +73,8 @@ def _cutmix(rng, images, other, alpha):
 
 
 class Task(_base.Task):
-  """Classification; config.task: label_smoothing, mixup_alpha, cutmix_alpha (floats, 0 = off)."""
+  """Classification; config.task: label_smoothing, mixup_alpha, cutmix_alpha (floats, 0 = off), loss ("softmax" or
+  "bce"), bce_target_thresh (< 0: off)."""
 
   def __init__(self, config):
     super().__init__(config)
@@ -79,6 +85,10 @@ class Task(_base.Task):
       raise ValueError(f"config.task.mixup_alpha / cutmix_alpha must be >= 0, got {self.mixup_alpha}, "
                        f"{self.cutmix_alpha}")
     self.num_classes = config.model.num_classes
+    self.loss_name = config.task.get("loss", "softmax")
+    self.bce_target_thresh = config.task.get("bce_target_thresh", -1.0)
+    if self.loss_name not in ("softmax", "bce"):
+      raise ValueError(f"config.task.loss must be 'softmax' or 'bce', got {self.loss_name!r}")
 
   def init_variables(self, model, rng, batch):
     params_rng, dropout_rng = jax.random.split(rng)
@@ -94,6 +104,15 @@ class Task(_base.Task):
     loss = _base.weighted_mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), targets), weights)
     return loss, _base.weighted_mean(jnp.argmax(logits, -1) == batch["label"], weights)
 
+  def binary_cross_entropy(self, logits, targets, batch):
+    """(mean per-class sigmoid BCE against soft targets [B, K] (see the module docstring), accuracy)."""
+    if self.bce_target_thresh >= 0:
+      targets = (targets > self.bce_target_thresh).astype(jnp.float32)
+    weights = self.weights(batch, logits.shape[0])
+    per_example = optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets).mean(-1)
+    return _base.weighted_mean(per_example, weights), _base.weighted_mean(jnp.argmax(logits, -1) == batch["label"],
+                                                                          weights)
+
   def loss(self, model, variables, batch, rng, train):
     """Returns (mean loss, aux) with aux = {"metrics": {...}, "model_state": updated collections}.
 
@@ -106,7 +125,8 @@ class Task(_base.Task):
       images, targets, metrics["mix_lambda"] = mix_batch(mix_rng, images, targets, self.mixup_alpha,
                                                          self.cutmix_alpha)
     logits, model_state = self.apply(model, variables, images, train=train, rngs={"dropout": rng})
-    loss, metrics["accuracy"] = self.cross_entropy(logits, targets, batch)
+    objective = self.binary_cross_entropy if self.loss_name == "bce" else self.cross_entropy
+    loss, metrics["accuracy"] = objective(logits, targets, batch)
     return loss, {"metrics": metrics, "model_state": model_state}
 
   def predict(self, model, variables, batch, capture=None):
