@@ -144,7 +144,8 @@ IMPLS = ("xla", "pallas", "dot_product_attention")  # xla first: the others' spe
 
 
 def benchmark(cases, impls, reps):
-  """One row per (case, pass, impl in `impls` that the case has); `impls` starts with "xla"."""
+  """One row per (case, pass, impl in `impls` that the case has); `impls` starts with "xla". An impl that fails
+  (e.g. a kernel that does not compile for these shapes) gets a row with its `error` and the others go on."""
   rows = []
   for case in cases:
     args = case.make_inputs()
@@ -154,7 +155,13 @@ def benchmark(cases, impls, reps):
         fn = case.impls[impl]
         if pass_name == "fwd+bwd":
           fn = jax.grad(_loss(fn), argnums=tuple(range(len(args))))
-        seconds = median_time(jax.jit(fn), args, reps)
+        try:
+          seconds = median_time(jax.jit(fn), args, reps)
+        except Exception as e:
+          rows.append(dict(op=case.op, case=case.label, pass_=pass_name, impl=impl,
+                           error=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"))
+          print(f"{case.op:20s} {case.label:36s} {pass_name:8s} {impl:7s} error: {rows[-1]['error']}", flush=True)
+          continue
         factor = 1.0 if pass_name == "fwd" else case.bwd_factor
         base = seconds if impl == "xla" else base
         rows.append(dict(op=case.op, case=case.label, pass_=pass_name, impl=impl, ms=seconds * 1e3,

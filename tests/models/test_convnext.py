@@ -97,7 +97,7 @@ def test_dcls_config_keeps_positions_inside_the_kernel():
   def max_position(dcls_clamp):
     c = cfg.load_config_file(os.path.join(REPO, "configs/convnext.py:runlocal,dcls=True"))
     c.optimizer.lr, c.optimizer.warmup_steps, c.optimizer.dcls_clamp = 100.0, 0, dcls_clamp
-    c.model.update(depths=(1, 1), widths=(8, 16))
+    c.model.update(depths=(1, 1), widths=(8, 16), ls_init_value=1.0)  # gradients for the positions (1e-6: ~1e-10)
     model, task = convnext.Model(**c.model), classification.Task(c)
     tx, schedule = optim.make_optimizer(c.optimizer, 10, 10)
     batch = {"image": jax.random.normal(jax.random.key(2), (2, 16, 16, 1)), "label": jnp.array([0, 1])}
