@@ -395,7 +395,6 @@ def main(argv=None) -> int:
   parser.add_argument("--train_examples", type=int, default=0, help="training-set size when the data source "
                       "cannot say (for total_epochs)")
   args, overrides = parser.parse_known_args(argv)
-  from effjax.config import ConfigError
   try:
     parse_topology(args.topology)
     if not libtpu_available():
@@ -403,7 +402,7 @@ def main(argv=None) -> int:
     config = load_config(args.config, overrides)
     result = compile_config(config, args.topology, name=args.config, mfu=args.mfu,
                             train_examples=args.train_examples or None)
-  except (AotError, ConfigError) as e:
+  except (AotError, ValueError) as e:  # ConfigError and a data source's "not available here" are ValueErrors
     result = getattr(e, "result", None)
     if result is not None and args.out:
       write(result, args.out)
