@@ -249,30 +249,31 @@ def compile_config(config, topology: str, *, name: str = "", mfu: float = 0.4,
             "compute_dtype": config.compute_dtype, "steps": steps, "train_examples": num_train,
             "input": {k: list(v.shape[1:]) for k, v in batch.items() if k != "mask"}, "jax": jax.__version__}
 
-  def compile_step(target_platform):
+  def lower(target_platform):
     built = train.build_train_step(config, mesh, batch, steps or 1, steps_per_epoch)
     with dispatch.target(target_platform, devices[0].device_kind):
-      lowered = built.step.lower(built.abstract_state, built.batch_spec)
-    state_bytes = sum(s.size * s.dtype.itemsize / _shards(s.sharding, s.shape)
-                      for s in jax.tree.leaves(built.abstract_state))
-    return lowered.compile(), state_bytes
+      return built, built.step.lower(built.abstract_state, built.batch_spec)
 
+  built, lowered = lower("tpu")
+  state_bytes = sum(s.size * s.dtype.itemsize / _shards(s.sharding, s.shape)
+                    for s in jax.tree.leaves(built.abstract_state))
   try:
-    compiled, state_bytes = compile_step("tpu")
+    compiled = lowered.compile()
   except Exception as e:  # the TPU compiler's own refusal (e.g. over HBM) is the answer, in one line
     message = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    result.update(compiled=False, error=message)
-    if "RESOURCE_EXHAUSTED" in message or "memory" in message.lower():
-      raise _with(AotError(f"{result['config']} does not fit {topology}: {message}"),
+    result.update(compiled=False, error=message, state_bytes_per_chip=int(state_bytes))
+    if "RESOURCE_EXHAUSTED" in message and "HBM" in message:
+      hint = fit_hint(config, state_bytes, float("inf"), chip.hbm_bytes, mesh.size)  # temporaries overflowed
+      raise _with(AotError(f"{result['config']} does not fit {topology}: {message}; to fit: {hint}"),
                   result) from None
-    raise _with(AotError(f"TPU compilation of {result['config']} for {topology} "
-                         f"failed: {message}"), result) from None
+    raise _with(AotError(f"TPU compilation of {result['config']} for {topology} failed: {message}"),
+                result) from None
   memory = compiled.memory_analysis()
   cost = _cost(compiled)
   flops, source = cost.get("flops", 0.0), "xla cost analysis"
   mosaic = "tpu_custom_call" in compiled.as_text()
   if mosaic:  # cost analysis counts a Mosaic call as 0 FLOPs: count the same step on its XLA paths
-    flops, source = _cost(compile_step("cpu")[0]).get("flops", 0.0), "xla cost analysis of the XLA-path step"
+    flops, source = _cost(lower("cpu")[1].compile()).get("flops", 0.0), "xla cost analysis of the XLA-path step"
   needed = hbm_needed(memory)
   result.update(
       compiled=True, mosaic_kernels=mosaic, hbm_needed_bytes=needed, hbm_capacity_bytes=chip.hbm_bytes,
@@ -395,7 +396,6 @@ def main(argv=None) -> int:
   parser.add_argument("--train_examples", type=int, default=0, help="training-set size when the data source "
                       "cannot say (for total_epochs)")
   args, overrides = parser.parse_known_args(argv)
-  from effjax.config import ConfigError
   try:
     parse_topology(args.topology)
     if not libtpu_available():
@@ -403,7 +403,7 @@ def main(argv=None) -> int:
     config = load_config(args.config, overrides)
     result = compile_config(config, args.topology, name=args.config, mfu=args.mfu,
                             train_examples=args.train_examples or None)
-  except (AotError, ConfigError) as e:
+  except (AotError, ValueError) as e:  # ConfigError and a data source's "not available here" are ValueErrors
     result = getattr(e, "result", None)
     if result is not None and args.out:
       write(result, args.out)

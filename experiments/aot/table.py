@@ -28,7 +28,9 @@ ROWS = [
     ("configs/fit.py", "v5e:4x8", "batch 1024, 32 per chip; eval ops: centre crop to 224 (the ImageNet recipe)",
      "--config.data.pp_eval=('center_crop(size=224,resize_small=256)','normalize(mean=0.5,std=0.5)')"),
     ("configs/crate_alpha.py:variant=B/16", "v5p:4x4x4", "ImageNet-21K pre-training, batch 4096, 64 per chip"),
-    ("configs/crate_mae.py:variant=B", "v5e:8x8", "batch 4096, 64 per chip"),
+    ("configs/crate_mae.py:variant=B", "v5e:8x8", "batch 4096, 64 per chip; eval ops: centre crop to 224",
+     "--config.data.pp_eval=('center_crop(size=224,resize_small=256)',"
+     "'normalize(mean=(0.485,0.456,0.406),std=(0.229,0.224,0.225))')"),
     ("configs/convnext.py:variant=tiny", "v5e:8x8", "batch 4096, 64 per chip"),
     ("configs/crate.py:variant=S", "v5e:4x4", "batch 512, 32 per chip"),
     ("configs/crate.py:variant=L", "v5e:4x4", "batch 512, 32 per chip"),
