@@ -41,6 +41,7 @@ def base_config() -> ConfigDict:
   c.data.prefetch = 2                # batches prepared and put on the devices while steps run (0 = none)
   c.data.wait_warn_frac = 0.1        # warn once when more than this fraction of step time waits for data
   c.data.worker_count = 0            # grain worker processes (0 = in the main process)
+  c.data.repeated_augmentation = 1   # > 1: each epoch shows N/R records R times, differently augmented
   c.data.eval_examples = -1          # evaluate on the first N examples of the eval split (-1 = all)
 
   c.batch_size = 128                 # global batch size over all devices and hosts

@@ -1,10 +1,11 @@
 """Dry run of every paper config: its real train and eval pipelines on an ImageNet-shaped tfds dataset (JPEGs of
 varied sizes and aspect ratios, ArrayRecord, written offline by tests/tfds_photos.py; CIFAR configs on a
-CIFAR-shaped one), then two train steps and an evaluation with the model shrunk, so that no paper config can fail at
+CIFAR-shaped one), then two train steps with the model shrunk, so that no paper config can fail at
 its first batch on the real dataset.
 
-Only the model's size (depth / width) and the evaluators' sample counts are reduced; data ops, task, optimizer and
-schedule are the config's own. Batch 8 (one example per fake CPU device) of 16 training and 8 validation images.
+Only the model's size (depth / width) is reduced; data ops, task, optimizer and schedule are the config's own. Batch 8
+(one example per fake CPU device) of 16 training and 8 validation images. The evaluation pipeline is run here, but
+the evaluators are not compiled, to keep the suite fast (the runlocal tests run every evaluator).
 """
 import dataclasses
 import os
@@ -43,8 +44,7 @@ CONFIGS = {
     "fit.py": (dict(layers="(1)1(1)", latents_per_group=2, width=16, latent_width=16, num_heads=2, latent_num_heads=2),
                {}),
     "fit_diffusion.py:res=64": (dict(layers="(1)1(1)", latents_per_group=2, width=16, latent_width=16, num_heads=2,
-                                     latent_num_heads=2), {"evaluator.samples.num_samples": 8,
-                                                           "evaluator.samples.steps": 2}),
+                                     latent_num_heads=2), {}),
     "halonet.py:variant=halonet26t": (dict(blocks=("b", "b", "a", "a"), stem_width=8,
                                            **_stage_widths(halonet.HaloNet, (32, 32, 64, 64))), {}),
     "inception_next.py:variant=tiny": (dict(depths=(1, 1, 1, 1), widths=(16, 16, 16, 16)), {}),
@@ -97,7 +97,7 @@ def test_paper_config_dry_run(spec, tfds_dir, tmp_path, monkeypatch):
   batches = list(pipeline.eval_batches(data, 8, sharding))
   size = batches[0]["image"].shape[1]
   assert len(batches) == 1 and batches[0]["image"].shape == (8, size, size, 3) and size >= 32
-  # Two train steps and an evaluation with the model shrunk.
+  # Two train steps with the model shrunk.
   for key, value in model.items():
     if isinstance(value, dict):
       c.model[key].update(value)
@@ -105,6 +105,6 @@ def test_paper_config_dry_run(spec, tfds_dir, tmp_path, monkeypatch):
       c.model[key] = value
   c.batch_size, c.eval_batch_size, c.data.eval_examples = 8, 8, 8
   c.total_epochs, c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = -1.0, 2, 1, -1, 2
-  c.progress_bar = False
+  c.progress_bar, c.evaluators = False, ()
   result = train.train_and_evaluate(c, str(tmp_path))
   assert result["step"] == 2 and np.isfinite(result["train/loss"])

@@ -227,3 +227,23 @@ def test_layer_decay_scales_updates_as_maes_param_groups():
   with pytest.raises(cfg.ConfigError, match="numbered blocks"):
     tx, _ = optim.make_optimizer(opt, 10, 5)
     tx.update({"head": jnp.ones(2)}, tx.init({"head": jnp.ones(2)}), {"head": jnp.ones(2)})
+
+
+def test_repeated_augmentation_follows_timms_repeat_aug_sampler():
+  """timm RepeatAugSampler (one replica): the epoch's permutation with each index repeated R times
+  (torch.repeat_interleave), cut to the epoch length; each copy is augmented with its own seed."""
+  from effjax.data import pipeline
+
+  class Source(list):
+    info = {}
+  source = Source({"image": np.full((8, 8, 1), i, np.uint8), "label": i} for i in range(12))
+  crop = ops.parse("random_crop(pad=3)")
+  order = pipeline.GlobalOrder(source, [crop], seed=4, global_batch=6, process_index=0, process_count=1, repeats=3)
+  for epoch in (0, 1):
+    perm = np.random.default_rng([4, epoch]).permutation(12)
+    labels = [int(order[epoch * 12 + k]["label"]) for k in range(12)]
+    assert labels == np.repeat(perm, 3)[:12].tolist()
+  copies = [order[k]["image"] for k in range(3)]
+  assert len({c.tobytes() for c in copies}) > 1  # the same record, differently cropped
+  plain = pipeline.GlobalOrder(source, [], seed=4, global_batch=6, process_index=0, process_count=1)
+  assert sorted(int(plain[k]["label"]) for k in range(12)) == list(range(12))

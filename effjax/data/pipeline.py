@@ -80,14 +80,17 @@ def _finalize(example):
 class GlobalOrder:
   """Endless random access over this process's share of a global, seeded example order.
 
-  Global position g = step·B + i (B = global batch) holds record perm_e[g mod N] of epoch e = g // N,
+  Global position g = step·B + i (B = global batch) holds record perm_e[(g mod N) // R] of epoch e = g // N,
   where perm_e is a seeded permutation drawn afresh every epoch, and its augmentation uses a generator
-  seeded by (seed, g). Process p of P reads positions b·B + p·(B/P) + r, r < B/P, of every batch b, so
-  global batches (and therefore losses) do not depend on the number of processes or devices.
+  seeded by (seed, g). R = `repeats` > 1 is repeated augmentation (Hoffer et al. 2020; timm's RepeatAugSampler:
+  each epoch is the permutation with every index repeated R times, cut to N): R differently augmented copies
+  of each of the first N/R records of perm_e, at adjacent positions. Process p of P reads positions
+  b·B + p·(B/P) + r, r < B/P, of every batch b, so global batches (and therefore losses) do not depend on the
+  number of processes or devices.
   """
 
-  def __init__(self, source, ops_list, seed, global_batch, process_index, process_count):
-    self.source, self.ops, self.seed = source, ops_list, seed
+  def __init__(self, source, ops_list, seed, global_batch, process_index, process_count, repeats=1):
+    self.source, self.ops, self.seed, self.repeats = source, ops_list, seed, repeats
     self.global_batch, self.local_batch = global_batch, global_batch // process_count
     self.offset = process_index * self.local_batch
     self._perms = {}
@@ -104,7 +107,7 @@ class GlobalOrder:
     batch, r = divmod(j, self.local_batch)
     position = batch * self.global_batch + self.offset + r
     epoch, k = divmod(position, len(self.source))
-    example = self.source[int(self._permutation(epoch)[k])]
+    example = self.source[int(self._permutation(epoch)[k // self.repeats])]
     rng = np.random.default_rng([self.seed, 1, position])
     for _, fn, is_random in self.ops:
       example = fn(example, rng) if is_random else fn(example)
@@ -187,7 +190,10 @@ def train_data(data_config, global_batch_size, sharding, seed):
     raise ValueError(f"batch_size {global_batch_size} exceeds the {len(source)} training examples")
   ops_list = [ops.parse(s) for s in data_config.pp_train]
   _fit_source_to_ops(source, ops_list, "pp_train")
-  order = GlobalOrder(source, ops_list, seed, global_batch_size, process_index, process_count)
+  repeats = data_config.get("repeated_augmentation", 1)
+  if repeats < 1:
+    raise ConfigError(f"config.data.repeated_augmentation must be >= 1, got {repeats}")
+  order = GlobalOrder(source, ops_list, seed, global_batch_size, process_index, process_count, repeats)
   batches = grain.MapDataset.source(order).batch(order.local_batch, drop_remainder=True)
   make_iterator = lambda start: loader(batches[start:], data_config.worker_count)
   return TrainData(make_iterator, sharding, global_batch_size, len(source), source.info, data_config.prefetch)
