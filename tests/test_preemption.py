@@ -8,6 +8,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from effjax import checkpoint, metrics, preemption
@@ -168,3 +169,25 @@ def test_two_processes_agree_on_the_step_a_sigterm_stops(tmp_path, second_delay)
     assert p.returncode == 0 and "Traceback" not in err, err[-2000:]
   saved = [int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()]
   assert len(saved) == 1 and f"finished at step {saved[0]} (preempted, checkpoint saved)" in results[0][0]
+
+
+def test_grain_workers_end_with_the_data(tmp_path):
+  """data.worker_count > 0: closing the training data ends its worker processes (they leaked shared memory)."""
+  import multiprocessing
+
+  from absl import flags
+
+  from effjax.data import pipeline
+  if not flags.FLAGS.is_parsed():  # grain's workers read absl flags, which the CLI parses
+    flags.FLAGS.mark_as_parsed()
+  c = trainer_utils.tiny_vit_config(**{"data.worker_count": 2})
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  data = pipeline.train_data(c.data, 8, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")), 0)
+  assert not multiprocessing.active_children()  # nothing started before the first batch
+  first = next(data)["image"]
+  assert multiprocessing.active_children()
+  data.close()
+  assert not multiprocessing.active_children()
+  data.set_state({"next_batch": 0})
+  np.testing.assert_array_equal(next(data)["image"], first)
+  data.close()
