@@ -224,8 +224,9 @@ def restore_variables(path):
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise ValueError(f"checkpoint directory {path} does not exist")
+  # create=False and no save (rather than read_only=True, which logs three warnings on every restore)
   manager = ocp.CheckpointManager(path, item_handlers={"state": ocp.StandardCheckpointHandler()},
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
+                                  options=ocp.CheckpointManagerOptions(create=False))
   step = manager.latest_step()
   if step is None:
     raise ValueError(f"no checkpoint found in {path}")

@@ -21,7 +21,7 @@ import optax
 from effjax import checkpoint, components, metrics as metrics_lib, optim, preemption, runtime, sharding, weights
 from effjax.config import ConfigError
 from effjax.data import pipeline
-from effjax.train_config import COMPUTE_DTYPES, check_data, eval_spec, validate
+from effjax.train_config import COMPUTE_DTYPES, check_data, check_schema, eval_spec, validate
 from effjax.weights import posemb
 
 log = metrics_lib.logger()
@@ -41,6 +41,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   The returned dict holds the last train metrics (train/...), the final evaluation (eval/...), "step"
   and "preempted" (True when a SIGTERM stopped the run after saving).
   """
+  check_schema(ml_collections.ConfigDict(config))
   with preemption.Sigterm() as sigterm, checkpoint.workdir_lock(workdir):
     return _train_and_evaluate(config, workdir, sigterm)
 

@@ -143,6 +143,24 @@ def validate(config, num_devices):
   check_numbers(config)
 
 
+def check_schema(config):
+  """The config holds every key of the trainer's schema (a config file returning a plain dict, or one not built
+  on effjax.base_config(), would fail deep inside the trainer)."""
+  def missing(schema, node, prefix):
+    for key, value in schema.items():
+      if not hasattr(node, "keys") or key not in node:
+        return prefix + key
+      if isinstance(value, ConfigDict) and key != "model":
+        found = missing(value, node[key], f"{prefix}{key}.")
+        if found:
+          return found
+    return None
+  key = missing(base_config(), config, "")
+  if key:
+    raise ConfigError(f"the config has no key {key!r}: get_config() must return the ConfigDict of "
+                      f"effjax.base_config() with its fields filled in")
+
+
 # (dotted key, lowest allowed value, bound it must stay below or None): each value must lie in [low, high)
 _RANGES = (("batch_size", 1, None), ("eval_batch_size", 1, None), ("checkpoint_every_steps", 1, None),
            ("keep_checkpoints", 1, None), ("optimizer.lr", 0.0, None), ("optimizer.weight_decay", 0.0, None),

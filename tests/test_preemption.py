@@ -8,6 +8,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from effjax import checkpoint, metrics, preemption
@@ -168,3 +169,54 @@ def test_two_processes_agree_on_the_step_a_sigterm_stops(tmp_path, second_delay)
     assert p.returncode == 0 and "Traceback" not in err, err[-2000:]
   saved = [int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit()]
   assert len(saved) == 1 and f"finished at step {saved[0]} (preempted, checkpoint saved)" in results[0][0]
+
+
+def test_grain_workers_end_with_the_data(tmp_path):
+  """data.worker_count > 0: closing the training data ends its worker processes (they leaked shared memory)."""
+  import multiprocessing
+
+  from absl import flags
+
+  from effjax.data import pipeline
+  if not flags.FLAGS.is_parsed():  # grain's workers read absl flags, which the CLI parses
+    flags.FLAGS.mark_as_parsed()
+  c = trainer_utils.tiny_vit_config(**{"data.worker_count": 2})
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  data = pipeline.train_data(c.data, 8, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")), 0)
+  assert not multiprocessing.active_children()  # nothing started before the first batch
+  first = next(data)["image"]
+  assert multiprocessing.active_children()
+  data.close()
+  assert not multiprocessing.active_children()
+  data.set_state({"next_batch": 0})
+  np.testing.assert_array_equal(next(data)["image"], first)
+  data.close()
+
+
+def test_restoring_params_logs_no_orbax_warnings(tmp_path, caplog):
+  _saved(tmp_path / "c", [1])
+  with caplog.at_level("WARNING"):
+    params = checkpoint.restore_params(str(tmp_path / "c"))
+  assert float(params["w"][1]) == 2.0
+  assert not [r for r in caplog.records if r.levelname == "WARNING"], [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_soak_with_signals_small(tmp_path, processes):
+  """experiments/reliability/soak.py with 2 SIGTERM/SIGINT stops at seeded random moments: every life ends on
+  its own with status 0 and sets nothing aside, and the losses equal an uninterrupted run's bit for bit."""
+  import json
+  script = os.path.join(trainer_utils.REPO, "experiments/reliability/soak.py")
+  # two processes: training and saves only; a signal to one process at start-up can still abort its peer inside
+  # the coordination client (experiments/reliability/README.md, known gap)
+  modes = "startup,training,during save" if processes == 1 else "training,during save"
+  result = subprocess.run([sys.executable, script, "--kills=2", "--steps=20", "--seed=3", "--signal=mixed",
+                           f"--processes={processes}", f"--modes={modes}", f"--workdir={tmp_path}",
+                           f"--out={tmp_path / 'soak.json'}"],
+                          capture_output=True, text=True, timeout=900, cwd=trainer_utils.REPO,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  summary = json.loads((tmp_path / "soak.json").read_text())
+  assert summary["kills"] == 2 and summary["differences"] == 0 and summary["finished"]
+  assert all(row["signal"] in ("SIGTERM", "SIGINT") for row in summary["rows"])

@@ -153,7 +153,7 @@ def test_cli_writes_workdir_contract(tmp_path):
                                  devices=2)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "test accuracy:" in result.stdout
-  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "metrics.jsonl", "tensorboard"]
+  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "lock", "metrics.jsonl", "tensorboard"]
   rows = metrics.read_jsonl(str(workdir))
   train_rows = [r for r in rows if "train/loss" in r]
   assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]

@@ -125,13 +125,15 @@ class TrainData:
   def __init__(self, make_iterator, sharding, global_batch_size, num_examples, info, prefetch=0):
     self.make_iterator, self.sharding, self.prefetch = make_iterator, sharding, prefetch
     self.global_batch_size, self.num_examples, self.info = global_batch_size, num_examples, info
-    self.next_batch, self.loader_iterator = 0, make_iterator(0)
+    self.next_batch, self.loader_iterator = 0, None  # made at the first next()
     self._thread = self._queue = self._stop = None
 
   def __iter__(self):
     return self
 
   def __next__(self):
+    if self.loader_iterator is None:  # closed: continue at next_batch
+      self.loader_iterator = self.make_iterator(self.next_batch)
     if self.prefetch == 0:
       batch = self._convert(next(self.loader_iterator))
     else:
@@ -169,15 +171,17 @@ class TrainData:
     """Continues at global batch state["next_batch"] (a fresh grain iterator starting there)."""
     self.close()
     self.next_batch = int(state["next_batch"])
-    self.loader_iterator = self.make_iterator(self.next_batch)
 
   def close(self):
-    """Stops the prefetch thread; the batches it prepared are dropped and iteration continues at next_batch."""
+    """Stops the prefetch thread and the grain iterator (and its worker processes, which would otherwise leak
+    their shared memory); prepared batches are dropped and a later next() continues at next_batch."""
     if self._thread is not None:
       self._stop.set()
       self._thread.join()
       self._thread = None
-      self.loader_iterator = self.make_iterator(self.next_batch)
+    if self.loader_iterator is not None:
+      getattr(self.loader_iterator, "close", lambda: None)()
+      self.loader_iterator = None
 
 
 def train_data(data_config, global_batch_size, sharding, seed):

@@ -180,6 +180,8 @@ def main():
   parser.add_argument("--out", required=True)
   parser.add_argument("--signal", default="SIGKILL", choices=["SIGKILL", "SIGTERM", "SIGINT", "mixed"])
   parser.add_argument("--processes", type=int, default=1, choices=[1, 2])
+  parser.add_argument("--modes", default="startup,training,during save",
+                      help="comma-separated moments to choose from: startup, training, during save")
   parser.add_argument("--exit_within", type=float, default=60.0, help="seconds a signalled life may take to end")
   args = parser.parse_args()
   rand = random.Random(args.seed)
@@ -201,7 +203,7 @@ def main():
 
   kills = []
   while len(kills) < args.kills:
-    mode = rand.choice(["startup", "training", "during save"])
+    mode = rand.choice(args.modes.split(","))
     delay = rand.uniform(0, startup) if mode == "startup" else rand.uniform(0, 0.05)
     sig = signal.Signals[rand.choice(["SIGTERM", "SIGINT"]) if args.signal == "mixed" else args.signal]
     targets = rand.choice([(0,), (1,), (0, 1)]) if args.processes == 2 else (0,)
