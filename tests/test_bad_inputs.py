@@ -103,7 +103,7 @@ CASES = [
     ("init_code_object", {"init_from.path": "{code}"}, "not a readable PyTorch state dict"),
     ("init_oversized_view", {"init_from.path": "{oversized}"}, "reaches element"),
     ("init_suffix", {"init_from.path": "{bad_suffix}"}, "unknown weights format '.ckpt'"),
-    ("init_no_converter", {"init_from.path": "{crate}"}, "vit has no convert_official"),
+    ("init_other_family", {"init_from.path": "{crate}"}, "official state dict is missing 'Transformer/"),
     ("init_dir_without_ckpts", {"init_from.path": "{no_ckpts}"}, "no checkpoint found"),
     ("init_skip_regex", {"init_from.path": "{crate}", "init_from.skip": "["}, "init_from.skip|unterminated"),
     ("sharding_regex", {"sharding_rules": (("[", "replicate"),)}, "sharding_rules|unterminated"),
