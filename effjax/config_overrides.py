@@ -6,6 +6,8 @@ override naming no key of the locked config, a bare AttributeError). effjax/main
 are parsed and prints `flag_error(...)`: the config file's own error, the bad flag value, or the closest valid
 key of an unknown override (only then is the config file run again, to name that key).
 """
+import os
+
 from absl import flags
 from ml_collections import ConfigDict
 
@@ -50,6 +52,9 @@ def flag_error(error, argv) -> str:
   """The one-line message for `error`, raised while absl parsed `argv`."""
   if isinstance(error, flags.Error) and not str(error).startswith("flag --config="):  # a bad value of another flag
     return _first_line(error)
+  path = (_config_spec(argv) or "").split(":", 1)[0]
+  if path and not os.path.isfile(path):
+    return f"config file {path} not found"
   root = error  # the config file's own error, under ml_collections' and absl's wrappers
   while root.__cause__ is not None or root.__context__ is not None:
     root = root.__cause__ or root.__context__
