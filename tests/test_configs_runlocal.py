@@ -72,9 +72,14 @@ def _fit_diffusion(result, workdir):
   assert os.path.exists(workdir / "samples" / "step_2_ddim.png")
 
 
+def _fit_lm(result, workdir):
+  assert result["eval/bits_per_token"] == pytest.approx(result["eval/loss"] / np.log(2))
+  assert os.path.exists(workdir / "text_samples" / "step_2.txt")
+
+
 CHECKS = {"crate.py:runlocal": _crate, "crate_mae.py:runlocal": _crate_mae, "dformer.py:runlocal": _dformer,
           "terminator.py:runlocal": _terminator, "terminator.py:dataset=smnist,runlocal,stats=accumulated": _terminator,
-          "fit_diffusion.py:runlocal": _fit_diffusion}
+          "fit_diffusion.py:runlocal": _fit_diffusion, "fit_lm.py:runlocal": _fit_lm}
 FILES = sorted(f for f in os.listdir(CONFIGS) if f.endswith(".py"))
 SPECS = [f"{f}:runlocal" for f in FILES if f not in NO_RUNLOCAL] + EXTRA_SPECS
 
