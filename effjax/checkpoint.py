@@ -225,11 +225,17 @@ def restore_variables(path):
   if not os.path.isdir(path):
     raise ValueError(f"checkpoint directory {path} does not exist")
   # create=False and no save (rather than read_only=True, which logs three warnings on every restore)
-  manager = ocp.CheckpointManager(path, item_handlers={"state": ocp.StandardCheckpointHandler()},
+  manager = ocp.CheckpointManager(path, item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                      "data": ocp.JsonCheckpointHandler(),
+                                                      "meta": ocp.JsonCheckpointHandler()},
                                   options=ocp.CheckpointManagerOptions(create=False))
   step = manager.latest_step()
   if step is None:
     raise ValueError(f"no checkpoint found in {path}")
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  # onto this process's first device, whatever topology saved it (a checkpoint of a 2-process run included)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        manager.item_metadata(step)["state"])
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   manager.close()
   return {"params": restored["state"]["params"], **(restored["state"].get("model_state") or {})}
