@@ -11,6 +11,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ["XLA_FLAGS"] = " ".join(
     [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
     + ["--xla_force_host_platform_device_count=8"])
+# CPU only, also in the subprocesses: with the tpu extra installed (CI installs it for tests/test_aot.py, which
+# reaches libtpu through jax.experimental.topologies) JAX would otherwise probe for a TPU at start-up.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, "tmp", "jax_cache"))
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
