@@ -167,9 +167,8 @@ def _train_and_evaluate(config, workdir, sigterm):
   start_step = int(jax.device_get(state["step"]))
 
   train_step = make_train_step(config, model, task, tx, schedule, compute_dtype)
-  batch_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct((config.batch_size,) + s.shape[1:], s.dtype,
-                                                          sharding=batch_sharding),
-                            {k: v for k, v in example_batch.items() if k != task.padding_key})
+  batch_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct((config.batch_size,) + s.shape, s.dtype,
+                                                          sharding=batch_sharding), train_data.element_spec)
   train_step = jax.jit(train_step, in_shardings=(state_shardings, batch_sharding),
                        out_shardings=(state_shardings, repl), donate_argnums=0,
                        compiler_options=runtime.compiler_options())
