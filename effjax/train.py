@@ -141,7 +141,10 @@ def _train_and_evaluate(config, workdir, sigterm):
       f.write(config.to_json_best_effort(indent=2))
   start_step = int(jax.device_get(state["step"]))
 
-  train_step = built.step.lower(abstract_state, built.batch_spec).compile()
+  # the training batches' own shapes (training may use another resolution than evaluation, e.g. ResNet-RS)
+  batch_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct((config.batch_size,) + s.shape, s.dtype,
+                                                          sharding=batch_sharding), train_data.element_spec)
+  train_step = built.step.lower(abstract_state, batch_spec).compile()
   flops = _step_flops(train_step)
   for e in evals:
     e.evaluator = components.load("evaluators", e.type).Evaluator(config, task, model)

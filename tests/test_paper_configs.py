@@ -1,7 +1,7 @@
 """Dry run of every paper config: its real train and eval pipelines on an ImageNet-shaped tfds dataset (JPEGs of
-varied sizes and aspect ratios, ArrayRecord, written offline by tests/tfds_photos.py; CIFAR configs on a
-CIFAR-shaped one), then two train steps with the model shrunk, so that no paper config can fail at
-its first batch on the real dataset.
+varied sizes and aspect ratios, imagenet2012's text feature file_name, ArrayRecord, written offline by
+tests/tfds_photos.py; CIFAR configs on a CIFAR-shaped one), then two train steps with the model shrunk, so that no
+paper config can fail at its first batch on the real dataset.
 
 Only the model's size (depth / width) is reduced; data ops, task, optimizer and schedule are the config's own. Batch 8
 (one example per fake CPU device) of 16 training and 8 validation images. The evaluation pipeline is run here, but

@@ -69,7 +69,7 @@ class EffjaxTestImagenet(tfds.core.GeneratorBasedBuilder):
   def _info(self):
     return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
         "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-        "label": tfds.features.ClassLabel(num_classes=1000)}))
+        "label": tfds.features.ClassLabel(num_classes=1000), "file_name": tfds.features.Text()}))
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -77,7 +77,8 @@ class EffjaxTestImagenet(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, count, seed):
     for key, example in _jpeg_crops(count, seed, sides=(40, 300)):
-      yield key, {"image": io.BytesIO(example["image"]), "label": (key * 389 + seed) % 1000}
+      yield key, {"image": io.BytesIO(example["image"]), "label": (key * 389 + seed) % 1000,
+                  "file_name": f"n{key:08d}_{seed}.JPEG"}
 
 
 def prepare_imagenet_like(data_dir):

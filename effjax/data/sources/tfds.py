@@ -34,27 +34,29 @@ def make(split: str, arg: str | None = None):
         f"or set TFDS_DATA_DIR") from None
   features = builder.info.features
   images = {k: f.shape[-1] for k, f in features.items() if isinstance(f, tfds.features.Image)}
+  text = {k for k, f in features.items() if isinstance(f, tfds.features.Text)}  # e.g. imagenet2012's file_name
   source = builder.as_data_source(split=split, decoders={k: tfds.decode.SkipDecoding() for k in images})
   info = {"name": f"tfds:{name}"}
   if "label" in features and hasattr(features["label"], "num_classes"):
     info["num_classes"] = features["label"].num_classes
   if "image" in features:
     info["image_shape"] = tuple(features["image"].shape)
-  return _TfdsSource(source, images, info)
+  return _TfdsSource(source, images, info, text)
 
 
 class _TfdsSource:
-  """Random access to one split; image features (encoded bytes in the files) are decoded on access."""
+  """Random access to one split; image features (encoded bytes in the files) are decoded on access; text
+  features (strings, which cannot be batched onto devices) are dropped."""
 
-  def __init__(self, source, images, info):
-    self.source, self.images, self.info = source, images, info
+  def __init__(self, source, images, info, text=()):
+    self.source, self.images, self.info, self.text = source, images, info, set(text)
     self.min_size = None  # (height, width) the decoded images must keep (image.decode's draft); None: full size
 
   def __len__(self):
     return len(self.source)
 
   def __getitem__(self, i):
-    example = dict(self.source[i])
+    example = {k: v for k, v in self.source[i].items() if k not in self.text}
     for key, channels in self.images.items():
       example[key] = image_lib.decode(example[key], channels, self.min_size)
     return example
