@@ -87,7 +87,8 @@ def test_paper_config_dry_run(spec, tfds_dir, tmp_path, monkeypatch):
   # and evaluates at different sizes).
   sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(jax.devices()), ("data",)),
                                         jax.sharding.PartitionSpec("data"))
-  data = trainer_utils.set_keys(c, dict(keys)).data
+  c.update_from_flattened_dict(dict(keys))
+  data = c.data
   train_data = pipeline.train_data(data, 8, sharding, seed=0)
   batch = next(train_data)
   train_data.close()
