@@ -65,8 +65,8 @@ CONFIGS = {
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
   directory = tmp_path_factory.mktemp("tfds")
-  tfds_photos.prepare_imagenet_like(directory)
-  tfds_photos.prepare_cifar_like(directory)
+  tfds_photos.prepare(directory, tfds_photos.EffjaxTestImagenet)
+  tfds_photos.prepare(directory, tfds_photos.EffjaxTestCifar)
   return directory
 
 

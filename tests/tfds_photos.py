@@ -52,8 +52,9 @@ class EffjaxTestPhotos(tfds.core.GeneratorBasedBuilder):
       yield key, example
 
 
-def prepare(data_dir):
-  builder = EffjaxTestPhotos(data_dir=str(data_dir), file_format="array_record")
+def prepare(data_dir, builder_class=None):
+  """Writes one of this module's datasets (default EffjaxTestPhotos) as ArrayRecord under data_dir."""
+  builder = (builder_class or EffjaxTestPhotos)(data_dir=str(data_dir), file_format="array_record")
   builder.download_and_prepare()
   return builder
 
@@ -81,12 +82,6 @@ class EffjaxTestImagenet(tfds.core.GeneratorBasedBuilder):
                   "file_name": f"n{key:08d}_{seed}.JPEG"}
 
 
-def prepare_imagenet_like(data_dir):
-  builder = EffjaxTestImagenet(data_dir=str(data_dir), file_format="array_record")
-  builder.download_and_prepare()
-  return builder
-
-
 CIFAR_NAME = "effjax_test_cifar"
 
 
@@ -107,9 +102,3 @@ class EffjaxTestCifar(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, count, seed):
     for key, example in _jpeg_crops(count, seed, sides=(32, 32), image_format="PNG"):
       yield key, {"image": io.BytesIO(example["image"]), "label": key % 10}
-
-
-def prepare_cifar_like(data_dir):
-  builder = EffjaxTestCifar(data_dir=str(data_dir), file_format="array_record")
-  builder.download_and_prepare()
-  return builder
