@@ -52,7 +52,7 @@ def test_trainer_recompiles_the_step_per_resolution(tmp_path):
   c.model.update(dict(depths=(1, 1), width=8, feature_dim=32))
   c.batch_size, c.eval_batch_size, c.data.eval_examples = 16, 16, 16
   c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 4, 1, -1, 4
-  c.optimizer.warmup_steps, c.progress_bar = 1, False
+  c.optimizer.warmup_steps, c.progress_bar, c.evaluators = 1, False, ()
   c.data.pp_train_schedule = ((32 / 4000, tuple(op.replace("size=32", "size=16") for op in c.data.pp_train)),)
   result = train.train_and_evaluate(c, str(tmp_path))
   assert result["step"] == 4 and np.isfinite(result["train/loss"])
