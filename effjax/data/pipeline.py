@@ -33,7 +33,7 @@ def make_source(data_config, split):
 
 
 # ops whose output size does not depend on the input's
-_SIZING_OPS = ("resize", "center_crop", "inception_crop")
+_SIZING_OPS = ("resize", "center_crop", "inception_crop", "patch3d")
 
 
 def _fit_source_to_ops(source, parsed, pp_key):

@@ -132,7 +132,8 @@ def test_nifti_source_reads_pairs_crops_and_splits(tmp_path):
 def test_paper_configs_build_at_their_crop_size(dataset, crop, classes):
   from effjax.models import dformer
   c = cfg.load_config_file(os.path.join(REPO, f"configs/dformer.py:dataset={dataset},root=/data"))
-  assert f"crop={'x'.join(map(str, crop))}" in c.data.source and c.model.num_classes == classes
+  assert f"patch3d(size=({','.join(map(str, crop))})" in c.data.pp_train[0] and c.model.num_classes == classes
+  assert tuple(c.evaluator.dice.patch_size) == crop  # sliding windows of the training patch
   model = dformer.Model(**c.model)
   x = jax.ShapeDtypeStruct((1, *crop, 1), jnp.float32)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
