@@ -27,8 +27,8 @@ import ml_collections
 from effjax import config as cfg, train_config
 
 DATASETS = {  # patch [D, H, W], evaluated volume size, classes incl. background, NIfTI normalisation, split
-    "synapse": ((64, 128, 128), "208x512x512", 14, "ct", "synapse"),
-    "acdc": ((16, 160, 160), "24x256x256", 4, "zscore", "fraction"),
+    "synapse": ((64, 128, 128), "224x512x512", 14, "ct", "synapse"),
+    "acdc": ((16, 160, 160), "32x256x256", 4, "zscore", "fraction"),
 }
 
 

@@ -1,5 +1,6 @@
 """3-D training ops (nnU-Net's patch sampling, mirroring, scaling) and the NIfTI source's Synapse split."""
 import os
+import re
 
 import numpy as np
 import pytest
@@ -119,7 +120,9 @@ def test_dformer_synapse_recipe_trains_and_evaluates_by_sliding_window(tmp_path)
     nibabel.save(nibabel.Nifti1Image(label, np.eye(4)), str(root / "labelsTr" / f"label{case:04d}.nii.gz"))
   c = cfg.load_config_file(f"{trainer_utils.REPO}/configs/dformer.py:dataset=synapse,root={root}")
   c.model.update(dict(num_classes=4, width=8, depths=(2, 2), num_heads=(1, 1), intervals=(8, 4)))
-  c.data.source = c.data.source.replace("eval_crop=208x512x512", "eval_crop=8x24x24").replace("classes=14", "classes=4")
+  source = re.sub(r"eval_crop=\d+x\d+x\d+", "eval_crop=8x24x24", c.data.source).replace("classes=14", "classes=4")
+  assert "crop=full;" in source and "eval_crop=8x24x24" in source and "classes=4" in source
+  c.data.source = source
   c.data.pp_train = tuple(op.replace("size=(64,128,128)", "size=(4,16,16)") for op in c.data.pp_train)
   c.evaluator.dice.patch_size, c.evaluator.dice.mirror_axes = (4, 16, 16), (0,)  # one mirror: a smaller program
   c.batch_size, c.eval_batch_size = 8, 8

@@ -139,3 +139,6 @@ def test_paper_configs_build_at_their_crop_size(dataset, crop, classes):
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
   heads = jax.eval_shape(model.apply, params, x)
   assert heads[0].shape == (1, *crop, classes) and len(heads) == len(c.task.deep_supervision_weights)
+  eval_crop = tuple(int(n) for n in nifti.options(c.data.source.partition(":")[2]).eval_crop.split("x"))
+  jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, *eval_crop, 1), jnp.float32))  # the
+  # trainer initialises from an evaluation batch: the evaluated volume size must suit the model too
