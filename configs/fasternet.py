@@ -9,9 +9,10 @@ embedded MNIST subset resized to 32×32: 8×8 then 4×4 maps).
 The ImageNet-1K recipe of the official code (JierunChen/FasterNet cfg/fasternet_<variant>.yaml), per variant in
 RECIPES (decoded like model variants): AdamW, 300 epochs, 20 warm-up epochs, cosine to min_lr 1e-5, label
 smoothing 0.1, bicubic training interpolation, no colour jitter, no random erasing, Mixup/CutMix switched per batch,
-evaluation with test_crop_ratio 0.9 (shorter side 224 / 0.9, central 224). Differences: the official runs train at
-192 px before epoch 280 and at 224 px after (multi_scale "192_280"); effjax has no progressive resolution yet and
-trains at 224 px throughout. timm steps its cosine per epoch from warmup_lr 1e-6; effjax per update from 0.
+evaluation with test_crop_ratio 0.9 (shorter side 224 / 0.9, central 224), progressive resolution: random-resized
+crops of 192 px before epoch 280 and 224 px after (yaml multi_scale "192_280"; data/custom_imagenet_data.py switches
+the whole training transform at that epoch, as config.data.pp_train_schedule does). Difference: timm steps its
+cosine per epoch from warmup_lr 1e-6; effjax per update from 0.
 """
 import ml_collections
 
@@ -54,7 +55,9 @@ def get_config(arg=None):
   # timm create_transform: random-resized crop (bicubic: yaml train_interpolation), flip, RandAugment (yaml aa),
   # ImageNet mean/std; evaluation: shorter side int(224 / 0.9) = 248 (yaml test_crop_ratio), central 224.
   randaug = (f"timm_randaugment(policy={r['randaugment']},method=bicubic)",) if r["randaugment"] else ()
-  c.data.pp_train = ("inception_crop(size=224,method=bicubic)", "flip", *randaug, train_config.IMAGENET_NORM)
+  train_ops = lambda size: (f"inception_crop(size={size},method=bicubic)", "flip", *randaug, train_config.IMAGENET_NORM)
+  c.data.pp_train = train_ops(224)                     # yaml image_size
+  c.data.pp_train_schedule = ((280.0, train_ops(192)),)  # yaml multi_scale "192_280": 192 px before epoch 280
   c.data.pp_eval = ("center_crop(size=224,resize_small=248,method=bicubic)", train_config.IMAGENET_NORM)
   c.batch_size = r["batch"]          # yaml: "lr ... for bs=<batch>"
   c.total_epochs = 300.0             # yaml epochs
@@ -75,6 +78,7 @@ def get_config(arg=None):
     c.data.source = "mnist5k"
     c.data.train_split, c.data.eval_split = "train", "test"
     c.data.pp_train = ("random_crop(pad=2)", "resize(size=32)", "normalize(mean=0.1307,std=0.3081)")
+    c.data.pp_train_schedule = ()
     c.data.pp_eval = ("resize(size=32)", "normalize(mean=0.1307,std=0.3081)")
     c.batch_size = 128
     c.eval_batch_size = 200

@@ -13,9 +13,12 @@ ImageNet recipe: ResNet-RS (Bello et al. 2021, "Revisiting ResNets", §4 and App
 for batch 4096 (0.1 · 4096/256), cosine over 350 epochs after 5 warm-up epochs, weight decay 4e-5, label smoothing
 0.1, EMA 0.9999 (the released checkpoints, e.g. timm's resnetrs50_ema, are EMA weights). Each ResNet-RS variant
 trains and evaluates at its own resolution (RS_RESOLUTIONS, from timm's pretrained cfgs of the official TF
-checkpoints: input_size, test_input_size, crop_pct), bicubic. Not reproduced: the per-variant dropout, stochastic
-depth and TF-style RandAugment magnitudes of the paper's Table 8 (left to --config.model.drop_path_rate and
---config.data.pp_train). The ECA / SE variants use the same recipe at 224 px.
+checkpoints: input_size, test_input_size, crop_pct), bicubic, with its own head dropout and stochastic depth
+(RS_REGULARIZATION, from the official configs tensorflow/models official/vision/configs/experiments/
+image_classification/imagenet_resnetrs<N>_i<size>.yaml: dropout_rate, stochastic_depth_drop_rate). Not reproduced:
+the TF RandAugment (magnitude 10 for RS-50, 15 for the others; left to --config.data.pp_train), and the official
+stochastic-depth schedule, which raises the rate per stage (rate·(i+2)/5 for stage i = 0..3) where effjax raises
+it linearly per block from 0. The ECA / SE variants use the ResNet-RS recipe at 224 px with drop path 0.05.
 """
 import ml_collections
 
@@ -27,6 +30,12 @@ from effjax.models import resnet
 RS_RESOLUTIONS = {"resnetrs50": (160, 224, 0.91), "resnetrs101": (192, 288, 0.94), "resnetrs152": (256, 320, 1.0),
                   "resnetrs200": (256, 320, 1.0), "resnetrs270": (256, 352, 1.0), "resnetrs350": (288, 384, 1.0),
                   "resnetrs420": (320, 416, 1.0)}
+# variant -> (head dropout_rate, stochastic_depth_drop_rate): imagenet_resnetrs<N>_i<train size>.yaml (350 and 420:
+# the i320 files; timm's resnetrs350 trains at 288, between the official i256 and i320 runs, whose dropout is 0.25
+# and 0.4: effjax takes the i320 values).
+RS_REGULARIZATION = {"resnetrs50": (0.25, 0.0), "resnetrs101": (0.25, 0.0), "resnetrs152": (0.25, 0.0),
+                     "resnetrs200": (0.25, 0.1), "resnetrs270": (0.25, 0.1), "resnetrs350": (0.4, 0.1),
+                     "resnetrs420": (0.4, 0.1)}
 
 def get_config(arg=None):
   arg = cfg.parse_arg(arg, variant="ecaresnet50d", gate="", dataset="tfds:imagenet2012", num_classes=1000,
@@ -37,7 +46,8 @@ def get_config(arg=None):
     raise cfg.ConfigError(f"unknown gate {arg.gate!r}; expected one of {sorted(GATES)} or 'none'")
   c = train_config.base_config()
   c.model_name = "resnet"
-  model = dict(num_classes=arg.num_classes, variant=arg.variant, drop_path_rate=0.05)
+  head_dropout, drop_path = RS_REGULARIZATION.get(arg.variant, (0.0, 0.05))
+  model = dict(num_classes=arg.num_classes, variant=arg.variant, drop_path_rate=drop_path, head_dropout=head_dropout)
   if arg.runlocal:  # a two-stage ECA-ResNet with a deep stem
     model = dict(num_classes=10, layers=(1, 1), widths=(16, 32), stem_width=16, stem_type="deep",
                  replace_stem_pool=False, avg_down=True, gate="eca", drop_path_rate=0.0)

@@ -162,7 +162,7 @@ def example_batch(config, num_devices):
   if name == "tfds":
     raw, num_train = _tfds_example(arg, config.data.train_split)
   elif name == "nifti":
-    raw, num_train = _nifti_example(arg), None
+    raw, num_train = _nifti_example(arg, config.data.pp_train), None
   else:  # embedded and generated sources: in memory, cheap to open
     raw = pipeline.make_source(config.data, config.data.eval_split)[0]
     num_train = len(pipeline.make_source(config.data, config.data.train_split))
@@ -201,15 +201,24 @@ def _prepared_tfds_info(arg):
     return None
 
 
-def _nifti_example(arg):
-  """A NIfTI source's example: image float32 [D, H, W, 1] and label int32 [D, H, W] at the source's crop."""
+def _nifti_example(arg, pp_train):
+  """A NIfTI source's example: image float32 [D, H, W, 1] and label int32 [D, H, W] at the source's crop, or with
+  crop=full (whole volumes) at the training patch of pp_train's patch3d op."""
+  import inspect
+
   import numpy as np
 
-  from effjax.config import parse_nested_arg
-  crop = parse_nested_arg(arg, root="", crop="", norm="ct", classes=0, test_fraction=0.2).crop
-  if not re.fullmatch(r"\d+x\d+x\d+", str(crop)):
-    raise AotError(f"nifti source {arg!r} needs crop=DxHxW to give its shapes without reading volumes")
-  dims = tuple(int(s) for s in str(crop).split("x"))
+  from effjax.data import ops
+  from effjax.data.sources import nifti
+  crop = str(nifti.options(arg).crop)
+  patches = [fn for name, fn, _ in map(ops.parse, pp_train) if name == "patch3d"]
+  if crop == "full" and patches:
+    size = patches[0].keywords.get("size", inspect.signature(patches[0].func).parameters["size"].default)
+    crop = "x".join(str(int(s)) for s in size)
+  if not re.fullmatch(r"\d+x\d+x\d+", crop):
+    raise AotError(f"nifti source {arg!r} needs crop=DxHxW (or crop=full with a patch3d op in data.pp_train) to "
+                   "give its shapes without reading volumes")
+  dims = tuple(int(s) for s in crop.split("x"))
   return {"image": np.zeros(dims + (1,), np.float32), "label": np.zeros(dims, np.int32)}
 
 

@@ -141,11 +141,19 @@ def _train_and_evaluate(config, workdir, sigterm):
       f.write(config.to_json_best_effort(indent=2))
   start_step = int(jax.device_get(state["step"]))
 
-  # the training batches' own shapes (training may use another resolution than evaluation, e.g. ResNet-RS)
-  batch_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct((config.batch_size,) + s.shape, s.dtype,
-                                                          sharding=batch_sharding), train_data.element_spec)
-  train_step = built.step.lower(abstract_state, batch_spec).compile()
-  flops = _step_flops(train_step)
+  # the training batches' own shapes (training may use another resolution than evaluation, e.g. ResNet-RS), compiled
+  # once per shape: progressive resolution (config.data.pp_train_schedule) changes them between stages
+  compiled = {}
+
+  def compile_step(element_spec):
+    key = tuple((k, s.shape, s.dtype) for k, s in sorted(element_spec.items()))
+    if key not in compiled:
+      batch_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct((config.batch_size,) + s.shape, s.dtype,
+                                                              sharding=batch_sharding), element_spec)
+      step = built.step.lower(abstract_state, batch_spec).compile()
+      compiled[key] = step, _step_flops(step)
+    return compiled[key]
+  compile_step(train_data.element_spec)
   for e in evals:
     e.evaluator = components.load("evaluators", e.type).Evaluator(config, task, model)
 
@@ -166,11 +174,11 @@ def _train_and_evaluate(config, workdir, sigterm):
   log.info("training %s for %d steps from step %d on %d devices (%d processes)",
                config.model_name, num_steps, start_step, mesh.size, jax.process_count())
   pending, last_train, final_eval, preempted = [], {}, {}, False
-  window_start, data_wait, wait_warned = time.time(), 0.0, False
+  window_start, data_wait, wait_warned, window_flops = time.time(), 0.0, False, 0.0
 
   def flush(step):
     """Checks every step's metrics since the last flush (naming the first non-finite one), logs the mean."""
-    nonlocal pending, window_start, last_train, data_wait, wait_warned
+    nonlocal pending, window_start, last_train, data_wait, wait_warned, window_flops
     if not pending:
       return
     host = jax.device_get(pending)
@@ -186,11 +194,11 @@ def _train_and_evaluate(config, workdir, sigterm):
       log.warning("steps %d-%d waited for data %.0f%% of the time (> data.wait_warn_frac=%g): the input pipeline "
                   "is the bottleneck; raise data.worker_count or data.prefetch", step - len(host) + 1, step,
                   100 * mean["train/data_wait_frac"], config.data.wait_warn_frac)
-    if flops:
-      mean["train/flops_per_s"] = flops * len(host) / elapsed
+    if window_flops:
+      mean["train/flops_per_s"] = window_flops / elapsed
     writer.write(step, mean)
     last_train = mean
-    pending, window_start, data_wait = [], time.time(), 0.0
+    pending, window_start, data_wait, window_flops = [], time.time(), 0.0, 0.0
 
   with sigterm.loop():
     try:
@@ -198,7 +206,9 @@ def _train_and_evaluate(config, workdir, sigterm):
         wait_start = time.time()
         batch = next(train_data)
         data_wait += time.time() - wait_start
+        train_step, flops = compile_step({k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in batch.items()})
         state, step_metrics = train_step(state, batch)
+        window_flops += flops or 0.0
         pending.append((step, step_metrics))
         if step == start_step + 1 or step % config.log_every_steps == 0 or step == num_steps:
           flush(step)

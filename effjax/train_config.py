@@ -37,6 +37,8 @@ def base_config() -> ConfigDict:
   c.data.train_split = "train"
   c.data.eval_split = "test"
   c.data.pp_train = ()               # ops on training examples, in order, e.g. ("random_crop(pad=2)", "normalize")
+  c.data.pp_train_schedule = ()      # progressive resolution: ((until_epoch, pp_train), ...) used in order before
+  #                                    pp_train, whole batches switching, e.g. ((280, (<192 px ops>)),) (FasterNet)
   c.data.pp_eval = ()                # ops on evaluation examples (deterministic only), e.g. ("normalize",)
   c.data.prefetch = 2                # batches prepared and put on the devices while steps run (0 = none)
   c.data.wait_warn_frac = 0.1        # warn once when more than this fraction of step time waits for data

@@ -14,6 +14,7 @@ also takes method="random" (timm: bilinear or bicubic with probability 1/2 each,
   randaugment(num_layers=2, magnitude=9, max_magnitude=10)   see effjax/data/randaugment.py
   timm_randaugment(policy=rand-m9-mstd0.5-inc1, method=bicubic)   timm's RandAugment, effjax/data/randaugment.py
   random_erasing(prob=0.25, mode=pixel)   timm's RandomErasing, on the normalized image (after normalize)
+Volumes (3-D segmentation, nnU-Net's recipe): patch3d, mirror3d, scale3d, see effjax/data/volume.py.
 """
 import functools
 import inspect
@@ -21,7 +22,7 @@ import inspect
 import numpy as np
 
 from effjax.config import parse_arg
-from effjax.data import image as _image, randaugment as _randaugment
+from effjax.data import image as _image, randaugment as _randaugment, volume as _volume
 
 
 def _to_float(image):
@@ -181,7 +182,8 @@ def random_erasing(example, rng, prob=0.25, area_min=0.02, area_max=1 / 3, ratio
 
 
 RANDOM_OPS = {"random_crop": random_crop, "flip": flip, "inception_crop": inception_crop, "randaugment": randaugment,
-              "timm_randaugment": timm_randaugment, "random_erasing": random_erasing}
+              "timm_randaugment": timm_randaugment, "random_erasing": random_erasing, "patch3d": _volume.patch3d,
+              "mirror3d": _volume.mirror3d, "scale3d": _volume.scale3d}
 DETERMINISTIC_OPS = {"normalize": normalize, "to_float": to_float, "resize": resize, "resize_small": resize_small,
                      "center_crop": center_crop}
 

@@ -33,7 +33,7 @@ def make_source(data_config, split):
 
 
 # ops whose output size does not depend on the input's
-_SIZING_OPS = ("resize", "center_crop", "inception_crop")
+_SIZING_OPS = ("resize", "center_crop", "inception_crop", "patch3d")
 
 
 def _fit_source_to_ops(source, parsed, pp_key):
@@ -89,11 +89,19 @@ class GlobalOrder:
   number of processes or devices.
   """
 
-  def __init__(self, source, ops_list, seed, global_batch, process_index, process_count, repeats=1):
+  def __init__(self, source, ops_list, seed, global_batch, process_index, process_count, repeats=1, stages=()):
     self.source, self.ops, self.seed, self.repeats = source, ops_list, seed, repeats
     self.global_batch, self.local_batch = global_batch, global_batch // process_count
     self.offset = process_index * self.local_batch
+    self.stages = stages  # ((until_epoch, ops_list), ...): see ops_at
     self._perms = {}
+
+  def ops_at(self, batch):
+    """The ops of global batch `batch`: those of the first stage whose until_epoch is above the epoch (in
+    fractions, position / N) of the batch's first example, else `ops_list`. Whole batches switch together, so
+    every batch has one shape (progressive resolution: FasterNet trains at 192 px before epoch 280)."""
+    epoch = batch * self.global_batch / len(self.source)
+    return next((ops_list for until, ops_list in self.stages if epoch < until), self.ops)
 
   def __len__(self):
     return sys.maxsize
@@ -109,7 +117,7 @@ class GlobalOrder:
     epoch, k = divmod(position, len(self.source))
     example = self.source[int(self._permutation(epoch)[k // self.repeats])]
     rng = np.random.default_rng([self.seed, 1, position])
-    for _, fn, is_random in self.ops:
+    for _, fn, is_random in self.ops_at(batch):
       example = fn(example, rng) if is_random else fn(example)
     return _finalize(example)
 
@@ -120,16 +128,21 @@ class TrainData:
   The state is {"next_batch": n}: the number of global batches consumed. Batch n is the same global batch
   for any number of processes (see GlobalOrder), so a state saved by P processes resumes on any other P.
   With prefetch > 0 a background thread prepares the next `prefetch` batches (grain + device transfer).
-  `element_spec`: {key: jax.ShapeDtypeStruct} of one training example (the training batch's shapes, which may
-  differ from evaluation's, e.g. ResNet-RS trains at 160 px and evaluates at 224).
+  `element_spec`: {key: jax.ShapeDtypeStruct} of one example of the next batch (the training batch's shapes, which
+  may differ from evaluation's, e.g. ResNet-RS trains at 160 px and evaluates at 224, and change between the stages
+  of config.data.pp_train_schedule); `spec_at(batch)` gives it for global batch `batch`.
   """
 
-  def __init__(self, make_iterator, sharding, global_batch_size, num_examples, info, prefetch=0, element_spec=None):
+  def __init__(self, make_iterator, sharding, global_batch_size, num_examples, info, prefetch=0, spec_at=None):
     self.make_iterator, self.sharding, self.prefetch = make_iterator, sharding, prefetch
-    self.element_spec = element_spec
+    self.spec_at = spec_at
     self.global_batch_size, self.num_examples, self.info = global_batch_size, num_examples, info
     self.next_batch, self.loader_iterator = 0, None  # made at the first next()
     self._thread = self._queue = self._stop = None
+
+  @property
+  def element_spec(self):
+    return self.spec_at(self.next_batch)
 
   def __iter__(self):
     return self
@@ -196,16 +209,40 @@ def train_data(data_config, global_batch_size, sharding, seed):
   if len(source) < global_batch_size:
     raise ValueError(f"batch_size {global_batch_size} exceeds the {len(source)} training examples")
   ops_list = [ops.parse(s) for s in data_config.pp_train]
-  _fit_source_to_ops(source, ops_list, "pp_train")
+  stages = _train_stages(data_config.get("pp_train_schedule", ()))
+  sizes = []  # JPEG draft decoding keeps the largest size any stage resizes to (None: full size)
+  for key, parsed in [("pp_train", ops_list)] + [(f"pp_train_schedule[{i}]", p) for i, (_, p) in enumerate(stages)]:
+    _fit_source_to_ops(source, parsed, key)
+    sizes.append(getattr(source, "min_size", None))
+  if stages and hasattr(source, "min_size"):
+    source.min_size = None if None in sizes else tuple(map(max, *sizes))
   repeats = data_config.get("repeated_augmentation", 1)
   if repeats < 1:
     raise ConfigError(f"config.data.repeated_augmentation must be >= 1, got {repeats}")
-  order = GlobalOrder(source, ops_list, seed, global_batch_size, process_index, process_count, repeats)
+  order = GlobalOrder(source, ops_list, seed, global_batch_size, process_index, process_count, repeats, stages)
   batches = grain.MapDataset.source(order).batch(order.local_batch, drop_remainder=True)
   make_iterator = lambda start: loader(batches[start:], data_config.worker_count)
-  element_spec = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in order[0].items()}
+
+  def spec_at(batch):
+    example = order[batch * order.local_batch]
+    return {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in example.items()}
   return TrainData(make_iterator, sharding, global_batch_size, len(source), source.info, data_config.prefetch,
-                   element_spec)
+                   spec_at)
+
+
+def _train_stages(schedule):
+  """config.data.pp_train_schedule ((until_epoch, pp_train), ...) -> ((until_epoch, parsed ops), ...), checked."""
+  stages, previous = [], 0.0
+  for i, entry in enumerate(schedule):
+    if len(entry) != 2 or isinstance(entry[1], str):
+      raise ConfigError(f"config.data.pp_train_schedule[{i}] must be (until_epoch, (op, ...)), got {entry!r}")
+    until, pp = entry
+    if not until > previous:
+      raise ConfigError(f"config.data.pp_train_schedule: until_epoch values must be positive and increasing, "
+                        f"got {until} after {previous}")
+    stages.append((float(until), [ops.parse(s) for s in pp]))
+    previous = until
+  return tuple(stages)
 
 
 def loader(batches, worker_count):

@@ -6,6 +6,9 @@ class's mean (it has no defined Dice). Reports "dice_class{k}" (mean over volume
 per-class means over classes 1..K-1) and "volumes". On process 0 it writes
 <workdir>/dice/step_<step>.png: image | ground truth | prediction for the middle slice (along the first
 spatial axis for volumes) of the first `evaluator.dice.png_volumes` eval volumes.
+With `evaluator.dice.patch_size` set (the training patch, e.g. (64, 128, 128)) volumes are predicted by nnU-Net's
+sliding-window inference (effjax/evaluators/_sliding_window.py; options step_size, default 0.5, and mirror_axes,
+default ()), else by one forward pass over the whole input.
 """
 import os
 
@@ -13,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+
+from effjax.evaluators import _sliding_window
 
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                     [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
@@ -34,17 +39,26 @@ def slice_panel(image, label, prediction, scale=4):
 
 
 class Evaluator:
-  """Per-class and mean foreground Dice; options in config.evaluator.dice: png_volumes (default 2)."""
+  """Per-class and mean foreground Dice; options in config.evaluator.dice: png_volumes (default 2), patch_size,
+  step_size, mirror_axes (sliding-window inference)."""
 
   def __init__(self, config, task, model):
     self.num_classes = config.model.num_classes
     self.padding_key = task.padding_key
-    self.png_volumes = config.evaluator.get("dice", {}).get("png_volumes", 2)
+    options = config.evaluator.get("dice", {})
+    self.png_volumes = options.get("png_volumes", 2)
+    patch_size = tuple(options.get("patch_size", ()))
+
+    def scores(variables, batch):  # logits or probabilities [B, *S, K]
+      if not patch_size:
+        return task.predict(model, variables, batch)
+      return _sliding_window.predict(lambda x: task.predict(model, variables, {"image": x}), batch["image"],
+                                     patch_size, options.get("step_size", 0.5),
+                                     mirror_axes=tuple(options.get("mirror_axes", ())))
 
     @jax.jit
     def counts(variables, batch):
-      logits = task.predict(model, variables, batch)
-      pred = jnp.argmax(logits, -1)
+      pred = jnp.argmax(scores(variables, batch), -1)
       p = jax.nn.one_hot(pred, self.num_classes, dtype=jnp.int32)
       g = jax.nn.one_hot(batch["label"], self.num_classes, dtype=jnp.int32)
       axes = tuple(range(1, p.ndim - 1))

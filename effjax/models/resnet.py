@@ -10,7 +10,8 @@ momentum 0.1); activations are ReLU.
          y = ReLU(shortcut(x) + DropPath(gate(BN(conv1×1(ReLU(BN(conv3×3/s(ReLU(BN(conv1×1(x)))))))))))
          width planes, output 4·planes; shortcut = identity, or (avg_down) 2×2/s average pool (ceil mode, padding
          not counted) -> 1×1 conv -> BN, or (not avg_down) 1×1/s conv -> BN, when the shape changes.
-  head   Linear(mean_{H,W} x)
+  head   Linear(Dropout_{head_dropout}(mean_{H,W} x))   (dropout in training only; timm's drop_rate, the
+         dropout_rate of the official ResNet-RS configs)
 
 `gate` is one of effjax.layers.squeeze_excite.GATES ("eca", "se" = "cse" with `rd_ratio`, "sse", "scse") or "".
 `VARIANTS` holds timm's ecaresnet* and resnetrs* definitions. Intermediates sown: `stem`, `layer{1..4}`.
@@ -61,6 +62,7 @@ class ResNet(nn.Module):
   gate: str = ""
   rd_ratio: float = 1 / 16
   drop_path_rate: float = 0.0
+  head_dropout: float = 0.0
 
   @nn.compact
   def __call__(self, images, train=False):
@@ -78,7 +80,7 @@ class ResNet(nn.Module):
                        name=f"layer{i + 1}_block{j}")(x, train)
         index += 1
       self.sow("intermediates", f"layer{i + 1}", x)
-    x = jnp.mean(x, axis=(1, 2))
+    x = nn.Dropout(self.head_dropout, deterministic=not train)(jnp.mean(x, axis=(1, 2)))
     return nn.Dense(self.num_classes, kernel_init=torch_default_init, bias_init=torch_default_bias(x.shape[-1]),
                     name="fc")(x)
 

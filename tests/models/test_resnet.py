@@ -130,3 +130,18 @@ def test_configs_build_their_models(spec):
   c = cfg.load_config_file(os.path.join(REPO, "configs", f"resnet.py:{spec}"))
   shape = (1, 32, 32, 1) if spec.startswith("runlocal") else (1, 64, 64, 3)
   assert trainer_utils.logits_shape(c, shape) == (1, c.model.num_classes)
+
+
+def test_head_dropout_acts_on_pooled_features_in_training_only():
+  from effjax import config as cfg
+  kw = dict(num_classes=3, layers=(1, 1), widths=(4, 4), stem_width=8)
+  images = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  plain, dropped = resnet.Model(**kw), resnet.Model(**kw, head_dropout=1.0)
+  variables = plain.init(jax.random.PRNGKey(1), images)
+  np.testing.assert_array_equal(dropped.apply(variables, images), plain.apply(variables, images))  # eval: identity
+  logits, _ = dropped.apply(variables, images, train=True, rngs={"dropout": jax.random.PRNGKey(2)},
+                            mutable=["batch_stats"])
+  bias = variables["params"]["fc"]["bias"]
+  np.testing.assert_array_equal(logits, jnp.broadcast_to(bias, logits.shape))  # every pooled feature dropped
+  c = cfg.load_config_file(os.path.join(REPO, "configs/resnet.py:variant=resnetrs350"))  # imagenet_resnetrs350_i320
+  assert (c.model.head_dropout, c.model.drop_path_rate) == (0.4, 0.1)

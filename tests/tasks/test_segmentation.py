@@ -132,9 +132,13 @@ def test_nifti_source_reads_pairs_crops_and_splits(tmp_path):
 def test_paper_configs_build_at_their_crop_size(dataset, crop, classes):
   from effjax.models import dformer
   c = cfg.load_config_file(os.path.join(REPO, f"configs/dformer.py:dataset={dataset},root=/data"))
-  assert f"crop={'x'.join(map(str, crop))}" in c.data.source and c.model.num_classes == classes
+  assert f"patch3d(size=({','.join(map(str, crop))})" in c.data.pp_train[0] and c.model.num_classes == classes
+  assert tuple(c.evaluator.dice.patch_size) == crop  # sliding windows of the training patch
   model = dformer.Model(**c.model)
   x = jax.ShapeDtypeStruct((1, *crop, 1), jnp.float32)
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
   heads = jax.eval_shape(model.apply, params, x)
   assert heads[0].shape == (1, *crop, classes) and len(heads) == len(c.task.deep_supervision_weights)
+  eval_crop = tuple(int(n) for n in nifti.options(c.data.source.partition(":")[2]).eval_crop.split("x"))
+  jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, *eval_crop, 1), jnp.float32))  # the
+  # trainer initialises from an evaluation batch: the evaluated volume size must suit the model too
