@@ -116,7 +116,8 @@ def attention(q, k, v, *, mask=None, bias=None, scale=None, impl="auto", pattern
   if mask is not None or bias is not None:
     unsupported = ("a bias or a dense mask other than [B, 1, 1, Lk] has no kernel form; express visibility as "
                    "an attention pattern plus a key mask")
-  kernel = dispatch.resolve("attention", impl, unsupported=unsupported)
+  kernel = dispatch.resolve("attention", impl, unsupported=unsupported, pattern=ap.pattern_class(pattern),
+                            dtype=q.dtype, head_dim=q.shape[-1])
   if kernel is None:
     return attention_xla(q, k, v, mask=mask, bias=bias, scale=scale, pattern=pattern, key_mask=key_mask)
   return flash_attention(q, k, v, pattern=pattern, key_mask=key_mask, scale=scale, backend=kernel.backend,
