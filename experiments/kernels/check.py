@@ -259,8 +259,9 @@ def records(correctness, timing, checked):
   return out
 
 
-def update_record(new, path=dispatch.RECORD):
+def update_record(new, path=None):
   """Merges `new` entries into the committed record, replacing entries with the same case and setup."""
+  path = pathlib.Path(dispatch.RECORD if path is None else path)
   keys = {dispatch.record_key(r) for r in new}
   old = json.loads(path.read_text()) if path.exists() else []
   merged = [r for r in old if dispatch.record_key(r) not in keys] + list(new)
