@@ -70,12 +70,40 @@ _TARGET = []  # (platform, device_kind) set by `target`, innermost last
 
 @contextlib.contextmanager
 def target(platform_name: str, kind: str):
-  """Resolves kernels as on `platform_name` ("cpu", "gpu", "tpu") devices of `kind` within the block."""
+  """Resolves kernels as on `platform_name` ("cpu", "gpu", "tpu") devices of `kind` within the block.
+
+  For "gpu" the block also runs under an abstract one-device mesh of that GPU kind: from JAX 0.11 on, Pallas
+  Triton lowering reads the compute capability from the abstract device (`jax.sharding.AbstractDevice`) and no
+  longer assumes one when the host has no GPU.
+  """
   _TARGET.append((platform_name, kind))
   try:
-    yield
+    if platform_name != "gpu":
+      yield
+      return
+    device = jax.sharding.AbstractDevice(device_kind=kind, num_cores=None, platform="gpu")
+    mesh = jax.sharding.AbstractMesh((1,), ("x",), (jax.sharding.AxisType.Explicit,), abstract_device=device)
+    with jax.sharding.use_abstract_mesh(mesh):
+      yield
   finally:
     _TARGET.pop()
+
+
+ABSTRACT_GPU = "NVIDIA H100 80GB HBM3"
+# The custom call Pallas Triton kernels lower to (JAX >= 0.11 names it jax.experimental.pallas.triton
+# .CUSTOM_CALL_TARGET_NAME); not export-stable, so exports must allow it explicitly.
+KERNEL_CALLS = {"tpu": "tpu_custom_call", "cuda": "__gpu$xla.gpu.triton"}
+
+
+def export(f, platform_name: str, *args):
+  """jax.export.export(jax.jit(f), platforms=[platform_name])(*args) from any host, kernels included: "cuda"
+  resolves and lowers as on an abstract H100 (`target`), with the Triton custom call allowed."""
+  allow = [jax.export.DisabledSafetyCheck.custom_call(KERNEL_CALLS["cuda"])]
+  run = jax.export.export(jax.jit(f), platforms=[platform_name], disabled_checks=allow)
+  if platform_name != "cuda":
+    return run(*args)
+  with target("gpu", ABSTRACT_GPU):
+    return run(*args)
 
 
 def platform() -> str:

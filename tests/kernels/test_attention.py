@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from effjax.kernels import attention_patterns as ap
+from effjax.kernels import attention_patterns as ap, dispatch
 from effjax.kernels.attention import attention, attention_reference
 from effjax.kernels.flash_attention import flash_attention
-
-TRITON = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
 
 
 def rel(a, b):
@@ -179,9 +177,9 @@ def test_kernels_lower(platform, dtype):
       kernel = lambda q, k, v: flash_attention(q, k, v, pattern=pattern, key_mask=km, backend=backend)
       loss = lambda q, k, v: jnp.sum(kernel(q, k, v).astype(jnp.float32) ** 2)
       return kernel(q, k, v), jax.grad(loss, (0, 1, 2))(q, k, v)
-    exported = jax.export.export(jax.jit(f), platforms=[platform], disabled_checks=TRITON)(spec, spec, spec, km)
+    exported = dispatch.export(f, platform, spec, spec, spec, km)
     text = exported.mlir_module()
-    assert text.count("tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton") >= 3
+    assert text.count(dispatch.KERNEL_CALLS[platform]) >= 3
 
 
 # ---------------------------------------------------------------- dispatch

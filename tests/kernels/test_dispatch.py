@@ -164,3 +164,11 @@ def test_committed_record_is_well_formed():
   for rec in records:
     assert set(rec) >= set(dispatch.CASE_FIELDS + dispatch.SETUP_FIELDS + dispatch.RESULT_FIELDS)
     assert rec["kernel"] in dispatch.OPS and rec["platform"] in dispatch.BACKENDS
+
+
+def test_a_gpu_target_lowers_under_an_abstract_gpu_device():
+  """JAX >= 0.11 lowers Pallas Triton kernels only for a GPU it can see: the abstract mesh's device."""
+  with dispatch.target("gpu", dispatch.ABSTRACT_GPU):
+    device = jax.sharding.get_abstract_mesh().abstract_device
+    assert (device.device_kind, device.platform, dispatch.platform()) == (dispatch.ABSTRACT_GPU, "gpu", "gpu")
+  assert jax.sharding.get_abstract_mesh().abstract_device is None
