@@ -3,7 +3,7 @@
 #   PYTHONPATH=. bash experiments/kernels/device_check.sh [--cpu]      results in $OUT (default /tmp/effjax_dc)
 # 1. experiments/kernels/device_attention.py: effjax vs cuDNN vs jax's Pallas attention at L=4096 bf16
 #    (full, causal, window 1/8 density); 2. experiments/kernels/check.py with a time budget.
-# Every row is appended to $OUT as it is measured; hard timeouts end the whole run within ~7.5 minutes.
+# Every row is appended to $OUT as it is measured; hard timeouts end the whole run within 6 minutes.
 # --cpu: the same Python on CPU at tiny shapes (the dry run of this script; its timings mean nothing).
 set -u
 OUT=${OUT:-/tmp/effjax_dc}
@@ -20,7 +20,7 @@ fi
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   $PY -c 'import sys, jax, jaxlib; print(sys.version, jax.__version__, jaxlib.__version__, jax.devices())'
 } > "$OUT/env.txt" 2>&1
-timeout 180 $PY experiments/kernels/device_attention.py --out "$OUT/attention" $TINY 2>&1 | tee "$OUT/attention.log"
+timeout 150 $PY experiments/kernels/device_attention.py --out "$OUT/attention" $TINY 2>&1 | tee "$OUT/attention.log"
 echo "attention exit ${PIPESTATUS[0]}" | tee -a "$OUT/attention.log"
-timeout 250 $PY experiments/kernels/check.py --out "$OUT/check" --budget_s "${BUDGET:-170}" 2>&1 | tee "$OUT/check.log"
+timeout 210 $PY experiments/kernels/check.py --out "$OUT/check" --budget_s "${BUDGET:-150}" 2>&1 | tee "$OUT/check.log"
 echo "check exit ${PIPESTATUS[0]}" | tee -a "$OUT/check.log"

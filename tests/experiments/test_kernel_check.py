@@ -1,6 +1,7 @@
 """experiments/kernels/check.py runs on CPU as a smoke test: interpret mode, tiny shapes, every kernel and report."""
 import json
 import os
+import pathlib
 import sys
 
 import pytest
@@ -70,3 +71,16 @@ def test_update_record_replaces_entries_of_the_same_case_and_setup(tmp_path):
   check.update_record([dict(old, passed=True, speedup=1.2)], path)
   records = json.loads(path.read_text())
   assert len(records) == 2 and dict(old, passed=True, speedup=1.2) in records and other in records
+
+
+def test_device_script_fits_the_device_tool_and_reports_the_goal_ratios():
+  script = pathlib.Path(check.__file__).with_name("device_check.sh").read_text()
+  assert len(script) < 2000 and "device_attention.py" in script and "check.py" in script
+  import device_attention
+  rows = [dict(pattern="window 1/8", impl="cudnn_dense", pass_="fwd", ms=8.0),
+          dict(pattern="window 1/8", impl="effjax_pallas", pass_="fwd", ms=1.0),
+          dict(pattern="full", impl="cudnn", pass_="fwd+bwd", ms=3.0),
+          dict(pattern="full", impl="effjax_pallas", pass_="fwd+bwd", ms=6.0),
+          dict(pattern="full", impl="jax_mosaic", pass_="fwd+bwd", error="no Hopper")]
+  assert device_attention.summary(rows) == ["window 1/8 fwd: effjax_pallas is 8.00x cuDNN dense (goal >= 4)",
+                                            "full fwd+bwd: effjax_pallas runs at 0.50x cuDNN's speed"]
