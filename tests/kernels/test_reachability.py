@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from effjax.kernels import dispatch
 from effjax.models import (
   convnext,
   crate,
@@ -82,8 +83,8 @@ NO_KERNEL_OP = {
 }
 
 
-def _jaxprs(make, inputs, impl):
-  """The jaxprs (as text) of the forward pass and of the parameter gradient; parameters stay abstract."""
+def _loss(make, inputs, impl):
+  """(loss(params, state), abstract params, abstract state) of a model's training-mode output sum."""
   model = make(impl)
   rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1), "noise": jax.random.key(2)}
   variables = jax.eval_shape(lambda: make("xla").init(rngs, *inputs))
@@ -92,7 +93,12 @@ def _jaxprs(make, inputs, impl):
   def loss(params, state):
     out = model.apply({**state, "params": params}, *inputs, train=True, rngs=rngs, mutable=list(state))[0]
     return sum(jnp.sum(o.astype(jnp.float32)) for o in jax.tree.leaves(out) if jnp.issubdtype(o.dtype, jnp.floating))
+  return loss, params, state
 
+
+def _jaxprs(make, inputs, impl):
+  """The jaxprs (as text) of the forward pass and of the parameter gradient; parameters stay abstract."""
+  loss, params, state = _loss(make, inputs, impl)
   return str(jax.make_jaxpr(loss)(params, state)), str(jax.make_jaxpr(jax.grad(loss))(params, state))
 
 
@@ -108,6 +114,14 @@ def test_pallas_reaches_a_kernel_forward_and_backward(family):
   fwd, grad = _jaxprs(make, inputs, "pallas")
   # The gradient's jaxpr holds the forward pass too: more kernel calls there means the backward has its own.
   assert 0 < fwd.count("pallas_call") < grad.count("pallas_call")
+
+
+@pytest.mark.parametrize("family", sorted(REACHES))
+def test_every_family_lowers_its_kernels_for_cuda(family):
+  """The parameter gradient with impl="pallas" exported for CUDA (Triton kernels, an abstract H100)."""
+  loss, params, state = _loss(*REACHES[family], "pallas")
+  text = dispatch.export(jax.grad(loss), "cuda", params, state).mlir_module()
+  assert text.count(dispatch.KERNEL_CALLS["cuda"]) >= 2
 
 
 @pytest.mark.parametrize("family", sorted(REFUSES))
