@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from effjax.kernels import dispatch
 from effjax.kernels.attention import attention
 from effjax.layers.common import DropPath, batch_norm, with_variants
 from effjax.layers.resnet_blocks import Bottleneck, ConvBN, stem
@@ -72,8 +73,9 @@ class HaloAttention(nn.Module):
   R_h, R_w ∈ R^{(2w−1)×d} relative embeddings shared by the heads. Queries come from a 1×1 convolution with the
   stride (an even b) or the output is 2×2 average pooled (an odd b). The whole layer is one call of
   `effjax.kernels.attention.attention` on [B·blocks, b'², heads, d] queries and [B·blocks, w², heads, ·] keys and
-  values, the relative logits given as its `bias` (impl "xla" / "auto"). With impl="pallas" the bias, a sum of a
-  row and a column term, is folded into the dot product instead, which the kernel takes without a bias input:
+  values, the relative logits given as its `bias` on the XLA path. Where the attention kernel runs (impl="pallas",
+  or "auto" where it is validated) the bias, a sum of a row and a column term, is folded into the dot product
+  instead, which the kernel takes without a bias input:
 
       q'_i = [q_i / √d, q_i·R_h[· − y_i + w − 1], q_i·R_w[· − x_i + w − 1]],   k'_j = [k_j, e(y_j), e(x_j)]
 
@@ -124,7 +126,8 @@ class HaloAttention(nn.Module):
     r_w = self.param("width_rel", rel_init, (2 * win - 1, dqk)).astype(q.dtype)[rel]
     bias_h = jnp.einsum("nyxhd,ykd->nhyxk", q, r_h)                      # key row term   [n, heads, b', b', w]
     bias_w = jnp.einsum("nyxhd,xkd->nhyxk", q, r_w)                      # key column term
-    if self.impl == "pallas":
+    # The folded form where a kernel runs ("pallas", or "auto" where the record validates it for this case).
+    if dispatch.resolve("attention", self.impl, pattern="full", dtype=q.dtype, head_dim=dqk + 2 * win):
       rows = jnp.broadcast_to(np.eye(win, dtype=np.float32)[:, None, None, :], (win, win, heads, win))
       one_hot = jnp.concatenate([rows, rows.transpose(1, 0, 2, 3)], -1).reshape(1, win * win, heads, 2 * win)
       q = jnp.concatenate([q * dqk ** -0.5, bias_h.transpose(0, 2, 3, 1, 4), bias_w.transpose(0, 2, 3, 1, 4)], -1)
