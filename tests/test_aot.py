@@ -92,21 +92,18 @@ def test_auto_on_a_target_chip_takes_only_hardware_validated_kernels(monkeypatch
   monkeypatch.setattr(dispatch, "RECORD", path)
   for records in ([], aot_record):
     path.write_text(json.dumps(records))
-    dispatch._records.cache_clear()
     with dispatch.target("tpu", "TPU v5 lite"):
       assert dispatch.platform() == "tpu"
       assert all(dispatch.resolve(op, "auto") is None for op in dispatch.OPS)
-  hardware = dict(kernel="attention", platform="tpu", device_kind="TPU v5 lite", jax=dispatch.jax.__version__,
-                  passed=True, speedup=1.2)
-  path.write_text(json.dumps(aot_record + [hardware]))
-  dispatch._records.cache_clear()
   with dispatch.target("tpu", "TPU v5 lite"):
-    assert dispatch.resolve("attention", "auto") == dispatch.Kernel("tpu", False)
+    hardware = dict(dispatch.case("attention", "full"), **dispatch.setup("attention"), passed=True, speedup=1.2)
+  path.write_text(json.dumps([hardware]))
+  with dispatch.target("tpu", "TPU v5 lite"):
+    assert dispatch.resolve("attention", "auto", pattern="full") == dispatch.Kernel("tpu", False)
     assert dispatch.resolve("depthwise_conv", "auto") is None
   with dispatch.target("tpu", "TPU v6 lite"):
-    assert dispatch.resolve("attention", "auto") is None
-  assert dispatch.resolve("attention", "auto") is None  # outside the block: this CPU machine
-  dispatch._records.cache_clear()
+    assert dispatch.resolve("attention", "auto", pattern="full") is None
+  assert dispatch.resolve("attention", "auto", pattern="full") is None  # outside the block: this CPU machine
 
 
 def test_committed_aot_record_covers_four_generations_and_every_kernel():

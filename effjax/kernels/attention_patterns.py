@@ -144,6 +144,16 @@ def grid_dilated(grid, stride):
   return Pattern("grid_dilated", grid=grid, shape=stride)
 
 
+CLASSES = {"full": "full", "causal": "causal", "local": "local", "chunk_causal": "local", "dilated": "grouped",
+           "grouped": "grouped", "grid_local": "grouped", "grid_dilated": "grouped"}
+
+
+def pattern_class(pattern: Pattern) -> str:
+  """The validation record's pattern class: "full", "causal", "local" (bands: sliding windows, chunk-causal) or
+  "grouped" (equal-coordinate groups: dilated, FIT groups, grid windows and dilated groups)."""
+  return CLASSES[pattern.kind]
+
+
 def as_pattern(pattern) -> Pattern:
   """None -> full(); "full"/"causal" -> that pattern; a Pattern passes through."""
   if pattern is None:

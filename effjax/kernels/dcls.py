@@ -151,7 +151,7 @@ def construct_kernel(weight, P, sig, dilated_kernel_size, version, *, impl="auto
   """Dispatch (`dispatch.resolve`): "xla" (any rank), "pallas" (2-D kernels only), "auto"."""
   dks = tuple(dilated_kernel_size)
   unsupported = None if len(dks) == 2 else f"the Pallas DCLS kernel builds 2-D kernels, got {dks}"
-  if dispatch.resolve("dcls", impl, unsupported=unsupported) is not None:
+  if dispatch.resolve("dcls", impl, unsupported=unsupported, pattern=version, dtype=weight.dtype) is not None:
     return construct_kernel_pallas(weight, P, sig, dks, version)
   return construct_kernel_reference(weight, P, sig, dks, version)
 

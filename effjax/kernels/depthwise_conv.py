@@ -75,7 +75,8 @@ def depthwise_conv(x, w, *, dilation=1, impl="auto", backend=None, interpret=Non
   backend / interpret: override the platform's kernel and interpret mode for "pallas".
   """
   dil = _check(x, w, dilation)
-  kernel = dispatch.resolve("depthwise_conv", impl, backend=backend, interpret=interpret)
+  kernel = dispatch.resolve("depthwise_conv", impl, backend=backend, interpret=interpret,
+                            pattern=f"{x.ndim - 2}d", dtype=x.dtype)
   if kernel is None:
     return depthwise_conv_reference(x, w, dilation=dil)
   return _depthwise(x, w, dil, kernel.backend, kernel.interpret)

@@ -91,7 +91,7 @@ def flash_attention(q, k, v, *, pattern=None, key_mask=None, scale=None, backend
   lk = k.shape[1]
   if key_mask is not None and key_mask.shape != (b, lk):
     raise ValueError(f"key_mask must be [B, Lk] = {(b, lk)}, got {key_mask.shape}")
-  bq, bk = mod.default_blocks(lq, lk)
+  bq, bk = mod.default_blocks(lq, lk, d)
   bq, bk = block_q or bq, block_k or bk
   plan = ap.tile_plan(pattern, lq, lk, bq, bk)
   scale = d ** -0.5 if scale is None else float(scale)

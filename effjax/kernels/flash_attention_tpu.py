@@ -22,8 +22,9 @@ from effjax.kernels.attention_patterns import FIRST, LAST, MASKED
 from effjax.kernels.dispatch import EMPTY_LSE, MASK_VALUE, NT
 
 
-def default_blocks(lq, lk):
-  """(block_q, block_k): the key block is a multiple of 128 lanes unless it covers all keys."""
+def default_blocks(lq, lk, head_dim=None):
+  """(block_q, block_k): the key block is a multiple of 128 lanes unless it covers all keys (any head dim)."""
+  del head_dim
   bq = min(128, -(-lq // 8) * 8)
   bk = 128 if lk > 128 else -(-lk // 8) * 8
   return bq, bk

@@ -85,7 +85,7 @@ def _kernel(impl, z, v):
     unsupported = f"the Triton global kernel needs H = W a power of two >= 16, got {z.shape[1]}"
   elif v.shape[:-1] != z.shape[:-1] or v.shape[-1] % z.shape[-1]:
     unsupported = f"v {v.shape} must have z's maps {z.shape[:-1]} and a multiple of its {z.shape[-1]} channels"
-  return dispatch.resolve("hyperzzw_global", impl, unsupported=unsupported)
+  return dispatch.resolve("hyperzzw_global", impl, unsupported=unsupported, pattern=f"{z.ndim - 2}d", dtype=z.dtype)
 
 
 def global_mix(ctx, v, *, impl="auto"):

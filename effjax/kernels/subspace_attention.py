@@ -204,7 +204,8 @@ def subspace_attention(w, *, scale=None, impl="auto", block=128, backend=None, i
   "auto" = "pallas" where validated, else "xla". w: [B, L, H, D] -> [B, L, H, D]."""
   if w.ndim != 4:
     raise ValueError(f"subspace attention expects w [B, L, H, D], got shape {w.shape}")
-  kernel = dispatch.resolve("subspace_attention", impl, backend=backend, interpret=interpret)
+  kernel = dispatch.resolve("subspace_attention", impl, backend=backend, interpret=interpret, pattern="full",
+                            dtype=w.dtype, head_dim=w.shape[-1])
   if kernel is None:
     return subspace_attention_xla(w, scale=scale)
   lp = -(-w.shape[1] // block) * block

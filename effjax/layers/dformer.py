@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from effjax.kernels import attention_patterns as ap
 from effjax.kernels.attention import attention
+from effjax.kernels.depthwise_conv import depthwise_conv
 from effjax.layers import remat as remat_lib
 from effjax.layers.common import TORCH_LN_EPS, DropPath
 from effjax.layers.transformer import Mlp
@@ -128,13 +129,27 @@ class DilatedBlock(nn.Module):
     return x + DropPath(self.drop_path_rate)(y, train)
 
 
-class PositionConv(nn.Module):
-  """Dynamic position encoding (PEG): x + depthwise 3^n conv(x) with bias, on [B, S_1..S_n, C]."""
+class DepthwiseConv(nn.Module):
+  """Depthwise 'same' convolution with bias through `effjax.kernels.depthwise_conv`, with the parameters of
+  nn.Conv(C, kernel_size, padding="SAME", feature_group_count=C): kernel [*k, 1, C], bias [C]."""
+  kernel_size: tuple
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
-    n, c = x.ndim - 2, x.shape[-1]
-    return x + nn.Conv(c, (3,) * n, padding="SAME", feature_group_count=c, name="proj")(x)
+    c = x.shape[-1]
+    w = self.param("kernel", nn.initializers.lecun_normal(), (*self.kernel_size, 1, c))
+    b = self.param("bias", nn.initializers.zeros, (c,))
+    return depthwise_conv(x, w[..., 0, :].astype(x.dtype), impl=self.impl) + b.astype(x.dtype)
+
+
+class PositionConv(nn.Module):
+  """Dynamic position encoding (PEG): x + depthwise 3^n conv(x) with bias, on [B, S_1..S_n, C]."""
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x):
+    return x + DepthwiseConv((3,) * (x.ndim - 2), self.impl, name="proj")(x)
 
 
 class PatchMerging(nn.Module):
@@ -194,7 +209,7 @@ class Stage(nn.Module):
   @nn.compact
   def __call__(self, x, train=False):
     block = remat_lib.remat(DilatedBlock, self.remat)
-    x = PositionConv(name="pos_block")(x)
+    x = PositionConv(self.impl, name="pos_block")(x)
     for i in range(self.depth):
       x = block(self.num_heads, "local" if i % 2 == 0 else "dilated", tuple(self.group_size), self.interval,
                 self.mlp_ratio, self.drop_path_rates[i] if self.drop_path_rates else 0.0, self.fallback_axes,

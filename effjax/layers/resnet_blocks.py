@@ -93,13 +93,14 @@ class Bottleneck(nn.Module):
   act: Callable = nn.relu
   groups: int = 1
   gate_mid: bool = False
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train=False):
     out = 4 * self.planes if self.out_features is None else self.out_features
     y = ConvBN(self.planes, 1, act=self.act, name="conv1")(x, train)
     y = ConvBN(self.planes, 3, self.stride, act=self.act, groups=self.groups, name="conv2")(y, train)
-    gate = make_gate(self.gate, self.rd_ratio, module_name="se")
+    gate = make_gate(self.gate, self.rd_ratio, module_name="se", impl=self.impl)
     if gate is not None and self.gate_mid:
       y = gate(y)
     y = ConvBN(out, 1, relu=False, zero_scale=True, name="conv3")(y, train)

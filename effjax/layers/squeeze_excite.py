@@ -68,26 +68,32 @@ class ConcurrentSE(nn.Module):
 
 
 class ECA(nn.Module):
-  """Efficient channel attention: a k-tap 1-D convolution across the pooled channel vector, sigmoid gate."""
+  """Efficient channel attention: a k-tap 1-D convolution across the pooled channel vector, sigmoid gate.
+
+  impl: the depthwise-conv implementation (`effjax.kernels.depthwise_conv`) of the 1-D convolution.
+  """
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     k = eca_kernel_size(x.shape[-1])
     w = self.param("conv", lambda key, shape: jax.random.normal(key, shape) * math.sqrt(2 / k), (k,))  # kaiming
     s = jnp.mean(x, axis=(1, 2))[..., None]                    # [B, C, 1]: channels as a 1-D sequence
-    s = depthwise_conv(s, w[:, None].astype(s.dtype))[..., 0]  # [B, C]
+    s = depthwise_conv(s, w[:, None].astype(s.dtype), impl=self.impl)[..., 0]  # [B, C]
     return x * jax.nn.sigmoid(s)[:, None, None, :]
 
 
 GATES = {"se": ChannelSE, "cse": ChannelSE, "sse": SpatialSE, "scse": ConcurrentSE, "eca": ECA}
 
 
-def make_gate(name, rd_ratio=1 / 16, module_name=None):
-  """The gate called `name` (one of GATES; rd_ratio for cSE / scSE) or None for ""."""
+def make_gate(name, rd_ratio=1 / 16, module_name=None, impl="auto"):
+  """The gate called `name` (one of GATES; rd_ratio for cSE / scSE; impl for ECA's convolution) or None for ""."""
   if not name:
     return None
   if name not in GATES:
     raise ValueError(f"unknown attention gate {name!r}; expected one of {sorted(GATES)}")
-  if name in ("sse", "eca"):
+  if name == "eca":
+    return ECA(impl, name=module_name)
+  if name == "sse":
     return GATES[name](name=module_name)
   return GATES[name](rd_ratio, name=module_name)

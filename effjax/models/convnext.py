@@ -75,7 +75,7 @@ class Block(nn.Module):
     else:
       d = self.dcls["dilated_kernel_size"]
       x = DclsConv(dim, self.dcls["kernel_count"], (d, d), groups=dim, version=self.dcls.get("version", "gauss"),
-                   name="conv_dw")(x)
+                   impl=self.impl, name="conv_dw")(x)
     x = _layer_norm("norm")(x)
     x = _dense(self.mlp_ratio * dim, "fc1")(x)
     x = _dense(dim, "fc2")(nn.gelu(x, approximate=False))

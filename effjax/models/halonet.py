@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from effjax.kernels import dispatch
 from effjax.kernels.attention import attention
 from effjax.layers.common import DropPath, batch_norm, with_variants
 from effjax.layers.resnet_blocks import Bottleneck, ConvBN, stem
@@ -72,7 +73,13 @@ class HaloAttention(nn.Module):
   R_h, R_w ∈ R^{(2w−1)×d} relative embeddings shared by the heads. Queries come from a 1×1 convolution with the
   stride (an even b) or the output is 2×2 average pooled (an odd b). The whole layer is one call of
   `effjax.kernels.attention.attention` on [B·blocks, b'², heads, d] queries and [B·blocks, w², heads, ·] keys and
-  values, the relative logits given as its `bias`.
+  values, the relative logits given as its `bias` on the XLA path. Where the attention kernel runs (impl="pallas",
+  or "auto" where it is validated) the bias, a sum of a row and a column term, is folded into the dot product
+  instead, which the kernel takes without a bias input:
+
+      q'_i = [q_i / √d, q_i·R_h[· − y_i + w − 1], q_i·R_w[· − x_i + w − 1]],   k'_j = [k_j, e(y_j), e(x_j)]
+
+  with e(·) one-hot over the w rows / columns, so q'_i · k'_j = logits(i, j) exactly (scale 1, head width d + 2w).
 
   Head widths: d = dim_head or make_divisible(features, 8) // num_heads, values features // num_heads. The kv
   projection's output channels are ordered (head, [key d | value]) as in timm.
@@ -119,8 +126,16 @@ class HaloAttention(nn.Module):
     r_w = self.param("width_rel", rel_init, (2 * win - 1, dqk)).astype(q.dtype)[rel]
     bias_h = jnp.einsum("nyxhd,ykd->nhyxk", q, r_h)                      # key row term   [n, heads, b', b', w]
     bias_w = jnp.einsum("nyxhd,xkd->nhyxk", q, r_w)                      # key column term
-    bias = (bias_h[..., :, None] + bias_w[..., None, :]).reshape(n, heads, qb * qb, win * win)
-    out = attention(q.reshape(n, qb * qb, heads, dqk), k, v, bias=bias, impl=self.impl)
+    # The folded form where a kernel runs ("pallas", or "auto" where the record validates it for this case).
+    if dispatch.resolve("attention", self.impl, pattern="full", dtype=q.dtype, head_dim=dqk + 2 * win):
+      rows = jnp.broadcast_to(np.eye(win, dtype=np.float32)[:, None, None, :], (win, win, heads, win))
+      one_hot = jnp.concatenate([rows, rows.transpose(1, 0, 2, 3)], -1).reshape(1, win * win, heads, 2 * win)
+      q = jnp.concatenate([q * dqk ** -0.5, bias_h.transpose(0, 2, 3, 1, 4), bias_w.transpose(0, 2, 3, 1, 4)], -1)
+      k = jnp.concatenate([k, jnp.broadcast_to(one_hot.astype(k.dtype), (n,) + one_hot.shape[1:])], -1)
+      out = attention(q.reshape(n, qb * qb, heads, dqk + 2 * win), k, v, scale=1.0, impl=self.impl)
+    else:
+      bias = (bias_h[..., :, None] + bias_w[..., None, :]).reshape(n, heads, qb * qb, win * win)
+      out = attention(q.reshape(n, qb * qb, heads, dqk), k, v, bias=bias, impl=self.impl)
     out = out.reshape(b, nh, nw, qb, qb, heads * dv).transpose(0, 1, 3, 2, 4, 5)
     out = out.reshape(b, nh * qb, nw * qb, heads * dv)
     return nn.avg_pool(out, (2, 2), (2, 2)) if pool else out
@@ -219,7 +234,7 @@ class HaloNet(nn.Module):
         if letter == "b":
           groups = mid // self.group_size if self.group_size else 1
           x = Bottleneck(mid, stride, gate=self.gate, drop_path_rate=rate, out_features=out, act=act, groups=groups,
-                         gate_mid=True, name=name)(x, train)
+                         gate_mid=True, impl=self.impl, name=name)(x, train)
         else:
           x = HaloBlock(out, mid, stride, self.num_heads[i], self.block_size, self.halo_size, self.dim_head, self.act,
                         rate, self.impl, name=name)(x, train)

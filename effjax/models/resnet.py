@@ -63,6 +63,7 @@ class ResNet(nn.Module):
   rd_ratio: float = 1 / 16
   drop_path_rate: float = 0.0
   head_dropout: float = 0.0
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, images, train=False):
@@ -77,7 +78,7 @@ class ResNet(nn.Module):
       for j in range(n):
         rate = self.drop_path_rate * index / max(total - 1, 1)
         x = Bottleneck(planes, 2 if (i > 0 and j == 0) else 1, self.avg_down, self.gate, self.rd_ratio, rate,
-                       name=f"layer{i + 1}_block{j}")(x, train)
+                       impl=self.impl, name=f"layer{i + 1}_block{j}")(x, train)
         index += 1
       self.sow("intermediates", f"layer{i + 1}", x)
     x = nn.Dropout(self.head_dropout, deterministic=not train)(jnp.mean(x, axis=(1, 2)))

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from effjax.kernels import dispatch
 from effjax.layers.common import batch_norm, torch_kaiming_fan_out, with_variants
 from effjax.layers.tvconv import TVConv
 
@@ -82,11 +83,16 @@ class TVConvMobileNetV2(nn.Module):
   tvconv_hidden: int = 64
   tvconv_hidden_layers: int = 3
   dropout_rate: float = 0.0
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, images, train=False):
     if images.ndim != 4:
       raise ValueError(f"TVConvMobileNetV2 expects images [B, H, W, C], got shape {images.shape}")
+    # Only "pallas" raises: no depthwise layer here has the kernel's form (a shared kernel at stride 1).
+    dispatch.resolve("depthwise_conv", self.impl, unsupported=(
+        "TVConv's kernel differs at every output position" if self.tvconv else
+        "MobileNetV2 mixes strided and stride-1 depthwise convolutions in nn.Conv's parameter layout"))
     if any(len(row) != 4 for row in self.blocks):
       raise ValueError(f"blocks must be rows (expansion, width, repeats, stride), got {self.blocks}")
     x = nn.Conv(round_width(self.stem_width * self.width_mult), (3, 3), (self.stem_stride,) * 2,

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effjax.kernels import attention_patterns as ap, dcls, hyperzzw
+from effjax.kernels import attention_patterns as ap, dcls, dispatch, hyperzzw
 from effjax.kernels.attention import attention
 from effjax.kernels.depthwise_conv import depthwise_conv
 from effjax.kernels.subspace_attention import subspace_attention
@@ -36,6 +36,7 @@ class Case:
   flops: float                            # forward model FLOPs
   bytes: float                            # forward model bytes
   bwd_factor: float = 2.0                 # (fwd + bwd) / fwd FLOPs
+  key: dict = dataclasses.field(default_factory=dict)  # the validation record's case (`dispatch.case`)
 
 
 def normal(shape, dtype, seed=0):
@@ -73,7 +74,8 @@ def attention_cases(size):
       impls["dot_product_attention"] = lambda q, k, v, causal=pattern.kind == "causal": jax.nn.dot_product_attention(
           q, k, v, is_causal=causal, implementation="cudnn" if jax.default_backend() == "gpu" else None)
     cases.append(Case("attention", f"{_describe(pattern)} L={length}", make, impls,
-                      flops=4.0 * b * h * visible * d, bytes=4.0 * b * length * h * d * 2, bwd_factor=3.5))
+                      flops=4.0 * b * h * visible * d, bytes=4.0 * b * length * h * d * 2, bwd_factor=3.5,
+                      key=dispatch.case("attention", ap.pattern_class(pattern), dtype, d)))
   return cases
 
 
@@ -82,7 +84,8 @@ def subspace_cases(size):
   impls = {name: (lambda w, name=name: subspace_attention(w, impl=name)) for name in ("xla", "pallas")}
   return [Case("subspace_attention", f"CRATE B={b} L={length} H={h}",
                lambda: (normal((b, length, h, d), jnp.bfloat16),), impls,
-               flops=4.0 * b * h * length * length * d, bytes=2.0 * b * length * h * d * 2, bwd_factor=3.5)]
+               flops=4.0 * b * h * length * length * d, bytes=2.0 * b * length * h * d * 2, bwd_factor=3.5,
+               key=dispatch.case("subspace_attention", "full", jnp.bfloat16, d))]
 
 
 def dcls_cases(size):
@@ -92,7 +95,8 @@ def dcls_cases(size):
   impls = {name: (lambda w, P, s, name=name: dcls.construct_kernel(w, P, s, dks, "gauss", impl=name))
            for name in ("xla", "pallas")}
   return [Case("dcls", f"gauss O={o} KC={kc} dks={dks}", make, impls,
-               flops=2.0 * o * kc * dks[0] * dks[1], bytes=4.0 * o * dks[0] * dks[1] + 12.0 * o * kc)]
+               flops=2.0 * o * kc * dks[0] * dks[1], bytes=4.0 * o * dks[0] * dks[1] + 12.0 * o * kc,
+               key=dispatch.case("dcls", "gauss", jnp.float32))]
 
 
 def conv_cases(size):
@@ -108,7 +112,8 @@ def conv_cases(size):
     impls = {name: (lambda x, w, dil=dil, name=name: depthwise_conv(x, w, dilation=dil, impl=name))
              for name in ("xla", "pallas")}
     cases.append(Case("depthwise_conv", f"{label} k={k_shape[0]} x={x_shape}", make, impls,
-                      flops=2.0 * np.prod(x_shape) * np.prod(k_shape), bytes=2.0 * 2 * np.prod(x_shape)))
+                      flops=2.0 * np.prod(x_shape) * np.prod(k_shape), bytes=2.0 * 2 * np.prod(x_shape),
+                      key=dispatch.case("depthwise_conv", f"{len(k_shape)}d", jnp.bfloat16)))
   return cases
 
 
@@ -119,7 +124,7 @@ def hyperzzw_cases(size):
   impls = {name: (lambda w, z, v, name=name: hyperzzw.hyperzzw_global(w, z, v, impl=name)[0])
            for name in ("xla", "pallas")}
   return [Case("hyperzzw_global", f"B={b} {s}x{s} C={c}", make, impls, flops=2.0 * b * s ** 3 * c,
-               bytes=2.0 * 4 * b * s * s * c)]
+               bytes=2.0 * 4 * b * s * s * c, key=dispatch.case("hyperzzw_global", "2d", jnp.bfloat16))]
 
 
 GROUPS = {"attention": attention_cases, "subspace": subspace_cases, "dcls": dcls_cases, "conv": conv_cases,
@@ -158,13 +163,13 @@ def benchmark(cases, impls, reps):
         try:
           seconds = median_time(jax.jit(fn), args, reps)
         except Exception as e:
-          rows.append(dict(op=case.op, case=case.label, pass_=pass_name, impl=impl,
+          rows.append(dict(op=case.op, case=case.label, key=case.key, pass_=pass_name, impl=impl,
                            error=f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"))
           print(f"{case.op:20s} {case.label:36s} {pass_name:8s} {impl:7s} error: {rows[-1]['error']}", flush=True)
           continue
         factor = 1.0 if pass_name == "fwd" else case.bwd_factor
         base = seconds if impl == "xla" else base
-        rows.append(dict(op=case.op, case=case.label, pass_=pass_name, impl=impl, ms=seconds * 1e3,
+        rows.append(dict(op=case.op, case=case.label, key=case.key, pass_=pass_name, impl=impl, ms=seconds * 1e3,
                          tflops=case.flops * factor / seconds / 1e12, gbs=case.bytes * factor / seconds / 1e9,
                          speedup=(base / seconds) if base else float("nan")))
         print(_format(rows[-1]), flush=True)

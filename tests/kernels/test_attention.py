@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from effjax.kernels import attention_patterns as ap
+from effjax.kernels import attention_patterns as ap, dispatch
 from effjax.kernels.attention import attention, attention_reference
 from effjax.kernels.flash_attention import flash_attention
-
-TRITON = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
 
 
 def rel(a, b):
@@ -179,9 +177,9 @@ def test_kernels_lower(platform, dtype):
       kernel = lambda q, k, v: flash_attention(q, k, v, pattern=pattern, key_mask=km, backend=backend)
       loss = lambda q, k, v: jnp.sum(kernel(q, k, v).astype(jnp.float32) ** 2)
       return kernel(q, k, v), jax.grad(loss, (0, 1, 2))(q, k, v)
-    exported = jax.export.export(jax.jit(f), platforms=[platform], disabled_checks=TRITON)(spec, spec, spec, km)
+    exported = dispatch.export(f, platform, spec, spec, spec, km)
     text = exported.mlir_module()
-    assert text.count("tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton") >= 3
+    assert text.count(dispatch.KERNEL_CALLS[platform]) >= 3
 
 
 # ---------------------------------------------------------------- dispatch
@@ -209,3 +207,37 @@ def test_xla_path_gathers_equal_groups_and_matches_the_dense_reference(pattern, 
   want = value_and_grads(lambda q, k, v: attention_reference(q, k, v, pattern=pattern, key_mask=km), q, k, v)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     assert rel(a, b) <= 1e-5
+
+
+# ---------------------------------------------------------------- blockwise XLA paths of banded / causal patterns
+
+def _largest_array(closed):
+  """Element count of the largest value (constant, input or intermediate, sub-jaxprs included) in a jaxpr."""
+  def walk(jaxpr):
+    avals = [v.aval for v in list(jaxpr.invars) + list(jaxpr.constvars)]
+    for eqn in jaxpr.eqns:
+      avals += [v.aval for v in eqn.outvars]
+      for p in eqn.params.values():
+        for sub in p if isinstance(p, (list, tuple)) else (p,):
+          sub = getattr(sub, "jaxpr", sub)
+          if hasattr(sub, "eqns"):
+            avals.append(walk(sub))
+    return max(int(np.prod(getattr(a, "shape", ()))) for a in avals)
+  consts = [int(np.size(c)) for c in closed.consts]
+  return max([walk(closed.jaxpr)] + consts)
+
+
+BLOCKWISE = [(ap.local(5, 3), 300, 300), (ap.local(7, 0), 300, 260), (ap.causal(), 300, 300),
+             (ap.chunk_causal(24), 260, 300)]
+
+
+@pytest.mark.parametrize("pattern,lq,lk", BLOCKWISE, ids=lambda x: getattr(x, "kind", str(x)))
+def test_xla_path_of_banded_and_causal_patterns_never_builds_lq_by_lk_arrays(pattern, lq, lk):
+  q, k, v, km = inputs(11, 1, lq, lk, 1, 8, jnp.float32, key_dropout=0.2)
+  f = lambda q, k, v: attention(q, k, v, pattern=pattern, key_mask=km, impl="xla")
+  loss = lambda q, k, v: jnp.sum(f(q, k, v) ** 2)
+  for jaxpr in (jax.make_jaxpr(f)(q, k, v), jax.make_jaxpr(jax.grad(loss, (0, 1, 2)))(q, k, v)):
+    assert _largest_array(jaxpr) < lq * lk / 2
+  dense = jax.make_jaxpr(lambda q, k, v: attention_reference(q, k, v, pattern=pattern, key_mask=km))(q, k, v)
+  assert _largest_array(dense) >= lq * lk   # the measure sees the reference's [Lq, Lk] logits
+  check(f, pattern, q, k, v, km, 1e-5)

@@ -5,10 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from effjax.kernels import dcls
+from effjax.kernels import dcls, dispatch
 from effjax.layers.dcls import DclsConv, clamp_dcls_positions
-
-TRITON = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
 
 
 def case_arrays(arrays, case):
@@ -73,8 +71,8 @@ def test_pallas_construction_lowers(platform):
   build = lambda w, P, sig: dcls.construct_kernel_pallas(w, P, sig, (17, 17), "gauss", backend=backend,
                                                          interpret=False)
   f = lambda w, P, sig: jax.value_and_grad(lambda *a: jnp.sum(build(*a) ** 2), (0, 1, 2))(w, P, sig)
-  text = jax.export.export(jax.jit(f), platforms=[platform], disabled_checks=TRITON)(w, P, P).mlir_module()
-  assert text.count("tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton") == 3
+  text = dispatch.export(f, platform, w, P, P).mlir_module()
+  assert text.count(dispatch.KERNEL_CALLS[platform]) == 3
 
 
 def test_bad_arguments_raise():

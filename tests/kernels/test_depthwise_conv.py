@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
+from effjax.kernels import dispatch
 from effjax.kernels.depthwise_conv import depthwise_conv, depthwise_conv_reference
-
-TRITON = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
 
 
 def rel(a, b):
@@ -65,5 +64,5 @@ def test_lowers(platform, x_shape, k_shape, dilation):
   backend = "tpu" if platform == "tpu" else "gpu"
   conv = lambda x, w: depthwise_conv(x, w, dilation=dilation, impl="pallas", backend=backend, interpret=False)
   f = lambda x, w: jax.value_and_grad(lambda x, w: jnp.sum(conv(x, w).astype(jnp.float32) ** 2), (0, 1))(x, w)
-  text = jax.export.export(jax.jit(f), platforms=[platform], disabled_checks=TRITON)(x, w).mlir_module()
-  assert text.count("tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton") == 3
+  text = dispatch.export(f, platform, x, w).mlir_module()
+  assert text.count(dispatch.KERNEL_CALLS[platform]) == 3

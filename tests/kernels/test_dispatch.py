@@ -1,6 +1,7 @@
 """The one dispatch rule: "pallas" runs the kernel or raises naming why, "auto" takes a kernel only where the
 committed validation record says it passed (and was not slower than XLA) on this platform, device and JAX."""
 import json
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -65,9 +66,13 @@ def test_unknown_impl_and_backend_are_errors():
 
 
 def _record(**kw):
-  rec = dict(kernel="attention", platform="gpu", device_kind="NVIDIA H200", jax=jax.__version__, passed=True,
+  """A passing, faster-than-XLA entry for local-window bf16 attention with head dim 64 on this setup (an H200)."""
+  rec = dict(dispatch.case("attention", "local", jnp.bfloat16, 64), **dispatch.setup("attention"), passed=True,
              speedup=1.3)
   return dict(rec, **kw)
+
+
+BF16_LOCAL = dict(pattern="local", dtype=jnp.bfloat16, head_dim=64)
 
 
 @pytest.fixture
@@ -75,39 +80,95 @@ def on_gpu(monkeypatch, tmp_path):
   """Pretends to be on an H200 and points the record at a temporary file; returns a writer for it."""
   monkeypatch.setattr(dispatch, "platform", lambda: "gpu")
   monkeypatch.setattr(dispatch, "device_kind", lambda: "NVIDIA H200")
+  monkeypatch.setattr(dispatch, "backend_version", lambda: "cuda 13000")
+  monkeypatch.setattr(dispatch, "_WARNED", set())
   path = tmp_path / "validated.json"
   monkeypatch.setattr(dispatch, "RECORD", path)
-
-  def write(records):
-    path.write_text(json.dumps(records))
-    dispatch._records.cache_clear()
-  yield write
-  dispatch._records.cache_clear()
+  return lambda records: path.write_text(json.dumps(records))
 
 
 @pytest.mark.parametrize("records", [
     [],
     [_record(passed=False)],
     [_record(speedup=0.7)],
-    [_record(jax="0.0.1")],
     [_record(device_kind="NVIDIA A100")],
     [_record(platform="tpu")],
     [_record(kernel="depthwise_conv")],
-], ids=["none", "failed", "slower", "other-jax", "other-device", "other-platform", "other-kernel"])
+    [_record(pattern="full")],
+    [_record(dtype="float32")],
+    [_record(head_dim=[65, 128])],
+], ids=["none", "failed", "slower", "other-device", "other-platform", "other-kernel", "other-pattern", "other-dtype",
+        "other-head-dims"])
 def test_auto_never_selects_an_unvalidated_kernel(on_gpu, records):
   on_gpu(records)
-  assert dispatch.resolve("attention", "auto") is None
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # none of these is stale or partial
+    assert dispatch.resolve("attention", "auto", **BF16_LOCAL) is None
 
 
-def test_auto_selects_a_validated_kernel_only_where_the_arguments_fit(on_gpu):
+def test_auto_selects_a_validated_kernel_only_for_its_case(on_gpu):
   on_gpu([_record()])
-  assert dispatch.resolve("attention", "auto") == dispatch.Kernel("gpu", False)
-  assert dispatch.resolve("attention", "auto", unsupported="a bias") is None
-  assert dispatch.resolve("subspace_attention", "auto") is None
+  assert dispatch.resolve("attention", "auto", **BF16_LOCAL) == dispatch.Kernel("gpu", False)
+  assert dispatch.resolve("attention", "auto", **dict(BF16_LOCAL, head_dim=48)) is not None   # same range 33-64
+  assert dispatch.resolve("attention", "auto", **dict(BF16_LOCAL, head_dim=128)) is None
+  assert dispatch.resolve("attention", "auto", **dict(BF16_LOCAL, pattern="causal")) is None
+  assert dispatch.resolve("attention", "auto", unsupported="a bias", **BF16_LOCAL) is None
+  assert dispatch.resolve("subspace_attention", "auto", pattern="full", dtype=jnp.bfloat16, head_dim=64) is None
+
+
+def test_attention_passes_its_case_to_the_record(on_gpu):
+  on_gpu([_record(pattern="grouped", head_dim=[1, 32])])
+  q = jnp.zeros((1, 16, 2, 8), jnp.bfloat16)
+  validated = lambda p: "pallas_call" in str(jax.make_jaxpr(lambda q: attention(q, q, q, pattern=p))(q))
+  assert validated(ap.dilated(2)) and not validated(ap.local(2))
+
+
+@pytest.mark.parametrize("field,value", [("jax", "0.0.1"), ("jaxlib", "0.0.1"), ("backend_version", "cuda 12000"),
+                                         ("source_hash", "0" * 16)])
+def test_a_stale_record_is_ignored_with_one_warning(on_gpu, field, value):
+  on_gpu([_record(**{field: value})])
+  with pytest.warns(UserWarning, match=f"stale.*{field}") as caught:
+    assert dispatch.resolve("attention", "auto", **BF16_LOCAL) is None
+    assert dispatch.resolve("attention", "auto", **BF16_LOCAL) is None
+  assert len(caught) == 1
+
+
+def test_a_partial_record_is_ignored_with_one_warning(on_gpu):
+  partial = _record()
+  del partial["source_hash"]
+  on_gpu([_record(), partial])
+  with pytest.warns(UserWarning, match="partial.*source_hash") as caught:
+    assert dispatch.resolve("attention", "auto", **BF16_LOCAL) is None
+    assert dispatch.resolve("attention", "auto", **BF16_LOCAL) is None
+  assert len(caught) == 1
+
+
+def test_record_changes_are_seen_without_a_restart(on_gpu):
+  on_gpu([_record(passed=False)])
+  assert dispatch.resolve("attention", "auto", **BF16_LOCAL) is None
+  on_gpu([_record()])
+  assert dispatch.resolve("attention", "auto", **BF16_LOCAL) is not None
+
+
+def test_source_hash_follows_the_kernel_files(monkeypatch, tmp_path):
+  for name in dispatch.SOURCES["dcls"]:
+    (tmp_path / name).write_text("a")
+  monkeypatch.setattr(dispatch, "__file__", str(tmp_path / "dispatch.py"))
+  before = dispatch.source_hash("dcls")
+  (tmp_path / dispatch.SOURCES["dcls"][0]).write_text("b")
+  assert dispatch.source_hash("dcls") != before
 
 
 def test_committed_record_is_well_formed():
   records = json.loads(dispatch.RECORD.read_text())
   for rec in records:
-    assert set(rec) >= {"kernel", "platform", "device_kind", "jax", "passed", "speedup"}
+    assert set(rec) >= set(dispatch.CASE_FIELDS + dispatch.SETUP_FIELDS + dispatch.RESULT_FIELDS)
     assert rec["kernel"] in dispatch.OPS and rec["platform"] in dispatch.BACKENDS
+
+
+def test_a_gpu_target_lowers_under_an_abstract_gpu_device():
+  """JAX >= 0.11 lowers Pallas Triton kernels only for a GPU it can see: the abstract mesh's device."""
+  with dispatch.target("gpu", dispatch.ABSTRACT_GPU):
+    device = jax.sharding.get_abstract_mesh().abstract_device
+    assert (device.device_kind, device.platform, dispatch.platform()) == (dispatch.ABSTRACT_GPU, "gpu", "gpu")
+  assert jax.sharding.get_abstract_mesh().abstract_device is None

@@ -4,10 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effjax.kernels import hyperzzw
+from effjax.kernels import dispatch, hyperzzw
 from effjax.kernels.hyperzzw_pallas import hyperzzw_global_pallas
-
-TRITON = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
 
 
 def rel(a, b):
@@ -74,8 +72,8 @@ def test_fused_global_lowers(platform):
   backend = "tpu" if platform == "tpu" else "gpu"
   op = lambda w, z, v: hyperzzw_global_pallas(w, z, v, backend=backend, interpret=False)[0]
   f = lambda w, z, v: jax.value_and_grad(lambda *a: jnp.sum(op(*a).astype(jnp.float32)), (0, 1, 2))(w, z, v)
-  text = jax.export.export(jax.jit(f), platforms=[platform], disabled_checks=TRITON)(w, z, z).mlir_module()
-  assert text.count("tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton") == 2
+  text = dispatch.export(f, platform, w, z, z).mlir_module()
+  assert text.count(dispatch.KERNEL_CALLS[platform]) == 2
 
 
 def test_tpu_kernels_pass_race_detector():

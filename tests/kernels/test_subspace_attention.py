@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
+from effjax.kernels import dispatch
 from effjax.kernels.flash_attention import flash_attention
 from effjax.kernels.subspace_attention import (
   subspace_attention,
@@ -12,8 +13,6 @@ from effjax.kernels.subspace_attention import (
   subspace_attention_tpu,
   subspace_attention_xla,
 )
-
-TRITON = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
 
 
 def rel(a, b):
@@ -62,5 +61,5 @@ def test_lowers(platform):
   # On GPU the op is the generic flash kernel with q = k = v.
   attend = subspace_attention_tpu if platform == "tpu" else lambda w: flash_attention(w, w, w, backend="gpu")
   f = lambda w: jax.value_and_grad(lambda w: jnp.sum(attend(w).astype(jnp.float32) ** 2))(w)
-  text = jax.export.export(jax.jit(f), platforms=[platform], disabled_checks=TRITON)(spec).mlir_module()
-  assert text.count("tpu_custom_call" if platform == "tpu" else "__gpu$xla.gpu.triton") >= 2
+  text = dispatch.export(f, platform, spec).mlir_module()
+  assert text.count(dispatch.KERNEL_CALLS[platform]) >= 2
