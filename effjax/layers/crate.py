@@ -13,7 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from effjax.kernels.attention import attention
 from effjax.kernels.subspace_attention import subspace_attention
+from effjax.layers import token_reduction
 from effjax.layers.common import TORCH_LN_EPS, torch_default_init
 from effjax.layers.dense import Dense, weight_gradient
 
@@ -40,7 +42,8 @@ class MSSA(nn.Module):
   """Multi-head subspace self-attention: x [B, N, d] -> (out [B, N, d], W = x U [B, N, K·p]).
 
   One bias-free projection U [d, K·p] serves as query, key and value of every head;
-  out = concat_k(softmax(Wₖ Wₖᵀ p^-½) Wₖ) · U_out (+ b_out when out_bias); without U_out when not project_out.
+  out = concat_k(softmax(Wₖ Wₖᵀ p^-½ + bias) Wₖ) · U_out (+ b_out when out_bias); without U_out when not
+  project_out. A logit `bias` (proportional attention of token reduction) goes through the general attention op.
   """
   num_heads: int
   head_dim: int
@@ -51,12 +54,16 @@ class MSSA(nn.Module):
   project_out: bool = True
 
   @nn.compact
-  def __call__(self, x, train=False):
+  def __call__(self, x, train=False, bias=None):
     b, n, d = x.shape
     inner = self.num_heads * self.head_dim
     w = Dense(inner, use_bias=False, kernel_init=self.kernel_init, name="qkv")(x)
     heads = w.reshape(b, n, self.num_heads, self.head_dim)
-    y = subspace_attention(heads, scale=self.head_dim ** -0.5, impl=self.impl).reshape(b, n, inner)
+    if bias is None:
+      y = subspace_attention(heads, scale=self.head_dim ** -0.5, impl=self.impl)
+    else:
+      y = attention(heads, heads, heads, bias=bias, scale=self.head_dim ** -0.5, impl=self.impl)
+    y = y.reshape(b, n, inner)
     if not self.project_out:  # the official CRATE with one head of width d: to_out is the identity
       return y, w
     y = Dense(d, use_bias=self.out_bias, kernel_init=self.kernel_init, name="out")(y)
@@ -104,8 +111,18 @@ class ISTA(nn.Module):
     return relu_affine(x, m.astype(x.dtype), jnp.asarray(self.eta * self.lmbda, x.dtype))
 
 
+def reduce_tokens(x, size, w, step, num_heads, class_token):
+  """Token reduction (`effjax.layers.token_reduction`) after an MSSA residual x [B, N, d] whose projection is
+  w [B, N, K·p]: the one projection is both ToMe's keys and DiffRate's query and keys. -> (x, size)."""
+  heads = w.reshape(*w.shape[:2], num_heads, -1)
+  return token_reduction.reduce(x, size, step, heads, heads[:, 0], heads.shape[-1] ** -0.5, class_token)
+
+
 class Layer(nn.Module):
-  """One CRATE layer: Z -> ISTA(LN₂(Z + MSSA(LN₁(Z)))); [B, N, d] -> [B, N, d]."""
+  """One CRATE layer: Z -> ISTA(LN₂(Z + MSSA(LN₁(Z)))); [B, N, d] -> [B, N, d].
+
+  With token sizes `size` [B, N, 1], attention is proportional to size, the `reduction` step acts before the
+  ISTA step, and the layer returns (Z, size)."""
   num_heads: int
   head_dim: int
   eta: float = 0.1
@@ -113,20 +130,25 @@ class Layer(nn.Module):
   dropout: float = 0.0
   impl: str = "auto"
   kernel_init: nn.initializers.Initializer = torch_default_init
+  reduction: token_reduction.Step | None = None
+  class_token: bool = True
 
   @nn.compact
-  def __call__(self, x, train=False):
+  def __call__(self, x, train=False, size=None):
     project_out = not (self.num_heads == 1 and self.head_dim == x.shape[-1])  # the official rule
+    bias = None if size is None else token_reduction.size_bias(size)
     attn_out, w = MSSA(self.num_heads, self.head_dim, dropout=self.dropout, impl=self.impl,
                        kernel_init=self.kernel_init, project_out=project_out,
-                       name="mssa")(nn.LayerNorm(TORCH_LN_EPS, name="norm1")(x), train)
+                       name="mssa")(nn.LayerNorm(TORCH_LN_EPS, name="norm1")(x), train, bias)
     self.sow("intermediates", "qkv", w)
     self.sow("intermediates", "attn_out", attn_out)
     x = attn_out + x
     self.sow("intermediates", "after_attn_residual", x)
+    if size is not None:
+      x, size = reduce_tokens(x, size, w, self.reduction, self.num_heads, self.class_token)
     x = ISTA(self.eta, self.lmbda, name="ista")(nn.LayerNorm(TORCH_LN_EPS, name="norm2")(x))
     self.sow("intermediates", "after_ista", x)
-    return x
+    return x if size is None else (x, size)
 
 
 def convert_layer(sd, prefix: str) -> dict:

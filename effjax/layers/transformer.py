@@ -2,23 +2,26 @@
 import flax.linen as nn
 
 from effjax.kernels.attention import attention
+from effjax.layers import token_reduction
 
 
 class MultiHeadAttention(nn.Module):
-  """Self-attention: x [B, L, D] -> [B, L, D]; softmax(QKᵀ/√d)V per head, heads concatenated."""
+  """Self-attention: x [B, L, D] -> [B, L, D]; softmax(QKᵀ/√d + bias)V per head, heads concatenated.
+  With return_qk, also q and k [B, L, H, d]."""
   num_heads: int
   impl: str = "auto"
 
   @nn.compact
-  def __call__(self, x, mask=None):
+  def __call__(self, x, mask=None, bias=None, return_qk=False):
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
     head_dim = width // self.num_heads
     dense = lambda name: nn.DenseGeneral((self.num_heads, head_dim), name=name)
     q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)
-    y = attention(q, k, v, mask=mask, impl=self.impl)
-    return nn.DenseGeneral(width, axis=(-2, -1), name="out")(y)
+    y = attention(q, k, v, mask=mask, bias=bias, impl=self.impl)
+    y = nn.DenseGeneral(width, axis=(-2, -1), name="out")(y)
+    return (y, q, k) if return_qk else y
 
 
 class Mlp(nn.Module):
@@ -34,15 +37,27 @@ class Mlp(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-  """Pre-LN transformer block: x + MHA(LN(x)), then x + MLP(LN(x))."""
+  """Pre-LN transformer block: x + MHA(LN(x)), then x + MLP(LN(x)).
+
+  With token sizes `size` [B, L, 1] (token reduction, `effjax.layers.token_reduction`) attention is proportional
+  to size, the block's `reduction` step acts between attention and MLP, and it returns (x, size)."""
   num_heads: int
   mlp_dim: int
   dropout: float = 0.0
   impl: str = "auto"
+  reduction: token_reduction.Step | None = None
+  class_token: bool = True
 
   @nn.compact
-  def __call__(self, x, train=False):
-    y = MultiHeadAttention(self.num_heads, self.impl, name="attn")(nn.LayerNorm(name="ln1")(x))
+  def __call__(self, x, train=False, size=None):
+    attn = MultiHeadAttention(self.num_heads, self.impl, name="attn")
+    if size is None:
+      y = attn(nn.LayerNorm(name="ln1")(x))
+    else:
+      y, q, k = attn(nn.LayerNorm(name="ln1")(x), bias=token_reduction.size_bias(size), return_qk=True)
     x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    if size is not None:
+      x, size = token_reduction.reduce(x, size, self.reduction, k, q[:, 0], k.shape[-1] ** -0.5, self.class_token)
     y = Mlp(self.mlp_dim, self.dropout, name="mlp")(nn.LayerNorm(name="ln2")(x), train)
-    return x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    x = x + nn.Dropout(self.dropout, deterministic=not train)(y)
+    return x if size is None else (x, size)

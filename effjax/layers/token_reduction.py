@@ -1,0 +1,243 @@
+"""Token reduction at inference for the transformer classifiers: ToMe merging and DiffRate pruning + merging.
+
+Tokens x [B, N, D] carry sizes s [B, N, 1] (how many input patches each one stands for; 1 at the start).
+Every layer reduces between its attention and its MLP / ISTA step, and attention is proportional to size:
+
+  attention logits  q kᵀ · scale + log s                                  (ToMe eq. 1, DiffRate keeps it)
+
+* ToMe (Bolya et al., "Token Merging: Your ViT but Faster", §3): bipartite soft matching on the keys averaged
+  over heads. Alternate tokens form sets A (even positions) and B (odd); each A token's most cosine-similar B
+  token is its edge; the r A tokens with the strongest edges are merged into their B partners by the
+  size-weighted average x ← Σ sᵢxᵢ / Σ sᵢ, sizes add up; the class token (position 0, in A) never merges.
+  The layer schedule is `tome_schedule` (ToMe's `parse_r`: constant r or a (r, inflection) ramp).
+* DiffRate (Chen et al., "DiffRate: Differentiable Compression Rate for Efficient Vision Transformers", §3):
+  tokens are sorted by the class token's attention (mean over heads); the first `prune_keep` are kept; then
+  the tokens after position `merge_keep` are merged (plain mean) into their most cosine-similar token among the
+  first `merge_keep` (class token excluded as a target), each merged size first scaled by that similarity
+  (the official inference rule). Kept counts include the class token; the per-layer counts are searched with
+  its differentiable rates (`effjax.tasks.diffrate`).
+
+The JAX functions below take static token counts, so every reduced shape is known at trace time.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+METHODS = ("none", "tome", "diffrate")
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+  """One layer's reduction: `r` tokens merged by ToMe, or DiffRate's kept counts (class token included)."""
+  method: str
+  r: int = 0
+  prune_keep: int = 0
+  merge_keep: int = 0
+
+
+def tome_schedule(depth: int, r, inflection: float = 0.0) -> list[int]:
+  """ToMe's per-layer r (its `parse_r`): an int r with an inflection in [-1, 1] gives a linear ramp from
+  int(r·(1 − inflection)) to 2r minus that (constant at 0, ToMe's "decreasing schedule" at −1); a list gives r
+  per layer."""
+  if isinstance(r, (list, tuple)):
+    if len(r) != depth or any(int(v) != v or v < 0 for v in r):
+      raise ValueError(f"reduction.r as a list needs {depth} non-negative ints (one per layer), got {list(r)}")
+    return [int(v) for v in r]
+  if int(r) != r or r < 0:
+    raise ValueError(f"reduction.r must be a non-negative int or a list of {depth}, got {r!r}")
+  if not -1.0 <= inflection <= 1.0:
+    raise ValueError(f"reduction.inflection must be in [-1, 1], got {inflection}")
+  low = int(r * (1.0 - inflection))
+  step = (2 * r - 2 * low) / max(depth - 1, 1)
+  return [int(low + step * i) for i in range(depth)]
+
+
+def schedule(reduction, depth: int, num_tokens: int, class_token: bool, model: str) -> tuple | None:
+  """The per-layer `Step`s of `reduction` for `depth` layers on `num_tokens` tokens; None when nothing is reduced.
+
+  `reduction` is None or a mapping: method 'none' | 'tome' (with r, inflection) | 'diffrate' (with prune_keep,
+  merge_keep: per-layer kept tokens, class token included); the other method's fields must be None. One-line
+  ValueErrors name what is wrong."""
+  if reduction is None:
+    return None
+  reduction = dict(reduction)
+  method = reduction.pop("method", "none")
+  if method not in METHODS:
+    raise ValueError(f"reduction.method must be one of {METHODS}, got {method!r}")
+  if method == "none":
+    return None
+  known = {"tome": {"r", "inflection"}, "diffrate": {"prune_keep", "merge_keep"}}[method]
+  unknown = {k for k, v in reduction.items() if k not in known and v is not None}
+  if unknown:
+    raise ValueError(f"unknown reduction field(s) {sorted(unknown)}; {method} takes {sorted(known)}")
+  if method == "tome":
+    return tuple(Step("tome", r=r) for r in tome_schedule(depth, reduction.get("r") or 0,
+                                                                 reduction.get("inflection") or 0.0))
+  if not class_token:
+    raise ValueError(f"reduction.method='diffrate' ranks tokens by class-token attention; {model} has no class "
+                     "token here (use pool='cls')")
+  keeps = []
+  for name in ("prune_keep", "merge_keep"):
+    v = list(reduction.get(name) or [num_tokens] * depth)
+    if len(v) != depth or any(int(k) != k or not 1 <= k <= num_tokens for k in v):
+      raise ValueError(f"reduction.{name} needs {depth} ints in [1, {num_tokens}] (kept tokens per layer, class "
+                       f"token included), got {v}")
+    keeps.append([int(k) for k in v])
+  return tuple(Step("diffrate", prune_keep=p, merge_keep=m) for p, m in zip(*keeps))
+
+
+def _normalize(metric):
+  metric = jax.lax.stop_gradient(metric).astype(jnp.float32)
+  return metric / jnp.linalg.norm(metric, axis=-1, keepdims=True)
+
+
+def _gather(x, idx):
+  """x [B, N, C], idx [B, M] -> x[b, idx[b]] [B, M, C]."""
+  return jnp.take_along_axis(x, idx[..., None], axis=1)
+
+
+def _scatter(dst, idx, src, mode):
+  """dst [B, T, C] with rows src [B, M, C] reduced into rows idx [B, M]: "sum", or "mean" over the target row and
+  everything sent to it (torch's scatter_reduce with include_self=True)."""
+  add = jax.vmap(lambda d, i, s: d.at[i].add(s))
+  total = add(dst, idx, src)
+  if mode == "sum":
+    return total
+  count = add(jnp.ones(dst.shape[:2] + (1,), dst.dtype), idx, jnp.ones(src.shape[:2] + (1,), dst.dtype))
+  return total / count
+
+
+def bipartite_soft_matching(metric, r: int, class_token: bool):
+  """ToMe's matching on metric [B, N, C]: returns merge(x [B, N, C], mode) -> [B, N − r, C] (unmerged A tokens in
+  order, then the B tokens), or None when nothing merges. r is capped at half of the unprotected tokens."""
+  t = metric.shape[1]
+  r = min(r, (t - int(class_token)) // 2)
+  if r <= 0:
+    return None
+  metric = _normalize(metric)
+  scores = jnp.einsum("bic,bjc->bij", metric[:, ::2], metric[:, 1::2])
+  if class_token:
+    scores = scores.at[:, 0, :].set(-jnp.inf)
+  node_max, node_idx = scores.max(-1), scores.argmax(-1)
+  edge_idx = jnp.argsort(-node_max, axis=-1)
+  unm_idx, src_idx = edge_idx[:, r:], edge_idx[:, :r]
+  dst_idx = jnp.take_along_axis(node_idx, src_idx, axis=1)
+  if class_token:
+    unm_idx = jnp.sort(unm_idx, axis=1)
+
+  def merge(x, mode="sum"):
+    src, dst = x[:, ::2], x[:, 1::2]
+    return jnp.concatenate([_gather(src, unm_idx), _scatter(dst, dst_idx, _gather(src, src_idx), mode)], axis=1)
+  return merge
+
+
+def merge_wavg(merge, x, size):
+  """Size-weighted merge: x [B, N, C], size [B, N, 1] -> (Σ sᵢxᵢ / Σ sᵢ, Σ sᵢ) over every merged group."""
+  x = merge(x * size.astype(x.dtype), "sum")
+  size = merge(size, "sum")
+  return x / size.astype(x.dtype), size
+
+
+def diffrate_merge(metric, keep: int):
+  """DiffRate's merge on metric [B, N, C]: every token after `keep` goes to its most cosine-similar token among
+  the first `keep` except the class token. Returns (merge(x [B, N, C], mode) -> [B, keep, C], similarity
+  [B, N − keep])."""
+  metric = _normalize(metric)
+  sim = jnp.einsum("bic,bjc->bij", metric[:, keep:], metric[:, :keep]).at[..., 0].set(-jnp.inf)
+  node_max, dst_idx = sim.max(-1), sim.argmax(-1)
+  return (lambda x, mode="mean": _scatter(x[:, :keep], dst_idx, x[:, keep:], mode)), node_max
+
+
+def diffrate_reduce(x, size, cls_attn, step: Step):
+  """DiffRate at inference: x [B, N, D], size [B, N, 1], cls_attn [B, N − 1] (the class token's attention to
+  the others, mean over heads) -> (x, size) with min(prune_keep, N) tokens, then merge_keep if fewer."""
+  order = jnp.argsort(-cls_attn, axis=-1) + 1
+  order = jnp.concatenate([jnp.zeros_like(order[:, :1]), order], axis=1)
+  keep = min(step.prune_keep, x.shape[1])
+  x, size = _gather(x, order)[:, :keep], _gather(size, order)[:, :keep]
+  if step.merge_keep < keep:
+    merge, node_max = diffrate_merge(x, step.merge_keep)
+    size = jnp.concatenate([size[:, :step.merge_keep], size[:, step.merge_keep:] * node_max[..., None]], axis=1)
+    x, size = merge(x, "mean"), merge(size, "sum")
+  return x, size
+
+
+def class_attention(q_cls, k, size, scale):
+  """The class token's attention to the other tokens, mean over heads: q_cls [B, H, d], k [B, N, H, d], size
+  [B, N, 1] -> [B, N − 1], with the proportional-attention logits."""
+  logits = jnp.einsum("bhd,bnhd->bhn", q_cls, k, preferred_element_type=jnp.float32) * scale
+  logits = logits + jnp.log(size[:, None, :, 0].astype(jnp.float32))
+  return jax.nn.softmax(logits, axis=-1)[:, :, 1:].mean(1)
+
+
+def size_bias(size):
+  """Proportional attention's logit bias log s: size [B, N, 1] -> [B, 1, 1, N] (float32)."""
+  return jnp.log(size[:, None, None, :, 0].astype(jnp.float32))
+
+
+def reduce(x, size, step: Step, keys, q_cls=None, scale=None, class_token=True):
+  """One layer's reduction between attention and MLP. x [B, N, D] (after the attention residual), size [B, N, 1],
+  keys [B, N, H, d] (ToMe's metric is their mean over heads; with q_cls [B, H, d] and the attention scale they
+  give DiffRate's class attention) -> (x, size) with fewer tokens."""
+  if step.method == "tome":
+    merge = bipartite_soft_matching(keys.mean(2), step.r, class_token)
+    return (x, size) if merge is None else merge_wavg(merge, x, size)
+  return diffrate_reduce(x, size, class_attention(q_cls, keys, size, scale), step)
+
+
+def pool(x, size, how: str):
+  """Pooled tokens [B, D]: the class token (position 0), or for "gap" the token mean, size-weighted (the mean over
+  the original patches) when size [B, N, 1] is given."""
+  if how == "cls":
+    return x[:, 0]
+  if size is None:
+    return x.mean(axis=1)
+  return (x * size.astype(x.dtype)).sum(1) / size.sum(1).astype(x.dtype)
+
+
+# DiffRate's differentiable compression rate (its §3.2 "differentiable discrete proxy"), one pair per layer.
+def rate_candidates(num_patches: int, granularity: int = 1):
+  """The kept-patch candidates num_patches, num_patches − g, …, ≥ 1 [P] (float32) that the rate logits choose
+  among."""
+  return jnp.arange(num_patches, 0, -granularity, dtype=jnp.float32)
+
+
+def _ste(hard, soft):
+  """hard in the forward pass, the gradient of soft in the backward pass."""
+  return soft + jax.lax.stop_gradient(hard - soft)
+
+
+def kept_number(logits, candidates, class_token: bool = True):
+  """The expected kept tokens ⌈Σ_c softmax(logits)_c · c⌉ + class token (a scalar), with the straight-through ceil
+  (gradient of the expectation)."""
+  expected = candidates @ jax.nn.softmax(logits.astype(jnp.float32))
+  return _ste(jnp.ceil(expected), expected) + int(class_token)
+
+
+def token_mask(logits, candidates, kept, num_tokens: int, last=None, class_token: bool = True):
+  """The keep mask [num_tokens] (patches + class token) of one rate: 0 at positions kept ≤ j < last (all j ≥ kept
+  without `last`), 1 elsewhere, in the forward pass; the gradient is that of the keep probability
+  P(j) = Σ_{c: j < c + class token} softmax(logits)_c."""
+  prob = jax.nn.softmax(logits.astype(jnp.float32))
+  j = jnp.arange(num_tokens, dtype=jnp.float32)
+  keep_prob = ((j[:, None] < candidates[None, :] + int(class_token)) * prob[None, :]).sum(-1)
+  drop = (j >= jnp.floor(kept)) & (True if last is None else j < jnp.floor(last))
+  return _ste(1.0 - drop.astype(jnp.float32), keep_prob)
+
+
+def _ste_min(n, prune, merge):
+  """min(n, prune, merge) with DiffRate's straight-through gradient: 1 to both kept numbers, none to n."""
+  return prune + merge + jax.lax.stop_gradient(jnp.minimum(jnp.minimum(n, prune), merge) - prune - merge)
+
+
+def flops(kept, num_tokens: int, width: int, extra: float = 0.0):
+  """DiffRate's FLOPs objective of a ViT whose layers keep kept = [(prune, merge)] tokens: per layer attention
+  4NC² + 2N²C on the incoming N tokens, then the MLP 8NC² on N ← min(N, prune, merge); plus `extra` (patch
+  embedding and head). Differentiable in the kept numbers (straight-through min)."""
+  n, total = jnp.float32(num_tokens), jnp.float32(extra)
+  for prune, merge in kept:
+    total = total + 4 * n * width ** 2 + 2 * n ** 2 * width
+    n = _ste_min(n, prune, merge)
+    total = total + 8 * n * width ** 2
+  return total
