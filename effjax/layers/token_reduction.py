@@ -68,7 +68,7 @@ def schedule(reduction, depth: int, num_tokens: int, class_token: bool, model: s
   if method == "none":
     return None
   known = {"tome": {"r", "inflection"}, "diffrate": {"prune_keep", "merge_keep"}}[method]
-  unknown = {k for k, v in reduction.items() if k not in known and v is not None}
+  unknown = {k for k, v in reduction.items() if k not in known and v not in (None, 0)}  # 0: the config default
   if unknown:
     raise ValueError(f"unknown reduction field(s) {sorted(unknown)}; {method} takes {sorted(known)}")
   if method == "tome":
