@@ -20,7 +20,9 @@ Every layer reduces between its attention and its MLP / ISTA step, and attention
 The JAX functions below take static token counts, so every reduced shape is known at trace time.
 """
 import dataclasses
+from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -34,6 +36,16 @@ class Step:
   r: int = 0
   prune_keep: int = 0
   merge_keep: int = 0
+  search: bool = False  # DiffRate's search: learned rates (params of the layer), masked tokens, no kept counts
+  index: int = 0        # the layer's index (DiffRate's first layer is not compressed)
+
+
+class Tokens(NamedTuple):
+  """What travels with the tokens between reducing layers: sizes [B, N, 1]; in DiffRate's search also the keep
+  mask [B, N] and the per-layer (prune, merge) kept numbers (scalars with straight-through gradients)."""
+  size: jax.Array
+  mask: jax.Array | None = None
+  kept: tuple = ()
 
 
 def tome_schedule(depth: int, r, inflection: float = 0.0) -> list[int]:
@@ -57,8 +69,8 @@ def schedule(reduction, depth: int, num_tokens: int, class_token: bool, model: s
   """The per-layer `Step`s of `reduction` for `depth` layers on `num_tokens` tokens; None when nothing is reduced.
 
   `reduction` is None or a mapping: method 'none' | 'tome' (with r, inflection) | 'diffrate' (with prune_keep,
-  merge_keep: per-layer kept tokens, class token included); the other method's fields must be None. One-line
-  ValueErrors name what is wrong."""
+  merge_keep: per-layer kept tokens, class token included; neither: DiffRate's search, learned rates per layer);
+  the other method's fields must be None or 0. One-line ValueErrors name what is wrong."""
   if reduction is None:
     return None
   reduction = dict(reduction)
@@ -77,6 +89,8 @@ def schedule(reduction, depth: int, num_tokens: int, class_token: bool, model: s
   if not class_token:
     raise ValueError(f"reduction.method='diffrate' ranks tokens by class-token attention; {model} has no class "
                      "token here (use pool='cls')")
+  if reduction.get("prune_keep") is None and reduction.get("merge_keep") is None:
+    return tuple(Step("diffrate", search=True, index=i) for i in range(depth))
   keeps = []
   for name in ("prune_keep", "merge_keep"):
     v = list(reduction.get(name) or [num_tokens] * depth)
@@ -176,14 +190,19 @@ def size_bias(size):
   return jnp.log(size[:, None, None, :, 0].astype(jnp.float32))
 
 
-def reduce(x, size, step: Step, keys, q_cls=None, scale=None, class_token=True):
-  """One layer's reduction between attention and MLP. x [B, N, D] (after the attention residual), size [B, N, 1],
-  keys [B, N, H, d] (ToMe's metric is their mean over heads; with q_cls [B, H, d] and the attention scale they
-  give DiffRate's class attention) -> (x, size) with fewer tokens."""
+def reduce(x, tokens: Tokens, step: Step, keys, q_cls=None, scale=None, class_token=True, cls_attn=None,
+           rates=None):
+  """One layer's reduction between attention and MLP. x [B, N, D] (after the attention residual), keys
+  [B, N, H, d] (ToMe's metric is their mean over heads; with q_cls [B, H, d] and the attention scale they give
+  DiffRate's class attention unless `cls_attn` is given; the search passes its masked one and the layer's
+  `rate_logits` as `rates`) -> (x, Tokens) with fewer (or, in the search, masked) tokens."""
   if step.method == "tome":
     merge = bipartite_soft_matching(keys.mean(2), step.r, class_token)
-    return (x, size) if merge is None else merge_wavg(merge, x, size)
-  return diffrate_reduce(x, size, class_attention(q_cls, keys, size, scale), step)
+    return (x, tokens) if merge is None else (lambda x, s: (x, Tokens(s)))(*merge_wavg(merge, x, tokens.size))
+  if step.search:
+    return search_reduce(x, tokens, cls_attn, rates[0], rates[1], rates[2], rates[2])
+  x, size = diffrate_reduce(x, tokens.size, class_attention(q_cls, keys, tokens.size, scale), step)
+  return x, Tokens(size)
 
 
 def pool(x, size, how: str):
@@ -241,3 +260,92 @@ def flops(kept, num_tokens: int, width: int, extra: float = 0.0):
     n = _ste_min(n, prune, merge)
     total = total + 8 * n * width ** 2
   return total
+
+
+def policy_attention(q, k, v, bias, policy, scale, eps=1e-6):
+  """DiffRate's masked softmax attention of the search (its softmax_with_policy): a token sees the kept tokens
+  (policy [B, N] in {0, 1} forward) and itself; weights (e + eps/N) / (Σ e + eps), e = exp(logit − max) ⊙ policy.
+  q, k, v [B, N, H, d], bias [B, 1, 1, N] -> (out [B, N, H, d], the class token's weights, mean over heads
+  [B, N − 1])."""
+  n = q.shape[1]
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale + bias
+  visible = policy[:, None, None, :] + (1.0 - policy[:, None, None, :]) * jnp.eye(n, dtype=jnp.float32)
+  e = jnp.exp(logits - jnp.max(logits, -1, keepdims=True)) * visible
+  weights = (e + eps / n) / (e.sum(-1, keepdims=True) + eps)
+  out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+  return out, weights[:, :, 0, 1:].mean(1)
+
+
+def search_reduce(x, tokens: Tokens, cls_attn, prune_logits, merge_logits, prune_cand, merge_cand):
+  """One layer of DiffRate's search (the training branch of its block) at a fixed token count N: tokens are sorted
+  by class attention; the prune rate zeroes the mask from its kept number up to the tokens left; the merge rate
+  merges the tokens from its kept number up to the pruned count into their most similar token before it (plain
+  mean, sizes scaled by the similarity and clamped at 1, then summed) and zeroes their mask. x [B, N, D] ->
+  (x, Tokens) with the kept numbers appended."""
+  b, n, _ = x.shape
+  order = jnp.argsort(-cls_attn, axis=-1) + 1
+  order = jnp.concatenate([jnp.zeros_like(order[:, :1]), order], axis=1)
+  x, size, mask = _gather(x, order), _gather(tokens.size, order), jnp.take_along_axis(tokens.mask, order, axis=1)
+  j = jnp.arange(n, dtype=jnp.float32)
+  last = mask[0].sum()
+  prune = kept_number(prune_logits, prune_cand)
+  mask = jnp.where(prune < last, mask * token_mask(prune_logits, prune_cand, prune, n, last), mask)
+  mid = jnp.minimum(last, jnp.floor(prune))
+  merge = kept_number(merge_logits, merge_cand)
+  k = jax.lax.stop_gradient(jnp.floor(merge))
+  is_dst, is_src = j < k, (j >= k) & (j < mid)
+  metric = _normalize(x)
+  sim = jnp.einsum("bic,bjc->bij", metric, metric)
+  sim = jnp.where((is_dst & (j > 0))[None, None, :], sim, -jnp.inf)
+  node_max, send = sim.max(-1), jax.nn.one_hot(sim.argmax(-1), n) * is_src[None, :, None]  # [B, N src, N dst]
+  x_merged = jnp.where(is_dst[None, :, None], (x + jnp.einsum("bsd,bsc->bdc", send, x)) /
+                       (1.0 + send.sum(1)[..., None]), x)
+  scaled = jnp.where(is_src[None, :, None], size * node_max[..., None], size)
+  scaled = jnp.where((j < mid)[None, :, None], jnp.maximum(scaled, 1.0), size)
+  size_merged = jnp.where(is_dst[None, :, None], scaled + jnp.einsum("bsd,bsc->bdc", send, scaled), scaled)
+  do = merge < mid
+  return (jnp.where(do, x_merged, x),
+          Tokens(jnp.where(do, size_merged, size),
+                 jnp.where(do, mask * token_mask(merge_logits, merge_cand, merge, n, mid), mask),
+                 tokens.kept + ((prune, merge),)))
+
+
+def rate_logits(module, layer_index: int, num_patches: int):
+  """The two rate parameters of a searching layer ("prune_rate", "merge_rate", zeros [P]) and their candidates;
+  DiffRate leaves its first layer uncompressed (one candidate: every patch)."""
+  cand = rate_candidates(num_patches, num_patches + 1 if layer_index == 0 else 1)
+  return (module.param("prune_rate", nn.initializers.zeros, cand.shape, jnp.float32),
+          module.param("merge_rate", nn.initializers.zeros, cand.shape, jnp.float32), cand)
+
+
+def learned_keeps(params, num_patches: int) -> tuple[list[int], list[int]]:
+  """DiffRate's searched kept numbers (class token included) from a model's params: (prune_keep, merge_keep), one
+  per layer that has rates, in layer order; the values to put in config.model.reduction for inference."""
+  prune, merge = [], []
+  layers = sorted((k for k, v in params.items() if hasattr(v, "keys") and "prune_rate" in v),
+                  key=lambda k: int(k.lstrip("blocklayer")))
+  for i, name in enumerate(layers):
+    cand = rate_candidates(num_patches, num_patches + 1 if i == 0 else 1)
+    prune.append(int(kept_number(jnp.asarray(params[name]["prune_rate"]), cand)))
+    merge.append(int(kept_number(jnp.asarray(params[name]["merge_rate"]), cand)))
+  return prune, merge
+
+
+def start(steps, x) -> Tokens | None:
+  """The Tokens the first reducing layer gets for tokens x [B, N, D] (None when `steps` is None): sizes 1, and in
+  the search a mask of ones."""
+  if steps is None:
+    return None
+  ones = jnp.ones(x.shape[:2], jnp.float32)
+  return Tokens(ones[..., None], ones if steps[0].search else None)
+
+
+def finish(module, tokens: Tokens | None, num_tokens: int, width: int):
+  """After the last layer: in DiffRate's search, sows its FLOPs objective of the layers (`flops`, the ViT count
+  4NC² + 2N²C + 8NC² per layer, a proxy for the CRATE layers) as intermediates "diffrate_flops"; returns the sizes
+  for `pool` (None without reduction)."""
+  if tokens is None:
+    return None
+  if tokens.kept:
+    module.sow("intermediates", "diffrate_flops", flops(tokens.kept, num_tokens, width))
+  return tokens.size

@@ -79,11 +79,12 @@ class CRATE(nn.Module):
     x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
     layer = remat_lib.remat(Layer, self.remat)
     steps = token_reduction.schedule(self.reduction, self.depth, n + 1, self.pool == "cls", "CRATE")
-    size = None if steps is None else jnp.ones((b, n + 1, 1), jnp.float32)
+    tokens = token_reduction.start(steps, x)
     for i in range(self.depth):
       block = layer(self.num_heads, head_dim, self.eta, self.lmbda, self.dropout, self.impl,
                     reduction=steps and steps[i], class_token=self.pool == "cls", name=f"layer{i}")
-      x, size = (block(x, train), None) if steps is None else block(x, train, size)
+      x, tokens = (block(x, train), None) if steps is None else block(x, train, tokens)
+    size = token_reduction.finish(self, tokens, n + 1, self.width)
     self.sow("intermediates", "transformer_output", x)
     x = token_reduction.pool(x, size, self.pool)
     self.sow("intermediates", "pooled", x)

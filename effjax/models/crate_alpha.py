@@ -22,7 +22,7 @@ import numpy as np
 
 from effjax.layers import remat as remat_lib, token_reduction
 from effjax.layers.common import LN_EPS, DropPath, with_variants
-from effjax.layers.crate import MSSA, check_posemb_length, reduce_tokens
+from effjax.layers.crate import MSSA, check_posemb_length, mssa_tokens, reduce_tokens
 from effjax.layers.patches import pair
 
 HEAD = r"^head/"  # params a new task replaces: config.init_from.skip's default
@@ -71,8 +71,8 @@ class OvercompleteISTA(nn.Module):
 
 
 class Block(nn.Module):
-  """One CRATE-α block; see the module docstring. [B, N, d] -> [B, N, d]; with token sizes `size` [B, N, 1],
-  proportional attention, the `reduction` step before the ODL branch, and (Z, size) returned."""
+  """One CRATE-α block; see the module docstring. [B, N, d] -> [B, N, d]; with `tokens` (token reduction),
+  proportional attention, the `reduction` step before the ODL branch, and (Z, tokens) returned."""
   num_heads: int
   eta: float = 0.1
   lmbda: float = 0.1
@@ -88,26 +88,25 @@ class Block(nn.Module):
     return y * self.param(name, nn.initializers.constant(self.layer_scale), (y.shape[-1],), jnp.float32).astype(y.dtype)
 
   @nn.compact
-  def __call__(self, x, train=False, size=None):
+  def __call__(self, x, train=False, tokens=None):
     d = x.shape[-1]
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
-    bias = None if size is None else token_reduction.size_bias(size)
-    y, w = MSSA(self.num_heads, d // self.num_heads, out_bias=False, dropout=self.dropout,
-                impl=self.impl, kernel_init=nn.initializers.normal(0.02),
-                name="mssa")(nn.LayerNorm(LN_EPS, name="norm1")(x), train, bias)
+    mssa = MSSA(self.num_heads, d // self.num_heads, out_bias=False, dropout=self.dropout, impl=self.impl,
+                kernel_init=nn.initializers.normal(0.02), name="mssa")
+    y, w, cls_attn = mssa_tokens(mssa, nn.LayerNorm(LN_EPS, name="norm1")(x), train, tokens)
     self.sow("intermediates", "qkv", w)
     self.sow("intermediates", "attn_out", y)
     x = x + DropPath(self.drop_path_rate)(self._scale("ls1", y), train)
     self.sow("intermediates", "after_attn_residual", x)
-    if size is not None:
-      x, size = reduce_tokens(x, size, w, self.reduction, self.num_heads, True)
+    if tokens is not None:
+      x, tokens = reduce_tokens(self, x, tokens, w, cls_attn, self.reduction, self.num_heads, True)
     y = OvercompleteISTA(self.eta, self.lmbda, name="ista")(nn.LayerNorm(LN_EPS, name="norm2")(x))
     self.sow("intermediates", "ista_out", y)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
     x = x + DropPath(self.drop_path_rate)(self._scale("ls2", y), train)
     self.sow("intermediates", "output", x)
-    return x if size is None else (x, size)
+    return x if tokens is None else (x, tokens)
 
 
 class CRATEAlpha(nn.Module):
@@ -171,11 +170,12 @@ class CRATEAlpha(nn.Module):
     block = remat_lib.remat(Block, self.remat)
     rates = np.linspace(0.0, self.drop_path_rate, self.depth)
     steps = token_reduction.schedule(self.reduction, self.depth, x.shape[1], True, "CRATE-α")
-    size = None if steps is None else jnp.ones(x.shape[:2] + (1,), jnp.float32)
+    tokens = token_reduction.start(steps, x)
     for i in range(self.depth):
       layer = block(self.num_heads, self.eta, self.lmbda, self.dropout, float(rates[i]), self.layer_scale,
                     self.impl, steps and steps[i], name=f"layer{i}")
-      x, size = (layer(x, train), None) if steps is None else layer(x, train, size)
+      x, tokens = (layer(x, train), None) if steps is None else layer(x, train, tokens)
+    token_reduction.finish(self, tokens, h * w + 1, c)
     self.sow("intermediates", "encoded", x)
     x = nn.LayerNorm(LN_EPS, name="encoder_norm")(x)[:, 0]
     self.sow("intermediates", "head_input", x)

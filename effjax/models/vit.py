@@ -65,11 +65,12 @@ class ViT(nn.Module):
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     steps = token_reduction.schedule(self.reduction, self.depth, x.shape[1], self.pool == "cls", "ViT")
     block = remat(EncoderBlock, self.remat)
-    size = None if steps is None else jnp.ones(x.shape[:2] + (1,), jnp.float32)
+    tokens = token_reduction.start(steps, x)
     for i in range(self.depth):
       layer = block(self.num_heads, self.mlp_dim, self.dropout, self.impl, steps and steps[i], self.pool == "cls",
                     name=f"block{i}")
-      x, size = (layer(x, train), None) if steps is None else layer(x, train, size)
+      x, tokens = (layer(x, train), None) if steps is None else layer(x, train, tokens)
+    size = token_reduction.finish(self, tokens, (h // p) * (w // p) + (self.pool == "cls"), self.width)
     x = token_reduction.pool(nn.LayerNorm(name="encoder_norm")(x), size, self.pool)
     return nn.Dense(self.num_classes, name="head")(x)
 

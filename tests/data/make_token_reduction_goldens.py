@@ -9,7 +9,8 @@ file by file (tome/merge.py, tome/utils.py, DiffRate/{merge,ddp,utils}.py; the p
 timm, which is not needed here). Used as is: ToMe's bipartite_soft_matching, merge_wavg and parse_r; DiffRate's
 get_merge_func, the DiffRate rate module (ddp.py) and ste_min. Reimplemented here in torch, line for line,
 because they live in timm-patching classes: ToMe's proportional attention (ToMeAttention.forward), DiffRate's
-inference step of DiffRateBlock.forward (sort by class attention, prune, merge) and its calculate_flop_training.
+DiffRateBlock.forward (the inference step: sort by class attention, prune, merge; the training step of the search:
+masked attention with softmax_with_policy, prune and merge masks) and its calculate_flop_training.
 Everything runs in float64 on fixed random inputs (seed 0); the file also records both commits' ids if given.
 """
 import importlib
@@ -31,6 +32,19 @@ def load(root, package, module):
     stub.__path__ = [os.path.join(root, package)]
     sys.modules[package] = stub
   return importlib.import_module(f"{package}.{module}")
+
+
+def softmax_with_policy(attn, policy, eps=1e-6):
+  """DiffRateAttention.softmax_with_policy, line for line (it is a method of a timm subclass)."""
+  b, n = policy.size()
+  attn_policy = policy.reshape(b, 1, 1, n)
+  eye = torch.eye(n, dtype=attn_policy.dtype, device=attn_policy.device).view(1, 1, n, n)
+  attn_policy = attn_policy + (1.0 - attn_policy) * eye
+  max_att = torch.max(attn, dim=-1, keepdim=True)[0]
+  attn = attn - max_att
+  attn = attn.to(torch.float32).exp_() * attn_policy.to(torch.float32)
+  attn = (attn + eps / n) / (attn.sum(dim=-1, keepdim=True) + eps)
+  return attn.type_as(max_att)
 
 
 def main(tome_root, diffrate_root):
@@ -108,6 +122,55 @@ def main(tome_root, diffrate_root):
   grads = torch.autograd.grad(flops, [r.selected_probability for r in rates])
   out.update({"flops/value": flops.detach(), **{f"flops/grad{i}": g for i, g in enumerate(grads)}})
   meta["ddp"] = dict(patches=patches, width=width, layers=layers, pairs="prune = rates 0, 1; merge = rates 1, 2")
+
+  # DiffRateBlock.forward's training branch (the search), two layers in a row on 1 + 10 tokens: masked attention
+  # (softmax_with_policy), sort by class attention, prune mask, merge of [merge_kept, mid) keeping every token.
+  b, n, h, d = 2, patches + 1, 2, 4
+  x0 = torch.randn(b, n, 6, dtype=torch.float64)
+  qk = [torch.randn(b, h, n, d, dtype=torch.float64) for _ in range(4)]
+  # peaked near 8, 6 (layer 0: prune, merge) and 4, 2 kept patches (layer 1), so that both layers prune and merge
+  logits = [torch.randn(patches) * 0.5 + 3 * torch.nn.functional.one_hot(torch.tensor(patches - c), patches)
+            for c in (8, 6, 4, 2)]
+  for i, z in enumerate(logits):
+    out[f"search/logits{i}"] = z.clone()
+  modules = []
+  for i in range(4):
+    module = dr_ddp.DiffRate(patches, 1)
+    with torch.no_grad():
+      module.selected_probability.copy_(logits[i])
+    modules.append(module)
+  x, size, mask = x0.clone(), torch.ones(b, n, 1, dtype=torch.float64), torch.ones(b, n, dtype=torch.float64)
+  for layer in range(2):
+    q, k = qk[2 * layer], qk[2 * layer + 1]
+    attn = softmax_with_policy(q @ k.transpose(-2, -1) * d ** -0.5 + size.log()[:, None, None, :, 0], mask)
+    _, idx = torch.sort(attn[:, :, 0, 1:].mean(dim=1), descending=True)
+    idx = torch.cat((torch.zeros((b, 1)).long(), idx + 1), dim=1)
+    x = torch.gather(x, dim=1, index=idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    size = torch.gather(size, dim=1, index=idx.unsqueeze(-1))
+    mask = torch.gather(mask, dim=1, index=idx)
+    prune_ddp, merge_ddp = modules[2 * layer], modules[2 * layer + 1]
+    last = mask[0].sum().int()
+    prune_kept = prune_ddp.update_kept_token_number()
+    if prune_kept < last:
+      mask = mask * prune_ddp.get_token_mask(last).expand(b, -1)
+    mid = min(last, int(prune_kept))
+    merge_kept = merge_ddp.update_kept_token_number()
+    if merge_kept < mid:
+      merge_mask = merge_ddp.get_token_mask(mid)
+      x_rest, size_rest = x[:, mid:], size[:, mid:]
+      merge, node_max = dr_merge.get_merge_func(metric=x[:, :mid].detach(), kept_number=int(merge_kept))
+      x = merge(x[:, :mid], mode="mean", training=True)
+      size = torch.cat((size[:, :int(merge_kept)], size[:, int(merge_kept):mid] * node_max[..., None]), dim=1)
+      size = merge(size.clamp(1), mode="sum", training=True)
+      x, size, mask = torch.cat([x, x_rest], dim=1), torch.cat([size, size_rest], dim=1), mask * merge_mask
+    out.update({f"search/{layer}/x": x.detach(), f"search/{layer}/size": size.detach(),
+                f"search/{layer}/mask": mask.detach(), f"search/{layer}/kept": torch.stack([prune_kept, merge_kept])})
+  weights = torch.linspace(-1, 1, n, dtype=torch.float64)
+  objective = (x.sum(-1) * weights).sum() + (mask * weights).sum() + 0.01 * size.sum()
+  grads = torch.autograd.grad(objective, [m.selected_probability for m in modules], allow_unused=True)
+  grads = [torch.zeros(patches) if gr is None else gr for gr in grads]
+  out.update({"search/x0": x0, **{f"search/qk{i}": t for i, t in enumerate(qk)},
+              **{f"search/grad{i}": gr for i, gr in enumerate(grads)}})
 
   np.savez(OUT, meta=json.dumps(meta), **{k: np.asarray(v.detach().numpy() if torch.is_tensor(v) else v)
                                           for k, v in out.items()})

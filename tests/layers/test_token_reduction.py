@@ -5,12 +5,15 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from effjax.kernels.attention import attention
 from effjax.layers import token_reduction as tr
 from effjax.models import crate, crate_alpha, dilated_vit, vit
+from effjax.tasks import diffrate
 
 GOLDEN = np.load(os.path.join(os.path.dirname(__file__), "..", "data", "token_reduction_goldens.npz"))
 META = json.loads(str(GOLDEN["meta"]))
@@ -94,6 +97,34 @@ def test_diffrate_rates_and_flops_match_official():
     np.testing.assert_allclose(got, GOLDEN[f"flops/grad{i}"], rtol=1e-4, atol=1e-2)
 
 
+def test_diffrate_search_step_matches_official():
+  """Two layers of the search (masked attention, sort, prune and merge masks) and the gradients of the rates."""
+  patches = META["ddp"]["patches"]
+  cand = tr.rate_candidates(patches)
+  qk = [g(f"search/qk{i}").transpose(0, 2, 1, 3) for i in range(4)]  # [B, H, N, d] -> [B, N, H, d]
+
+  def run(logits, x):
+    tokens = tr.Tokens(jnp.ones(x.shape[:2] + (1,)), jnp.ones(x.shape[:2]))
+    outs = []
+    for layer in range(2):
+      q, k = qk[2 * layer], qk[2 * layer + 1]
+      _, cls_attn = tr.policy_attention(q, k, k, tr.size_bias(tokens.size), tokens.mask, q.shape[-1] ** -0.5)
+      x, tokens = tr.search_reduce(x, tokens, cls_attn, logits[2 * layer], logits[2 * layer + 1], cand, cand)
+      outs.append((x, tokens.size, tokens.mask, jnp.stack(tokens.kept[-1])))
+    w = jnp.linspace(-1, 1, x.shape[1])
+    return (x.sum(-1) * w).sum() + (tokens.mask * w).sum() + 0.01 * tokens.size.sum(), outs
+
+  logits = [g(f"search/logits{i}") for i in range(4)]
+  grads, outs = jax.jit(jax.grad(run, has_aux=True))(logits, g("search/x0"))
+  for layer, (x, size, mask, kept) in enumerate(outs):
+    np.testing.assert_allclose(x, GOLDEN[f"search/{layer}/x"], **TOL)
+    np.testing.assert_allclose(size, GOLDEN[f"search/{layer}/size"], **TOL)
+    np.testing.assert_array_equal(mask, GOLDEN[f"search/{layer}/mask"])
+    np.testing.assert_array_equal(kept, GOLDEN[f"search/{layer}/kept"])
+  for i, got in enumerate(grads):
+    np.testing.assert_allclose(got, GOLDEN[f"search/grad{i}"], rtol=1e-4, atol=1e-5)
+
+
 IMAGES = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 1))  # 16 patches of 4x4 + class token
 SMALL = {"vit": (vit, dict(width=16, depth=2, num_heads=2, mlp_dim=32)),
          "crate": (crate, dict(width=16, depth=2, num_heads=2)),
@@ -117,6 +148,30 @@ def test_models_reduce_tokens(name):
     np.testing.assert_allclose(out, base, atol=1e-5)
   for out in (tome, diffrate):
     assert np.abs(out - base).max() > 1e-4
+
+
+def test_diffrate_search_task_trains_only_the_rates():
+  """The search task's gradient reaches every layer's rates except the first (uncompressed) layer's, and no other
+  parameter; the learned kept counts read back as an inference reduction."""
+  config = ml_collections.ConfigDict(dict(
+      model=dict(num_classes=3, reduction=dict(method="diffrate", prune_keep=None, merge_keep=None)),
+      task=dict(label_smoothing=0.0, target=0.05, unit=1e6, lamb=5.0)))
+  task = diffrate.Task(config)
+  kw = dict(num_classes=3, patch_size=4, **SMALL["vit"][1])
+  model = vit.Model(reduction=dict(config.model.reduction), **kw)
+  batch = {"image": IMAGES, "label": jnp.array([0, 2])}
+  variables = jax.jit(model.init)(jax.random.PRNGKey(1), IMAGES)
+  loss = lambda p: task.loss(model, {"params": p}, batch, jax.random.PRNGKey(2), True)
+  grads, aux = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+  flat = {"/".join(k): float(jnp.abs(v).sum()) for k, v in traverse_util.flatten_dict(grads).items()}
+  assert {k for k, v in flat.items() if v > 0} == {"block1/prune_rate", "block1/merge_rate"}, flat
+  assert aux["metrics"]["flops"] > 0
+  prune, merge = tr.learned_keeps(variables["params"], 16)
+  assert prune == [17, 10] and merge == [17, 10]  # zero logits: the mean candidate ⌈8.5⌉ + class token
+  vit.Model(reduction=dict(method="diffrate", prune_keep=prune, merge_keep=merge), **kw).apply(variables, IMAGES)
+  with pytest.raises(ValueError, match="leave prune_keep / merge_keep unset"):
+    config.model.reduction.prune_keep = (17, 10)
+    diffrate.Task(config)
 
 
 def test_bad_reduction_configs_fail_early():
