@@ -8,7 +8,8 @@
 split. --variant family:variant instead builds a standard model with random weights (no accuracy). Every rate r
 is one point per method (r = 0: the model without reduction): "tome" merges r tokens per layer (ToMe's constant
 schedule); "diffrate" uses DiffRate's operators at the same token counts (each layer prunes ⌊r/2⌋ tokens by class
-attention, then merges the rest of r): hand-set rates, not rates searched by DiffRate's objective.
+attention, then merges the rest of r): hand-set rates, not rates searched by DiffRate's objective; --searched adds
+the kept counts that DiffRate's search (configs/diffrate.py) learned, one point per search run.
 Images/s: one jitted forward per point on a fixed eval batch, the points taking turns in --rounds rounds in this
 process (the median per point), so every point sees the same machine state. Runs unchanged on an accelerator
 (the default JAX backend).
@@ -27,6 +28,7 @@ import numpy as np
 
 from effjax import checkpoint, components
 from effjax.data import pipeline
+from effjax.layers import token_reduction
 
 
 def reduction(method: str, r: int, depth: int, tokens: int) -> dict:
@@ -43,6 +45,20 @@ def reduction(method: str, r: int, depth: int, tokens: int) -> dict:
     merge.append(n - step)
     n -= step
   return dict(method="diffrate", prune_keep=prune, merge_keep=merge)
+
+
+def layer_mflops(red: dict, depth: int, tokens: int, width: int) -> float:
+  """DiffRate's FLOPs count of the layers (token_reduction.flops: 4NC² + 2N²C + 8NC² per layer) in MFLOPs."""
+  if red["method"] == "none":
+    kept = [(tokens, tokens)] * depth
+  elif red["method"] == "tome":
+    kept, n = [], tokens
+    for r in token_reduction.tome_schedule(depth, red["r"]):
+      n -= min(r, (n - 1) // 2)
+      kept.append((n, n))
+  else:
+    kept = list(zip(red["prune_keep"], red["merge_keep"]))
+  return float(token_reduction.flops([(float(p), float(m)) for p, m in kept], tokens, width)) / 1e6
 
 
 def load_run(workdir):
@@ -62,10 +78,13 @@ def main(argv=None):
   ap.add_argument("--batch", type=int, default=256)
   ap.add_argument("--rounds", type=int, default=5)
   ap.add_argument("--reps", type=int, default=3, help="forwards per timing")
+  ap.add_argument("--searched", default="", help="comma-separated runs of configs/diffrate.py (DiffRate's search on "
+                  "this --workdir's model): one point each at its learned kept counts")
   ap.add_argument("--json", help="write the points here")
   args = ap.parse_args(argv)
   if bool(args.workdir) == bool(args.variant):
     sys.exit("effjax: error: give exactly one of --workdir and --variant")
+  load_start = os.getloadavg()
   rates = [int(r) for r in args.rates.split(",")]
   methods = args.methods.split(",")
   if not set(methods) <= {"tome", "diffrate"}:
@@ -92,9 +111,16 @@ def main(argv=None):
   patch = base.patch_size if isinstance(base.patch_size, int) else base.patch_size[0]
   n_tokens = (timing_images.shape[1] // patch) * (timing_images.shape[2] // patch) + 1
 
+  todo = [("none", 0, None)] * (0 in rates) + [(m, r, reduction(m, r, depth, n_tokens)) for m in methods
+                                                 for r in rates if r]
+  for run in filter(None, args.searched.split(",")):
+    search_config, search_params = load_run(run)
+    prune, merge = token_reduction.learned_keeps(search_params, n_tokens - 1)
+    todo.append((f"diffrate-searched:{search_config['task']['target']}", 0,
+                 dict(method="diffrate", prune_keep=prune, merge_keep=merge)))
   points = []
-  for method, r in [("none", 0)] * (0 in rates) + [(m, r) for m in methods for r in rates if r]:
-    red = reduction(method, r, depth, n_tokens)
+  for method, r, red in todo:
+    red = red or reduction(method, r, depth, n_tokens)
     model = module.Model(**model_kw, reduction=red)
     fwd = jax.jit(lambda p, x, model=model: model.apply({"params": p}, x))
     correct = count = 0
@@ -103,7 +129,8 @@ def main(argv=None):
       correct += float(((jnp.argmax(logits, -1) == b["label"]) * b["mask"]).sum())
       count += float(b["mask"].sum())
     jax.block_until_ready(fwd(params, timing_images))
-    points.append(dict(method=method, r=r, reduction=red, accuracy=correct / count if count else None, times=[],
+    points.append(dict(method=method, r=r, reduction=red, mflops=layer_mflops(red, depth, n_tokens, base.width),
+                       accuracy=correct / count if count else None, times=[],
                        fwd=fwd))
   for _ in range(args.rounds):  # the points take turns
     for pt in points:
@@ -118,11 +145,11 @@ def main(argv=None):
     pt.pop("fwd")
     rows.append({**pt, "images_per_s": args.batch / sec, "batch": args.batch})
     acc = "" if pt["accuracy"] is None else f"  accuracy {pt['accuracy']:.4f}"
-    print(f"{pt['method']:8s} r={pt['r']:3d}{acc}  {args.batch / sec:9.1f} images/s", flush=True)
+    print(f"{pt['method']:24s} r={pt['r']:3d}{acc}  {args.batch / sec:9.1f} images/s", flush=True)
   result = dict(source=args.workdir or args.variant, device=str(jax.devices()[0]),
-                machine=platform.processor() or platform.machine(), load=os.getloadavg(), rounds=args.rounds,
-                reps=args.reps, image_shape=list(timing_images.shape[1:]), tokens=n_tokens, depth=depth,
-                command="python " + " ".join(sys.argv), points=rows)
+                machine=platform.processor() or platform.machine(), load=[load_start, os.getloadavg()],
+                rounds=args.rounds, reps=args.reps, image_shape=list(timing_images.shape[1:]), tokens=n_tokens,
+                depth=depth, command="python " + " ".join(sys.argv), points=rows)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(result, f, indent=1)
