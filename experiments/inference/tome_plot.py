@@ -13,16 +13,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def table(result) -> str:
-  """Markdown rows: method, r, kept tokens, accuracy, images/s, speed-up over the unreduced point."""
+  """Markdown rows: method, r, searched kept tokens, layer MFLOPs, accuracy, images/s, speed-up over no reduction."""
   base = next((p["images_per_s"] for p in result["points"] if p["method"] == "none"), None)
   rows = ["| method | r | kept (prune / merge) | layer MFLOPs | accuracy | images/s | × none |",
           "|---|---|---|---|---|---|---|"]
   for p in result["points"]:
     red = p["reduction"]
-    kept = f"{red['prune_keep']} / {red['merge_keep']}" if "prune_keep" in red else ""
+    kept = f"{red['prune_keep']} / {red['merge_keep']}" if "searched" in p["method"] else ""
     acc = "" if p["accuracy"] is None else f"{100 * p['accuracy']:.1f}%"
     speed = f"{p['images_per_s'] / base:.2f}" if base else ""
-    rows.append(f"| {p['method']} | {p['r'] or ''} | {kept} | {p['mflops']:.2f} | {acc} | {p['images_per_s']:.0f} "
+    rows.append(f"| {p['method']} | {p['r'] or ''} | {kept} | {p['mflops']:.2f} | {acc} | {p['images_per_s']:.3g} "
                 f"| {speed} |")
   return "\n".join(rows)
 
@@ -33,9 +33,13 @@ def main():
   ap.add_argument("--png")
   args = ap.parse_args()
   results = [json.load(open(path)) for path in args.results]
-  fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
-  for ax, result, path in zip(axes[0], results, args.results):
+  for result, path in zip(results, args.results):
     print(f"{path} ({result['command']}; load {result.get('load')})\n{table(result)}\n")
+  curves = [(r, p) for r, p in zip(results, args.results) if r["points"][0]["accuracy"] is not None]  # not speed-only
+  if not args.png or not curves:
+    return
+  fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
+  for ax, (result, path) in zip(axes[0], curves):
     groups = {}
     for p in result["points"]:
       groups.setdefault(p["method"].split(":")[0], []).append(p)
@@ -47,9 +51,8 @@ def main():
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(path.split("/")[-1].removesuffix(".json"))
     ax.legend()
-  if args.png:
-    fig.tight_layout()
-    fig.savefig(args.png, dpi=100)
+  fig.tight_layout()
+  fig.savefig(args.png, dpi=100)
 
 
 if __name__ == "__main__":
