@@ -22,7 +22,8 @@ def table(result) -> str:
     kept = f"{red['prune_keep']} / {red['merge_keep']}" if "searched" in p["method"] else ""
     acc = "" if p["accuracy"] is None else f"{100 * p['accuracy']:.1f}%"
     speed = f"{p['images_per_s'] / base:.2f}" if base else ""
-    rows.append(f"| {p['method']} | {p['r'] or ''} | {kept} | {p['mflops']:.2f} | {acc} | {p['images_per_s']:.3g} "
+    ips = f"{p['images_per_s']:.0f}" if p["images_per_s"] >= 100 else f"{p['images_per_s']:.3g}"
+    rows.append(f"| {p['method']} | {p['r'] or ''} | {kept} | {p['mflops']:.2f} | {acc} | {ips} "
                 f"| {speed} |")
   return "\n".join(rows)
 
