@@ -5,7 +5,8 @@
       --workdir runs/vit_diffrate
 
 Arguments: base (vit | crate | crate_alpha: its runlocal config, with pool "cls"), init (the trained run's
-checkpoint directory), target (the layers' FLOPs in MFLOPs, DiffRate's formula), steps. As DiffRate's main.py
+checkpoint directory; empty: a fresh model, a smoke test), target (the layers' FLOPs in MFLOPs, DiffRate's formula),
+steps, runlocal (accepted and ignored: the search always runs on the runlocal models). As DiffRate's main.py
 and engine.py: only the rates train (AdamW, lr 0.01 cosine to 0.001, no weight decay), λ = 5; the epochs of its
 ImageNet search become `steps` batches here. The learned kept counts: token_reduction.learned_keeps(params, P).
 """
@@ -17,7 +18,7 @@ from effjax import config as cfg
 
 
 def get_config(arg=None):
-  arg = cfg.parse_arg(arg, base="vit", init="", target=6.0, steps=300)
+  arg = cfg.parse_arg(arg, base="vit", init="", target=6.0, steps=300, runlocal=False)
   if arg.base not in ("vit", "crate", "crate_alpha"):
     raise cfg.ConfigError(f"base must be vit, crate or crate_alpha, got {arg.base!r}")
   c = cfg.load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{arg.base}.py") + ":runlocal")
