@@ -14,10 +14,14 @@ Every layer reduces between its attention and its MLP / ISTA step, and attention
   tokens are sorted by the class token's attention (mean over heads); the first `prune_keep` are kept; then
   the tokens after position `merge_keep` are merged (plain mean) into their most cosine-similar token among the
   first `merge_keep` (class token excluded as a target), each merged size first scaled by that similarity
-  (the official inference rule). Kept counts include the class token; the per-layer counts are searched with
-  its differentiable rates (`effjax.tasks.diffrate`).
+  (the official inference rule). Kept counts include the class token.
+* DiffRate's search (§3.2–3.3, its training branch; trained by `effjax/tasks/diffrate.py`) keeps all N tokens and
+  masks instead: per layer a prune and a merge rate (softmax over kept-token candidates with a straight-through
+  ceil and mask: `kept_number`, `token_mask`), masked attention (`policy_attention`), `search_reduce`, and the
+  FLOPs objective (`flops`). `learned_keeps` turns the learned rates into kept counts for inference.
 
-The JAX functions below take static token counts, so every reduced shape is known at trace time.
+Inference takes static token counts, so every reduced shape is known at trace time; the blocks take the state as
+one `Tokens` argument (`start` makes it, `finish` ends it).
 """
 import dataclasses
 from typing import NamedTuple
