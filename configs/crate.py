@@ -31,6 +31,7 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict(dict(
       num_classes=arg.num_classes, variant=arg.variant, patch_size=arg.patch, pool="cls", dropout=0.0,
       emb_dropout=0.0, remat="none"))
+  c.model.reduction = train_config.token_reduction()  # ToMe / DiffRate at inference
   c.task_name = "classification"
   c.task = ml_collections.ConfigDict(dict(label_smoothing=0.1, mixup_alpha=arg.mixup, cutmix_alpha=arg.cutmix))
   c.evaluators = ("classification", "coding_rate")
@@ -57,6 +58,7 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict(dict(
         num_classes=10, patch_size=7, width=96, depth=4, num_heads=4, pool="cls", dropout=0.0, emb_dropout=0.0,
         remat="none"))
+    c.model.reduction = train_config.token_reduction()  # ToMe / DiffRate at inference
     c.task.label_smoothing = 0.0
     c.data.source = "mnist5k"
     c.data.train_split, c.data.eval_split = "train", "test"

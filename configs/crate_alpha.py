@@ -40,6 +40,7 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict(dict(
       num_classes=classes, variant=arg.variant if "/" in arg.variant else arg.variant + "/16", posemb="learn",
       dropout=0.0, drop_path_rate=0.0, layer_scale=None, remat="none"))
+  c.model.reduction = train_config.token_reduction()  # ToMe / DiffRate at inference
   c.task = ml_collections.ConfigDict(dict(label_smoothing=smoothing, mixup_alpha=0.8, cutmix_alpha=1.0))
   c.evaluators = ("classification", "coding_rate")
   c.evaluator.coding_rate = ml_collections.ConfigDict(dict(max_examples=256, per_head=False))
@@ -68,6 +69,7 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict(dict(
         num_classes=10, patch_size=7, width=96, depth=4, num_heads=4, posemb="learn", dropout=0.0, drop_path_rate=0.0,
         layer_scale=None, remat="none"))
+    c.model.reduction = train_config.token_reduction()  # ToMe / DiffRate at inference
     c.task = ml_collections.ConfigDict(dict(label_smoothing=0.0))
     c.optimizer.decay_mask = "no_bias_norm"
     c.data.source = "mnist5k"

@@ -19,6 +19,7 @@ def get_config(arg=None):
   c.model = ml_collections.ConfigDict(dict(
       num_classes=arg.num_classes, variant=arg.variant, patch_size=arg.patch, dropout=0.0, pool="cls",
       remat="none"))
+  c.model.reduction = train_config.token_reduction()  # ToMe / DiffRate at inference
   c.task_name = "classification"
   c.task = ml_collections.ConfigDict(dict(label_smoothing=0.1))
   c.data.source = arg.dataset
@@ -41,6 +42,7 @@ def get_config(arg=None):
     c.model = ml_collections.ConfigDict(dict(
         num_classes=10, patch_size=4, width=64, depth=4, num_heads=4, mlp_dim=128, dropout=0.0,
         pool="gap", remat="none"))
+    c.model.reduction = train_config.token_reduction()  # ToMe / DiffRate at inference
     c.task.label_smoothing = 0.0
     c.data.source = "mnist5k"
     c.data.train_split, c.data.eval_split = "train", "test"

@@ -90,6 +90,14 @@ def base_config() -> ConfigDict:
   return c
 
 
+def token_reduction() -> ConfigDict:
+  """config.model.reduction of the transformer classifiers (ViT, CRATE, CRATE-α; effjax/layers/token_reduction.py):
+  method "none" | "tome" (r tokens merged per layer, inflection of ToMe's schedule) | "diffrate" (prune_keep and
+  merge_keep: per-layer kept tokens, class token included). Validated when the model is built."""
+  return ConfigDict(dict(method="none", r=0, inflection=0.0, prune_keep=config_dict.placeholder(tuple),
+                         merge_keep=config_dict.placeholder(tuple)))
+
+
 # config.evals.<name> keys -> the config.data key each replaces (None: not a data key). Missing keys take
 # the defaults: type = the evaluation's name (effjax/evaluators/<type>.py), the config.data values, and
 # every_steps = config.eval_every_steps (-1: only at the end).

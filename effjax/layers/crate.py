@@ -13,7 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from effjax.kernels.attention import attention
 from effjax.kernels.subspace_attention import subspace_attention
+from effjax.layers import token_reduction
 from effjax.layers.common import TORCH_LN_EPS, torch_default_init
 from effjax.layers.dense import Dense, weight_gradient
 
@@ -40,7 +42,10 @@ class MSSA(nn.Module):
   """Multi-head subspace self-attention: x [B, N, d] -> (out [B, N, d], W = x U [B, N, K·p]).
 
   One bias-free projection U [d, K·p] serves as query, key and value of every head;
-  out = concat_k(softmax(Wₖ Wₖᵀ p^-½) Wₖ) · U_out (+ b_out when out_bias); without U_out when not project_out.
+  out = concat_k(softmax(Wₖ Wₖᵀ p^-½ + bias) Wₖ) · U_out (+ b_out when out_bias); without U_out when not
+  project_out. A logit `bias` (proportional attention of token reduction) goes through the general attention op;
+  with a keep `policy` [B, N] (DiffRate's search) the attention is `token_reduction.policy_attention` and the
+  result (out, W, its class-token attention [B, N − 1]).
   """
   num_heads: int
   head_dim: int
@@ -51,16 +56,23 @@ class MSSA(nn.Module):
   project_out: bool = True
 
   @nn.compact
-  def __call__(self, x, train=False):
+  def __call__(self, x, train=False, bias=None, policy=None):
     b, n, d = x.shape
     inner = self.num_heads * self.head_dim
     w = Dense(inner, use_bias=False, kernel_init=self.kernel_init, name="qkv")(x)
     heads = w.reshape(b, n, self.num_heads, self.head_dim)
-    y = subspace_attention(heads, scale=self.head_dim ** -0.5, impl=self.impl).reshape(b, n, inner)
-    if not self.project_out:  # the official CRATE with one head of width d: to_out is the identity
-      return y, w
-    y = Dense(d, use_bias=self.out_bias, kernel_init=self.kernel_init, name="out")(y)
-    return nn.Dropout(self.dropout, deterministic=not train)(y), w
+    cls_attn = None
+    if policy is not None:
+      y, cls_attn = token_reduction.policy_attention(heads, heads, heads, bias, policy, self.head_dim ** -0.5)
+    elif bias is None:
+      y = subspace_attention(heads, scale=self.head_dim ** -0.5, impl=self.impl)
+    else:
+      y = attention(heads, heads, heads, bias=bias, scale=self.head_dim ** -0.5, impl=self.impl)
+    y = y.reshape(b, n, inner)
+    if self.project_out:  # without: the official CRATE with one head of width d, to_out is the identity
+      y = nn.Dropout(self.dropout, deterministic=not train)(
+          Dense(d, use_bias=self.out_bias, kernel_init=self.kernel_init, name="out")(y))
+    return (y, w) if policy is None else (y, w, cls_attn)
 
 
 @jax.custom_vjp
@@ -104,8 +116,29 @@ class ISTA(nn.Module):
     return relu_affine(x, m.astype(x.dtype), jnp.asarray(self.eta * self.lmbda, x.dtype))
 
 
+def mssa_tokens(mssa, x, train, tokens):
+  """MSSA `mssa` on x [B, N, d] with token reduction's `tokens` (None: plain): (out, W, class attention or None)."""
+  if tokens is None:
+    return (*mssa(x, train), None)
+  out = mssa(x, train, token_reduction.size_bias(tokens.size), tokens.mask)
+  return out if tokens.mask is not None else (*out, None)
+
+
+def reduce_tokens(module, x, tokens, w, cls_attn, step, num_heads, class_token):
+  """Token reduction (`effjax.layers.token_reduction`) in `module` after an MSSA residual x [B, N, d] whose
+  projection is w [B, N, K·p]: the one projection is both ToMe's keys and DiffRate's query and keys.
+  -> (x, tokens)."""
+  heads = w.reshape(*w.shape[:2], num_heads, -1)
+  rates = token_reduction.rate_logits(module, step.index, x.shape[1] - 1) if step.search else None
+  return token_reduction.reduce(x, tokens, step, heads, heads[:, 0], heads.shape[-1] ** -0.5, class_token,
+                                cls_attn, rates)
+
+
 class Layer(nn.Module):
-  """One CRATE layer: Z -> ISTA(LN₂(Z + MSSA(LN₁(Z)))); [B, N, d] -> [B, N, d]."""
+  """One CRATE layer: Z -> ISTA(LN₂(Z + MSSA(LN₁(Z)))); [B, N, d] -> [B, N, d].
+
+  With `tokens` (a `token_reduction.Tokens`), attention is proportional to the token sizes, the `reduction` step
+  acts before the ISTA step, and the layer returns (Z, tokens)."""
   num_heads: int
   head_dim: int
   eta: float = 0.1
@@ -113,20 +146,24 @@ class Layer(nn.Module):
   dropout: float = 0.0
   impl: str = "auto"
   kernel_init: nn.initializers.Initializer = torch_default_init
+  reduction: token_reduction.Step | None = None
+  class_token: bool = True
 
   @nn.compact
-  def __call__(self, x, train=False):
+  def __call__(self, x, train=False, tokens=None):
     project_out = not (self.num_heads == 1 and self.head_dim == x.shape[-1])  # the official rule
-    attn_out, w = MSSA(self.num_heads, self.head_dim, dropout=self.dropout, impl=self.impl,
-                       kernel_init=self.kernel_init, project_out=project_out,
-                       name="mssa")(nn.LayerNorm(TORCH_LN_EPS, name="norm1")(x), train)
+    mssa = MSSA(self.num_heads, self.head_dim, dropout=self.dropout, impl=self.impl, kernel_init=self.kernel_init,
+                project_out=project_out, name="mssa")
+    attn_out, w, cls_attn = mssa_tokens(mssa, nn.LayerNorm(TORCH_LN_EPS, name="norm1")(x), train, tokens)
     self.sow("intermediates", "qkv", w)
     self.sow("intermediates", "attn_out", attn_out)
     x = attn_out + x
     self.sow("intermediates", "after_attn_residual", x)
+    if tokens is not None:
+      x, tokens = reduce_tokens(self, x, tokens, w, cls_attn, self.reduction, self.num_heads, self.class_token)
     x = ISTA(self.eta, self.lmbda, name="ista")(nn.LayerNorm(TORCH_LN_EPS, name="norm2")(x))
     self.sow("intermediates", "after_ista", x)
-    return x
+    return x if tokens is None else (x, tokens)
 
 
 def convert_layer(sd, prefix: str) -> dict:

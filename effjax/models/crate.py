@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from effjax.layers import remat as remat_lib
+from effjax.layers import remat as remat_lib, token_reduction
 from effjax.layers.common import TORCH_LN_EPS, torch_default_init, with_variants
 from effjax.layers.crate import SIZES, Layer, check_posemb_length, convert_layer
 from effjax.layers.patches import patchify
@@ -39,7 +39,9 @@ class CRATE(nn.Module):
   `head_dim` defaults to width / num_heads (as in the official variants); one head with head_dim == width
   has no attention output projection (as the official code). `patch_size` is p or (ph, pw). `pool` is "cls" (the class
   token) or "gap" (the token mean). `dropout` acts on the attention
-  output projection, `emb_dropout` on the embedded tokens. `remat` is "none", "full" or "dots".
+  output projection, `emb_dropout` on the embedded tokens. `remat` is "none", "full" or "dots". `reduction`
+  (None or a mapping, see `token_reduction.schedule`) merges or prunes tokens in every layer before its ISTA step
+  (ToMe or DiffRate, with proportional attention and a size-weighted "gap").
   """
   num_classes: int
   patch_size: int | tuple[int, int] = 16
@@ -54,6 +56,7 @@ class CRATE(nn.Module):
   emb_dropout: float = 0.0
   remat: str = "none"
   impl: str = "auto"
+  reduction: dict | None = None
 
   @nn.compact
   def __call__(self, images, train=False):
@@ -75,11 +78,15 @@ class CRATE(nn.Module):
     self.sow("intermediates", "transformer_input", x)
     x = nn.Dropout(self.emb_dropout, deterministic=not train)(x)
     layer = remat_lib.remat(Layer, self.remat)
+    steps = token_reduction.schedule(self.reduction, self.depth, n + 1, self.pool == "cls", "CRATE")
+    tokens = token_reduction.start(steps, x)
     for i in range(self.depth):
-      x = layer(self.num_heads, head_dim, self.eta, self.lmbda, self.dropout, self.impl,
-                name=f"layer{i}")(x, train)
+      block = layer(self.num_heads, head_dim, self.eta, self.lmbda, self.dropout, self.impl,
+                    reduction=steps and steps[i], class_token=self.pool == "cls", name=f"layer{i}")
+      x, tokens = (block(x, train), None) if steps is None else block(x, train, tokens)
+    size = token_reduction.finish(self, tokens, n + 1, self.width)
     self.sow("intermediates", "transformer_output", x)
-    x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+    x = token_reduction.pool(x, size, self.pool)
     self.sow("intermediates", "pooled", x)
     x = nn.LayerNorm(TORCH_LN_EPS, name="head_norm")(x)
     return nn.Dense(self.num_classes, kernel_init=torch_default_init, name="head")(x)

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effjax.layers import remat as remat_lib
+from effjax.layers import remat as remat_lib, token_reduction
 from effjax.layers.common import LN_EPS, DropPath, with_variants
-from effjax.layers.crate import MSSA, check_posemb_length
+from effjax.layers.crate import MSSA, check_posemb_length, mssa_tokens, reduce_tokens
 from effjax.layers.patches import pair
 
 HEAD = r"^head/"  # params a new task replaces: config.init_from.skip's default
@@ -71,7 +71,8 @@ class OvercompleteISTA(nn.Module):
 
 
 class Block(nn.Module):
-  """One CRATE-α block; see the module docstring. [B, N, d] -> [B, N, d]."""
+  """One CRATE-α block; see the module docstring. [B, N, d] -> [B, N, d]; with `tokens` (token reduction),
+  proportional attention, the `reduction` step before the ODL branch, and (Z, tokens) returned."""
   num_heads: int
   eta: float = 0.1
   lmbda: float = 0.1
@@ -79,6 +80,7 @@ class Block(nn.Module):
   drop_path_rate: float = 0.0
   layer_scale: float | None = None
   impl: str = "auto"
+  reduction: token_reduction.Step | None = None
 
   def _scale(self, name, y):
     if self.layer_scale is None:
@@ -86,23 +88,25 @@ class Block(nn.Module):
     return y * self.param(name, nn.initializers.constant(self.layer_scale), (y.shape[-1],), jnp.float32).astype(y.dtype)
 
   @nn.compact
-  def __call__(self, x, train=False):
+  def __call__(self, x, train=False, tokens=None):
     d = x.shape[-1]
     if d % self.num_heads:
       raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
-    y, w = MSSA(self.num_heads, d // self.num_heads, out_bias=False, dropout=self.dropout,
-                impl=self.impl, kernel_init=nn.initializers.normal(0.02),
-                name="mssa")(nn.LayerNorm(LN_EPS, name="norm1")(x), train)
+    mssa = MSSA(self.num_heads, d // self.num_heads, out_bias=False, dropout=self.dropout, impl=self.impl,
+                kernel_init=nn.initializers.normal(0.02), name="mssa")
+    y, w, cls_attn = mssa_tokens(mssa, nn.LayerNorm(LN_EPS, name="norm1")(x), train, tokens)
     self.sow("intermediates", "qkv", w)
     self.sow("intermediates", "attn_out", y)
     x = x + DropPath(self.drop_path_rate)(self._scale("ls1", y), train)
     self.sow("intermediates", "after_attn_residual", x)
+    if tokens is not None:
+      x, tokens = reduce_tokens(self, x, tokens, w, cls_attn, self.reduction, self.num_heads, True)
     y = OvercompleteISTA(self.eta, self.lmbda, name="ista")(nn.LayerNorm(LN_EPS, name="norm2")(x))
     self.sow("intermediates", "ista_out", y)
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
     x = x + DropPath(self.drop_path_rate)(self._scale("ls2", y), train)
     self.sow("intermediates", "output", x)
-    return x
+    return x if tokens is None else (x, tokens)
 
 
 class CRATEAlpha(nn.Module):
@@ -113,7 +117,8 @@ class CRATEAlpha(nn.Module):
   Official options: patch_size p or (ph, pw); num_classes None (or 0) returns the pre-logits [B, width]
   (token 0 after encoder_norm) and has no head; emb_head_bias=False drops the biases of the patch embedding
   and the head; post_norm=True normalises the input images as (x - mean) / std inside the model;
-  final_drop is a dropout rate before the head.
+  final_drop is a dropout rate before the head. `reduction` (None or a mapping, see `token_reduction.schedule`)
+  merges or prunes tokens in every block (ToMe or DiffRate; the class token, token 0, is never merged).
   """
   num_classes: int | None
   patch_size: int | tuple[int, int] = 16
@@ -133,6 +138,7 @@ class CRATEAlpha(nn.Module):
   mean: tuple = (0.485, 0.456, 0.406)
   std: tuple = (0.229, 0.224, 0.225)
   final_drop: float = 0.0
+  reduction: dict | None = None
 
   @nn.compact
   def __call__(self, images, train=False):
@@ -163,9 +169,13 @@ class CRATEAlpha(nn.Module):
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     block = remat_lib.remat(Block, self.remat)
     rates = np.linspace(0.0, self.drop_path_rate, self.depth)
+    steps = token_reduction.schedule(self.reduction, self.depth, x.shape[1], True, "CRATE-α")
+    tokens = token_reduction.start(steps, x)
     for i in range(self.depth):
-      x = block(self.num_heads, self.eta, self.lmbda, self.dropout, float(rates[i]), self.layer_scale,
-                self.impl, name=f"layer{i}")(x, train)
+      layer = block(self.num_heads, self.eta, self.lmbda, self.dropout, float(rates[i]), self.layer_scale,
+                    self.impl, steps and steps[i], name=f"layer{i}")
+      x, tokens = (layer(x, train), None) if steps is None else layer(x, train, tokens)
+    token_reduction.finish(self, tokens, h * w + 1, c)
     self.sow("intermediates", "encoded", x)
     x = nn.LayerNorm(LN_EPS, name="encoder_norm")(x)[:, 0]
     self.sow("intermediates", "head_input", x)

@@ -27,6 +27,7 @@ class Model(nn.Module):
   per stage; stage i works on width·2^i channels and ends with patch merging except the last.
   group_size: window shape of the local blocks and member counts of the dilated blocks (per axis).
   intervals: per stage, dilated blocks pad the grid to a multiple of it (1 = the grid must already tile).
+  reduction: only None or method 'none': token merging / pruning (`effjax.layers.token_reduction`) is refused.
   """
   num_classes: int
   patch_size: tuple = (4, 4)
@@ -40,6 +41,7 @@ class Model(nn.Module):
   vocab_size: int = 0
   remat: str = "none"
   impl: str = "auto"
+  reduction: dict | None = None
 
   def _embed(self, x):
     rank = len(self.patch_size)
@@ -60,6 +62,9 @@ class Model(nn.Module):
     if not len(self.depths) == len(self.num_heads) == len(self.intervals):
       raise ValueError(f"depths {self.depths}, num_heads {self.num_heads} and intervals {self.intervals} must "
                        "have one entry per stage")
+    if dict(self.reduction or {}).get("method", "none") != "none":
+      raise ValueError("dilated ViT cannot merge or prune tokens: its local windows, dilated groups and patch "
+                       "merging need the full token grid")
     if len(self.group_size) != len(self.patch_size):
       raise ValueError(f"group_size {tuple(self.group_size)} and patch_size {tuple(self.patch_size)} differ in rank")
     x = nn.LayerNorm(epsilon=TORCH_LN_EPS, name="patch_embed_norm")(self._embed(x))

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from effjax.layers import token_reduction
 from effjax.layers.common import with_variants
 from effjax.layers.remat import remat
 from effjax.layers.transformer import EncoderBlock
@@ -30,7 +31,8 @@ class ViT(nn.Module):
 
   Input images [B, H, W, C]; output logits [B, num_classes]. Tokens: (H/p)·(W/p) patches of p×p pixels,
   linearly embedded, plus a learned position embedding; `pool` is "cls" (prepended class token) or
-  "gap" (mean over tokens).
+  "gap" (mean over tokens). `reduction` (None or a mapping, see `token_reduction.schedule`) merges or prunes
+  tokens inside the blocks: ToMe or DiffRate, with proportional attention and a size-weighted "gap".
   """
   num_classes: int
   patch_size: int = 16
@@ -42,6 +44,7 @@ class ViT(nn.Module):
   pool: str = "cls"
   remat: str = "none"
   impl: str = "auto"
+  reduction: dict | None = None
 
   @nn.compact
   def __call__(self, images, train=False):
@@ -60,11 +63,15 @@ class ViT(nn.Module):
       cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), jnp.float32).astype(x.dtype)
       x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, self.width)), x], axis=1)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    steps = token_reduction.schedule(self.reduction, self.depth, x.shape[1], self.pool == "cls", "ViT")
     block = remat(EncoderBlock, self.remat)
+    tokens = token_reduction.start(steps, x)
     for i in range(self.depth):
-      x = block(self.num_heads, self.mlp_dim, self.dropout, self.impl, name=f"block{i}")(x, train)
-    x = nn.LayerNorm(name="encoder_norm")(x)
-    x = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+      layer = block(self.num_heads, self.mlp_dim, self.dropout, self.impl, steps and steps[i], self.pool == "cls",
+                    name=f"block{i}")
+      x, tokens = (layer(x, train), None) if steps is None else layer(x, train, tokens)
+    size = token_reduction.finish(self, tokens, (h // p) * (w // p) + (self.pool == "cls"), self.width)
+    x = token_reduction.pool(nn.LayerNorm(name="encoder_norm")(x), size, self.pool)
     return nn.Dense(self.num_classes, name="head")(x)
 
 
