@@ -138,17 +138,21 @@ def _dense_layers(fn, select):
 def calibrate(model, variables, *args, skip=SKIP, **kwargs):
   """{layer path: (kernel [in, out], inputs [rows, in])} for every dense layer that `skip` does not match, from
   one float forward pass model.apply(variables, *args, **kwargs)."""
-  found = {}
+  def forward(variables, args):
+    found = {}
 
-  def record(module, x, next_fun, a, kw):
-    n = _in_axes(module)
-    kernel = module.variables["params"]["kernel"]
-    n_in = int(np.prod(kernel.shape[:n]))
-    found[_path(module)] = (kernel.reshape(n_in, -1), x.reshape(-1, n_in))
-    return next_fun(*a, **kw)
+    def record(module, x, next_fun, a, kw):
+      n = _in_axes(module)
+      kernel = module.variables["params"]["kernel"]
+      n_in = int(np.prod(kernel.shape[:n]))
+      found[_path(module)] = (kernel.reshape(n_in, -1), x.reshape(-1, n_in))
+      return next_fun(*a, **kw)
 
-  with _dense_layers(record, lambda p: not re.search(skip, p)):
-    model.apply(variables, *args, **kwargs)
+    with _dense_layers(record, lambda p: not re.search(skip, p)):
+      model.apply(variables, *args, **kwargs)
+    return found
+
+  found = jax.jit(forward)(variables, args)
   if not found:
     raise ValueError(f"AWQ: no dense layer left to quantize in {type(model).__name__} (skip={skip!r})")
   return found
@@ -158,6 +162,7 @@ def awq_quantize(model, variables, *calib_args, bits, group_size=0, search=True,
   """Quantizes every dense layer of `model` (but those matching `skip`) -> (variables without their kernels,
   {layer path: quantize_layer dict}). Scales are searched on one forward pass over calib_args (a calibration
   batch); group_size 0 = per output channel; search False = round-to-nearest."""
+  _check(bits, 0, 1)
   found = calibrate(model, variables, *calib_args, skip=skip, **calib_kwargs)
   for path, (kernel, _) in found.items():
     _check(bits, group_size, kernel.shape[0], path)
