@@ -34,8 +34,8 @@ N_GRID = 20
 
 
 def _check(bits, group_size, n_in, name="layer"):
-  if bits not in (4, 8):
-    raise ValueError(f"AWQ weight quantization supports bits 4 or 8, got {bits!r}")
+  if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+    raise ValueError(f"AWQ weight quantization takes bits from 2 to 8 (int4, int8, ...), got {bits!r}")
   g = n_in if group_size in (0, -1) else group_size
   if not isinstance(g, int) or g < 1 or n_in % g:
     raise ValueError(f"group_size {group_size!r} does not divide the {n_in} input channels of {name} "
@@ -44,7 +44,10 @@ def _check(bits, group_size, n_in, name="layer"):
 
 
 def quantize(w, bits, group_size=0):
-  """w [in, out] -> (codes uint{bits} [in, out], delta [in/g, out], zero [in/g, out]); group_size 0: g = in."""
+  """w [in, out] -> (codes [in, out], delta [in/g, out], zero [in/g, out]); group_size 0: g = in.
+
+  Codes are uint4 for bits <= 4 (packed two to a byte where the backend packs), else uint8.
+  """
   n_in, n_out = w.shape
   g = _check(bits, group_size, n_in)
   max_int = 2 ** bits - 1
@@ -53,7 +56,7 @@ def quantize(w, bits, group_size=0):
   delta = jnp.maximum(hi - lo, 1e-5) / max_int
   zero = jnp.clip(-jnp.round(lo / delta), 0, max_int)
   codes = jnp.clip(jnp.round(wg / delta[:, None]) + zero[:, None], 0, max_int)
-  return codes.reshape(n_in, n_out).astype(jnp.uint4 if bits == 4 else jnp.uint8), delta, zero
+  return codes.reshape(n_in, n_out).astype(jnp.uint4 if bits <= 4 else jnp.uint8), delta, zero
 
 
 def dequantize(codes, delta, zero):

@@ -71,8 +71,9 @@ def test_bad_quantization_settings_are_errors():
   model = MODELS["vit"]
   images = jnp.zeros((2, 28, 28, 1))
   variables = jax.jit(model.init)(jax.random.PRNGKey(1), images)
-  with pytest.raises(ValueError, match="bits 4 or 8"):
-    awq.awq_quantize(model, variables, images, bits=3)
+  for bits in (1, 9, 4.0):
+    with pytest.raises(ValueError, match="takes bits from 2 to 8"):
+      awq.awq_quantize(model, variables, images, bits=bits)
   with pytest.raises(ValueError, match="group_size 24 does not divide the 32 input channels of block0/attn/"):
     awq.awq_quantize(model, variables, images, bits=4, group_size=24)
   with pytest.raises(ValueError, match="no dense layer left"):
