@@ -16,7 +16,8 @@ which forces one s on all layers sharing an input; here 1/s stays a per-input-ch
 layer gets its own s and any dense layer can be quantized. α = 0 gives s = 1: plain round-to-nearest (RTN).
 
 Inference: `quantized_apply` runs a Flax model with every dense layer named in the quantized tree replaced by
-`qdot` (dequantize the codes, then one matmul: the XLA reference path), layers chosen by module path.
+`qdot`, layers chosen by module path: impl "xla" dequantizes the codes, then one matmul (the reference path);
+"pallas" dequantizes inside the kernel (effjax/kernels/quant_matmul.py).
 """
 import re
 
@@ -26,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from effjax.kernels.quant_matmul import dequantize, quant_matmul
 from effjax.layers import dense as dense_lib
 
 DENSE_TYPES = (nn.Dense, nn.DenseGeneral, dense_lib.Dense)
@@ -57,14 +59,6 @@ def quantize(w, bits, group_size=0):
   zero = jnp.clip(-jnp.round(lo / delta), 0, max_int)
   codes = jnp.clip(jnp.round(wg / delta[:, None]) + zero[:, None], 0, max_int)
   return codes.reshape(n_in, n_out).astype(jnp.uint4 if bits <= 4 else jnp.uint8), delta, zero
-
-
-def dequantize(codes, delta, zero):
-  """Q(W) [in, out] float32 from `quantize`'s output (the group size is in/delta.shape[0])."""
-  n_in, n_out = codes.shape
-  groups = delta.shape[0]
-  q = codes.astype(jnp.float32).reshape(groups, n_in // groups, n_out)
-  return ((q - zero[:, None]) * delta[:, None]).reshape(n_in, n_out)
 
 
 def activation_scale(x):
@@ -103,10 +97,10 @@ def quantize_layer(w, x, bits, group_size=0, search=True):
   return {"codes": codes, "delta": delta, "zero": zero, "inv_s": 1.0 / s}
 
 
-def qdot(x, layer):
-  """x [..., in] -> (x/s) Q(s W) [..., out] for a `quantize_layer` dict: dequantize, then one matmul (XLA)."""
-  w = dequantize(layer["codes"], layer["delta"], layer["zero"])
-  return (x * layer["inv_s"].astype(x.dtype)) @ w.astype(x.dtype)
+def qdot(x, layer, impl="xla"):
+  """x [..., in] -> (x/s) Q(s W) [..., out] for a `quantize_layer` dict (effjax.kernels.quant_matmul: "xla"
+  dequantizes, then one matmul; "pallas" dequantizes inside the kernel)."""
+  return quant_matmul(x * layer["inv_s"].astype(x.dtype), layer["codes"], layer["delta"], layer["zero"], impl)
 
 
 def _in_axes(module) -> int:
@@ -176,12 +170,12 @@ def awq_quantize(model, variables, *calib_args, bits, group_size=0, search=True,
   return {**variables, "params": traverse_util.unflatten_dict(kept, sep="/")}, quantized
 
 
-def quantized_apply(model, variables, quantized, *args, **kwargs):
+def quantized_apply(model, variables, quantized, *args, impl="xla", **kwargs):
   """model.apply(variables, *args, **kwargs) with the layers in `quantized` computed by `qdot` (+ their bias)."""
   def run(module, x, next_fun, a, kw):
     n = _in_axes(module)
     layer = quantized[_path(module)]
-    y = qdot(x.reshape(x.shape[:x.ndim - n] + (-1,)), layer)
+    y = qdot(x.reshape(x.shape[:x.ndim - n] + (-1,)), layer, impl)
     y = y.reshape(x.shape[:x.ndim - n] + _features(module))
     if module.use_bias:
       y = y + module.variables["params"]["bias"].astype(y.dtype)

@@ -61,6 +61,9 @@ def test_quantized_models_track_the_float_model(name):
     kernels = [k for k in traverse_util.flatten_dict(qvars["params"], sep="/") if k.endswith("/kernel")]
     assert kernels and not any(k[:-len("/kernel")] in quantized for k in kernels)  # float kernels are dropped
     errors[(bits, search)] = float(jnp.abs(run(qvars, quantized) - ref).max() / jnp.abs(ref).max())
+  if name == "vit":  # the dequantize-in-kernel path (Pallas, interpret mode here) computes the same model
+    pallas = jax.jit(lambda v, q: awq.quantized_apply(model, v, q, images, impl="pallas"))(qvars, quantized)
+    np.testing.assert_allclose(pallas, run(qvars, quantized), rtol=1e-4, atol=1e-4)
   want = {"vit": 12, "crate": 4}[name]  # dense layers per model: q, k, v, out, fc1, fc2 / qkv, out per block
   assert len(quantized) == want and not any("head" in p or "patch_proj" in p for p in quantized)
   assert errors[(8, True)] < 0.02 < errors[(4, False)], errors
