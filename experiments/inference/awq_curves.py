@@ -12,10 +12,12 @@ a model taking turns over `--rounds` rounds (each round times `--iters` jitted f
 batch per setting); the median round is reported (and the best). Accuracy moves in 1-image steps (0.1%), so
 the relative error of the test-set logits against the float model's is reported too. The quantized path is the XLA
 reference (dequantize, then one matmul), so on a CPU it is not expected to be faster than float: the figures show
-its cost, not a kernel's gain. Runs unchanged on an accelerator. Writes the JSON (with the conditions) and a PNG
-plot beside it.
+its cost, not a kernel's gain. With `--standard`, the standard variants (ViT-Ti/16, CRATE-T/16 at 224x224, random
+weights) are timed the same way for float32, int8 and int4 (groups of 64) AWQ. Runs unchanged on an accelerator.
+Writes the JSON (with the conditions) and a PNG plot beside it.
 """
 import argparse
+import functools
 import json
 import os
 import platform
@@ -51,12 +53,18 @@ def main():
   parser.add_argument("--batch", type=int, default=250)
   parser.add_argument("--rounds", type=int, default=9)
   parser.add_argument("--iters", type=int, default=3)
+  parser.add_argument("--standard", default="vit=Ti/16,crate=T/16",
+                      help="standard variants timed at 224x224 with random weights (images/s only; '' = none)")
+  parser.add_argument("--standard-batch", type=int, default=8)
+  parser.add_argument("--impl", default="xla", choices=("xla", "pallas"),
+                      help="quantized matmul: XLA dequantize-then-dot, or the Pallas kernel (accelerators)")
   args = parser.parse_args()
   test_x, test_y = split_arrays("test")
   calib_x = split_arrays("train")[0][:args.calib]
   results = {"conditions": {"backend": jax.default_backend(), "device": str(jax.devices()[0]),
                             "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                            "jax": jax.__version__, "batch": args.batch, "rounds": args.rounds, "iters": args.iters,
+                            "jax": jax.__version__, "impl": args.impl, "batch": args.batch, "rounds": args.rounds,
+                            "iters": args.iters,
                             "calibration_images": args.calib, "test_images": len(test_y),
                             "load_before": os.getloadavg()[0]}, "models": {}}
   for item in args.workdirs.split(","):
@@ -68,8 +76,8 @@ def main():
     for label, bits, group, search in SETTINGS:
       runs[label] = awq.awq_quantize(model, variables, jnp.asarray(calib_x), bits=bits, group_size=group,
                                      search=search)
-    fns = {label: jax.jit(lambda v, x, q=q: model.apply(v, x) if q is None else awq.quantized_apply(model, v, q, x))
-           for label, (v, q) in runs.items()}
+    apply = lambda v, x, q: model.apply(v, x) if q is None else awq.quantized_apply(model, v, q, x, impl=args.impl)
+    fns = {label: jax.jit(functools.partial(apply, q=q)) for label, (v, q) in runs.items()}
     rows, logits = {}, {}
     for label, (v, q) in runs.items():
       logits[label] = np.concatenate([np.asarray(fns[label](v, test_x[i:i + args.batch]))
@@ -83,17 +91,9 @@ def main():
       rows[label] = {"accuracy": float(np.mean(logits[label].argmax(-1) == test_y)),
                      "agreement_with_float": float(np.mean(logits[label].argmax(-1) == ref.argmax(-1))),
                      "logit_rel_error": float(np.linalg.norm(logits[label] - ref) / np.linalg.norm(ref)),
-                     "weight_bytes": int(weight_bytes), "times": []}
-    batch = jnp.asarray(test_x[:args.batch])
-    for label, (v, _) in runs.items():
-      fns[label](v, batch).block_until_ready()
-    for _ in range(args.rounds):
-      for label, (v, _) in runs.items():
-        start = time.perf_counter()
-        for _ in range(args.iters):
-          out = fns[label](v, batch)
-        out.block_until_ready()
-        rows[label]["times"].append((time.perf_counter() - start) / args.iters)
+                     "weight_bytes": int(weight_bytes)}
+    for label, t in timed(fns, runs, jnp.asarray(test_x[:args.batch]), args).items():
+      rows[label]["times"] = t
     for label, row in rows.items():
       row["images_per_s"] = args.batch / float(np.median(row["times"]))
       row["images_per_s_best_round"] = args.batch / float(np.min(row["times"]))
@@ -101,10 +101,45 @@ def main():
             f"{row['images_per_s']:9.1f} img/s (best {row['images_per_s_best_round']:9.1f})  "
             f"weights {row['weight_bytes'] / 1024:.1f} KiB", flush=True)
     results["models"][name] = {"config": f"configs/{name}.py:runlocal", "workdir": workdir, "settings": rows}
+  for item in filter(None, args.standard.split(",")):
+    name, variant = item.split("=")
+    results.setdefault("standard", {})[f"{name} {variant}"] = standard(name, variant, args)
   results["conditions"]["load_after"] = os.getloadavg()[0]
   with open(args.out, "w") as f:
     json.dump(results, f, indent=1)
   plot(results, os.path.splitext(args.out)[0] + ".png")
+
+
+def timed(fns, runs, batch, args):
+  """{label: [seconds per call per round]}: every setting taking turns, `args.rounds` rounds of `args.iters` calls."""
+  for label, (v, _) in runs.items():
+    fns[label](v, batch).block_until_ready()
+  times = {label: [] for label in runs}
+  for _ in range(args.rounds):
+    for label, (v, _) in runs.items():
+      start = time.perf_counter()
+      for _ in range(args.iters):
+        out = fns[label](v, batch)
+      out.block_until_ready()
+      times[label].append((time.perf_counter() - start) / args.iters)
+  return times
+
+
+def standard(name, variant, args):
+  """images/s of a standard variant (random weights, 224x224x3, 1000 classes): float32, int8 and int4 g64 AWQ."""
+  model = components.load("models", name).Model(variant=variant, num_classes=1000)
+  images = jax.random.normal(jax.random.PRNGKey(0), (args.standard_batch, 224, 224, 3))
+  variables = jax.jit(model.init)(jax.random.PRNGKey(1), images)
+  runs = {"float32": (variables, None)}
+  for label, bits, group in (("int8 AWQ", 8, 0), ("int4 g64 AWQ", 4, 64)):
+    runs[label] = awq.awq_quantize(model, variables, images, bits=bits, group_size=group)
+  apply = lambda v, x, q: model.apply(v, x) if q is None else awq.quantized_apply(model, v, q, x, impl=args.impl)
+  fns = {label: jax.jit(functools.partial(apply, q=q)) for label, (v, q) in runs.items()}
+  rows = {label: {"images_per_s": args.standard_batch / float(np.median(t)), "times": t}
+          for label, t in timed(fns, runs, images, args).items()}
+  for label, row in rows.items():
+    print(f"{name} {variant} {label:14s} {row['images_per_s']:8.2f} img/s (batch {args.standard_batch})", flush=True)
+  return rows
 
 
 def split_arrays(split):
