@@ -38,7 +38,8 @@ def get_config(arg=None):
       schedule="cosine", pred_type="eps", b_scale=1.0, self_cond_rate=0.5, num_classes=arg.num_classes,
       cond_dropout=0.0))
   c.evaluators = ("samples",)
-  c.evaluator.samples = ml_collections.ConfigDict(dict(num_samples=64, steps=100, methods=("ddpm",), guidance=0.0))
+  c.evaluator.samples = ml_collections.ConfigDict(dict(num_samples=64, steps=100, methods=("ddpm",), guidance=0.0,
+                                                     cache_interval=1))
   c.data.source = f"{arg.dataset}"
   c.data.train_split, c.data.eval_split = "train", "validation"
   # Images to res×res as in the ImageNet diffusion literature (ADM): shorter side to res (bicubic), central crop.
@@ -67,7 +68,7 @@ def get_config(arg=None):
     c.data.pp_train = c.data.pp_eval = ()
     c.data.eval_examples = 256
     c.evaluator.samples = ml_collections.ConfigDict(dict(num_samples=16, steps=20, methods=("ddim", "ddpm"),
-                                                         guidance=0.0))
+                                                         guidance=0.0, cache_interval=1))
     c.batch_size = 64
     c.eval_batch_size = 128
     c.total_steps = 600

@@ -1,6 +1,7 @@
 """Diffusion evaluator: held-out denoising loss and generated sample grids written as PNG.
 
-config.evaluator.samples: num_samples (16), steps (20), methods (("ddim",)), guidance (0.0), seed (0).
+config.evaluator.samples: num_samples (16), steps (20), methods (("ddim",)), guidance (0.0), seed (0),
+cache_interval (1: DeepCache off; k > 1 reuses the FIT denoiser's latent features for k - 1 of every k steps).
 Writes <workdir>/samples/step_<step>_<method>.png (a near-square grid; class-conditional samples use
 labels 0, 1, 2, ... cycling over the classes) and returns {"loss", "sample_mean_<method>",
 "sample_std_<method>"}.
@@ -10,6 +11,8 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from effjax.tasks import diffusion
 
 
 def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 1) -> np.ndarray:
@@ -39,11 +42,13 @@ class Evaluator:
     self.methods = tuple(opts.get("methods", ("ddim",)))
     self.guidance = float(opts.get("guidance", 0.0))
     self.seed = int(opts.get("seed", 0))
+    self.cache_interval = diffusion.check_cache_interval(opts.get("cache_interval", 1))
     self.task = task
     self.loss = jax.jit(lambda v, b: task.loss(model, v, b, jax.random.PRNGKey(self.seed), train=False)[0])
     self._samplers = {
         m: jax.jit(lambda v, rng, labels, shape, m=m: task.sample(
-            model, v, rng, shape, steps=self.steps, method=m, labels=labels, guidance=self.guidance),
+            model, v, rng, shape, steps=self.steps, method=m, labels=labels, guidance=self.guidance,
+            cache_interval=self.cache_interval),
             static_argnums=3)
         for m in self.methods}
 

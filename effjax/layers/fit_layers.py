@@ -265,6 +265,13 @@ class Interleaved(nn.Module):
   sequential chunks of at most that many logits (bounds memory on backends that do not fuse attention,
   e.g. XLA:CPU); `chunk_groups` > 0 runs every per-group layer (local layers, READ, WRITE) on that many
   groups at a time, sequentially and rematerialised: exact, and it bounds one layer's activations.
+
+  Latent feature cache (DeepCache for FIT, used by the diffusion sampler): a call with the collection
+  "latent_cache" mutable records, per block i with global layers, the latents z_i after global_i (the ones its
+  WRITE reads) as latent_cache/block{i} [B·T, M, D_l]. A call given `latent_cache` (that dict) skips the whole
+  latent path — READ, the context attention and the global layers — and uses the recorded z_i instead: only the
+  local layers and the WRITEs run, on the new tokens. Given the tokens that produced the cache, the result equals
+  the full call's.
   """
   layers: str = "(2)2(2)"
   latents_per_group: int = 4
@@ -287,8 +294,12 @@ class Interleaved(nn.Module):
     """The fields of `Interleaved` with this module's values, to build an inner FIT module from them."""
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(Interleaved) if f.name not in ("parent", "name")}
 
-  def interleave(self, x, z, context=None, *, causal_latents=False, autoregressive=False, train=False):
-    """(x [B, T, N, D_x], z [B, T, M, D_l]) -> the same shapes after all blocks (no output norms)."""
+  def interleave(self, x, z, context=None, *, causal_latents=False, autoregressive=False, train=False,
+                 latent_cache=None):
+    """(x [B, T, N, D_x], z [B, T, M, D_l]) -> the same shapes after all blocks (no output norms).
+
+    latent_cache: None, or {"block{i}": z_i} recorded by an earlier call (see the class docstring).
+    """
     blocks = parse_layers(self.layers)
     b, t, n, dx = x.shape
     m, dl = z.shape[2], z.shape[3]
@@ -308,18 +319,22 @@ class Interleaved(nn.Module):
       self.sow("intermediates", f"out_x_network{i}", x)
       if num_global == 0:
         continue
-      z = per_group(cross_layer(heads, key_dim, xattn_mlp, self.xattn_enc_ln, **common,
-                                name=f"l2x_cross_attn{i}"), z, x)
-      self.sow("intermediates", f"out_l2x_cross_attn{i}", z)
-      z = z.reshape(b, t * m, dl)
-      if context is not None:
-        z = cross_layer(self.latent_num_heads, dl // self.latent_num_heads, 0, self.xattn_enc_ln, **common,
-                        name=f"l2c_cross_attn{i}")(z, context, train)
-        self.sow("intermediates", f"out_l2c_cross_attn{i}", z)
-      z = LayerStack(num_global, self.latent_num_heads, self.mlp_ratio, self.drop_units, self.drop_path_rate,
-                     pattern=latent_pattern, remat=self.remat, **common, name=f"l_network{i}")(z, train)
-      self.sow("intermediates", f"out_l_network{i}", z)
-      z = z.reshape(b * t, m, dl)
+      if latent_cache is not None:
+        z = latent_cache[f"block{i}"]
+      else:
+        z = per_group(cross_layer(heads, key_dim, xattn_mlp, self.xattn_enc_ln, **common,
+                                  name=f"l2x_cross_attn{i}"), z, x)
+        self.sow("intermediates", f"out_l2x_cross_attn{i}", z)
+        z = z.reshape(b, t * m, dl)
+        if context is not None:
+          z = cross_layer(self.latent_num_heads, dl // self.latent_num_heads, 0, self.xattn_enc_ln, **common,
+                          name=f"l2c_cross_attn{i}")(z, context, train)
+          self.sow("intermediates", f"out_l2c_cross_attn{i}", z)
+        z = LayerStack(num_global, self.latent_num_heads, self.mlp_ratio, self.drop_units, self.drop_path_rate,
+                       pattern=latent_pattern, remat=self.remat, **common, name=f"l_network{i}")(z, train)
+        self.sow("intermediates", f"out_l_network{i}", z)
+        z = z.reshape(b * t, m, dl)
+        self.sow("latent_cache", f"block{i}", z, init_fn=lambda: None, reduce_fn=lambda _, new: new)
       if i < len(blocks) - 1:
         x = per_group(cross_layer(heads, key_dim, xattn_mlp, self.xattn_enc_ln, **common,
                                   name=f"x2l_cross_attn{i}"), x, shift_groups(z, b) if autoregressive else z)

@@ -13,6 +13,11 @@ encoding of width D_l/4 (sines of even, cosines of odd angles, concatenated), pl
 class labels. Latent self-conditioning: z_0 = pos_emb + LN(MLP(z_prev)) where z_prev are the latents
 the network returned on the previous sampling step (zeros when absent); the LN scale starts at 0.
 Output: Dense(LN(x)) per token, and the final latents (no LayerNorm) for self-conditioning.
+
+DeepCache (Ma et al., 2024) for FIT: the latent path (READ, conditioning attention, global layers) is the
+high-level branch. With the collection "latent_cache" mutable a call records the latents z_i that each block's
+WRITE reads; a call given `latent_cache=` reuses them and runs only the shallow per-group path (stem, local
+layers, WRITEs, output) on its new tokens, and returns the cached final latents (see `fit_layers.Interleaved`).
 """
 import flax.linen as nn
 import jax.numpy as jnp
@@ -45,6 +50,9 @@ class FITDenoiser(fl.Interleaved, kw_only=True):
   """(x [B, T, N, C], time [B], cond [B, K] or [B, S, K] or None, latents_prev [B, T, M, D_l] or None)
   -> (prediction [B, T, N, out_dim or C], latents [B, T, M, D_l]).
 
+  latent_cache: {"block{i}": [B·T, M, D_l]} recorded by an earlier call with "latent_cache" mutable; the
+  latent path is then skipped (time, cond and latents_prev are unused).
+
   The block loop is `fit_layers.Interleaved` with the conditioning tokens as its context; READ and WRITE
   carry an MLP by default (`xattn_with_mlp`) as in the official denoiser.
   """
@@ -53,11 +61,11 @@ class FITDenoiser(fl.Interleaved, kw_only=True):
   mask: str = "none"
   self_cond: str = "latent"
 
-  def __call__(self, x, time, cond=None, latents_prev=None, train=False):
-    return self.denoise(x, time, cond, latents_prev, train)
+  def __call__(self, x, time, cond=None, latents_prev=None, train=False, latent_cache=None):
+    return self.denoise(x, time, cond, latents_prev, train, latent_cache)
 
   @nn.compact
-  def denoise(self, x, time, cond=None, latents_prev=None, train=False):
+  def denoise(self, x, time, cond=None, latents_prev=None, train=False, latent_cache=None):
     fl.parse_layers(self.layers)
     if x.ndim != 4:
       raise ValueError(f"FITDenoiser expects tokens [batch, groups, tokens_per_group, channels], got {x.shape}")
@@ -72,6 +80,9 @@ class FITDenoiser(fl.Interleaved, kw_only=True):
     x = nn.LayerNorm(fl.LN_EPS, name="stem_ln")(nn.Dense(self.width, kernel_init=fl.dense_init, name="stem")(x))
     x = x + self.param("x_pos_emb", fl.pos_emb_init, (n, self.width)).astype(x.dtype)
 
+    if latent_cache is not None:  # a DeepCache step: the latent path and its inputs are not computed
+      x, z = self.interleave(x, jnp.zeros((b, t, m, dl), x.dtype), train=train, latent_cache=latent_cache)
+      return self.output(x, c), z
     latents = self.param("latent_pos_emb", fl.pos_emb_init, (t * m, dl)).astype(x.dtype)
     latents = jnp.broadcast_to(latents.reshape(1, t, m, dl), (b, t, m, dl))
     if self.self_cond == "latent":
@@ -88,9 +99,12 @@ class FITDenoiser(fl.Interleaved, kw_only=True):
     context = jnp.concatenate(context, axis=1)
 
     x, z = self.interleave(x, latents, context, causal_latents=self.mask == "causal", train=train)
+    return self.output(x, c), z
+
+  def output(self, x, channels):
+    """Dense(LN(x)): tokens [B, T, N, D_x] -> [B, T, N, out_dim or channels]."""
     x = nn.LayerNorm(fl.LN_EPS, name="x_output_ln")(x)
-    x = nn.Dense(self.out_dim or c, kernel_init=fl.dense_init, name="x_output_linear")(x)
-    return x, z
+    return nn.Dense(self.out_dim or channels, kernel_init=fl.dense_init, name="x_output_linear")(x)
 
 
 def convert_official(state_dict) -> dict:
@@ -110,11 +124,11 @@ class Model(FITDenoiser, kw_only=True):
   group_size: int = 4
   grouping: str = "window"
 
-  def __call__(self, images, time, cond=None, latents_prev=None, train=False):
+  def __call__(self, images, time, cond=None, latents_prev=None, train=False, latent_cache=None):
     if images.ndim != 4:
       raise ValueError(f"FIT denoiser Model expects images [B, H, W, C], got shape {images.shape}")
     tokens = fit_grouping.images_to_groups(images, self.patch_size, self.group_size, self.grouping)
-    out, latents = self.denoise(tokens, time, cond, latents_prev, train)
+    out, latents = self.denoise(tokens, time, cond, latents_prev, train, latent_cache)
     out = fit_grouping.groups_to_images(out, images.shape[1:3], self.patch_size, images.shape[-1], self.grouping)
     return out, latents
 

@@ -13,9 +13,13 @@ feeds back the latents of the previous step.
 Sampling (`sample`): DDIM or DDPM over `steps` uniform times from 1 to 0; x_0 predictions are clipped
 to [-b, b] and ε recomputed from the clipped x_0; classifier-free guidance
 pred = (1+w)·pred(label) - w·pred(no label) when `guidance` w > 0 (the label is zeroed, as in
-pix2seq). Batch contract: {"image": float [B, H, W, C] in [0, 1], "label": int [B] (optional),
+pix2seq). DeepCache (`cache_interval` k > 1, models whose call takes `latent_cache`, i.e. the FIT denoiser):
+steps i with i mod k = 0 run the whole network and record its high-level (latent) features; the k - 1 steps
+after reuse them and run only the shallow per-group path (effjax/models/fit_denoiser.py says what is cached).
+k = 1 is the plain sampler. Batch contract: {"image": float [B, H, W, C] in [0, 1], "label": int [B] (optional),
 "mask": [B] (eval only)}.
 """
+import inspect
 import math
 
 import jax
@@ -57,6 +61,13 @@ def x0_eps_from_prediction(pred, x_t, gamma, pred_type, clip):
   if clip > 0:
     x0 = jnp.clip(x0, -clip, clip)
   return x0, (x_t - sg * x0) / sn
+
+
+def check_cache_interval(value) -> int:
+  """The DeepCache interval as an int >= 1, or a ValueError naming the bad value."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"cache_interval must be an integer >= 1 (1 = no feature caching), got {value!r}")
+  return value
 
 
 class Task(_base.Task):
@@ -155,37 +166,60 @@ class Task(_base.Task):
 
   # -- sampling -------------------------------------------------------------------------------------
   def sample(self, model, variables, rng, shape, *, steps=50, method="ddim", labels=None, guidance=0.0,
-             td=0.0):
+             td=0.0, cache_interval=1):
     """Generates images [N, H, W, C] in [0, 1] for `shape` = (N, H, W, C) with `steps` network calls.
 
     method: "ddim" (deterministic) or "ddpm" (ancestral, variance β_t = 1 - γ_t/γ_s).
     labels: int [N] (required when the task is class-conditional). td: time delay for the next step.
+    cache_interval: DeepCache interval k (1: no caching); every k-th step is a full network call.
     """
     if method not in ("ddim", "ddpm"):
       raise ValueError(f"unknown sampler {method!r}; expected 'ddim' or 'ddpm'")
     if steps < 1:
       raise ValueError(f"sampling needs steps >= 1, got {steps}")
+    cache_interval = check_cache_interval(cache_interval)
+    caching = "latent_cache" in inspect.signature(type(model).__call__).parameters
+    if cache_interval > 1 and not caching:
+      raise ValueError(f"cache_interval {cache_interval} needs a model with a latent feature cache (the FIT "
+                       f"denoiser); {type(model).__name__} has none")
     n = shape[0]
     cond = self._cond(labels, n)
     self_cond = self._self_cond(model)
     init_rng, loop_rng = jax.random.split(rng)
     x = jax.random.normal(init_rng, shape)
 
-    def denoise(x, gamma, cond, latents):
-      pred, latents = model.apply(variables, x, jnp.full((n,), gamma), cond, latents, train=False)
-      return pred.astype(jnp.float32), latents
+    def full(x, gamma, cond, latents, cache):
+      """One whole network call; records the latent cache when the model has one."""
+      args = (variables, x, jnp.full((n,), gamma), cond, latents)
+      if not caching:
+        pred, latents = model.apply(*args, train=False)
+        return pred.astype(jnp.float32), latents, cache
+      (pred, latents), state = model.apply(*args, train=False, mutable=["latent_cache"])
+      return pred.astype(jnp.float32), latents, state["latent_cache"]
 
-    _, latents0 = jax.eval_shape(denoise, x, 1.0, cond, None)
-    latents0 = jnp.zeros(latents0.shape, latents0.dtype)
+    def cached(x, gamma, cond, latents, cache):
+      """The shallow path only, on the features `full` recorded (the latents are the cached ones)."""
+      pred, latents = model.apply(variables, x, jnp.full((n,), gamma), cond, latents, train=False,
+                                  latent_cache=cache)
+      return pred.astype(jnp.float32), latents, cache
+
+    def denoise(i, x, gamma, cond, latents, cache):
+      if cache_interval == 1:
+        return full(x, gamma, cond, latents, cache)
+      return jax.lax.cond(i % cache_interval == 0, full, cached, x, gamma, cond, latents, cache)
+
+    _, latents0, cache0 = jax.eval_shape(full, x, 1.0, cond, None, None)
+    latents0, cache0 = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), (latents0, cache0))
+    guided = guidance > 0 and cond is not None
 
     def body(i, carry):
-      x, latents, _ = carry
+      x, latents, _, cache, cache_free = carry
       t_now = 1.0 - i / steps
       t_next = jnp.maximum(1.0 - (i + 1 + td) / steps, 0.0)
       g_now, g_next = self.gamma(t_now), self.gamma(t_next)
-      pred, new_latents = denoise(x, g_now, cond, latents if self_cond else None)
-      if guidance > 0 and cond is not None:
-        pred_free, _ = denoise(x, g_now, cond * 0.0, latents if self_cond else None)
+      pred, new_latents, cache = denoise(i, x, g_now, cond, latents if self_cond else None, cache)
+      if guided:
+        pred_free, _, cache_free = denoise(i, x, g_now, cond * 0.0, latents if self_cond else None, cache_free)
         pred = (1.0 + guidance) * pred - guidance * pred_free
       x0, eps = x0_eps_from_prediction(pred, x, g_now, self.pred_type, self.b_scale)
       if method == "ddim":
@@ -194,7 +228,7 @@ class Task(_base.Task):
         alpha = jnp.clip(g_now / g_next, 0.0, 1.0)
         mean = (x - (1.0 - alpha) / jnp.sqrt(1.0 - g_now) * eps) / jnp.sqrt(alpha)
         x = mean + jnp.sqrt(1.0 - alpha) * jax.random.normal(jax.random.fold_in(loop_rng, i), x.shape)
-      return x, new_latents, x0
+      return x, new_latents, x0, cache, cache_free
 
-    _, _, x0 = jax.lax.fori_loop(0, steps, body, (x, latents0, jnp.zeros_like(x)))
+    _, _, x0, _, _ = jax.lax.fori_loop(0, steps, body, (x, latents0, jnp.zeros_like(x), cache0, cache0))
     return jnp.clip(x0 / self.b_scale / 2.0 + 0.5, 0.0, 1.0)
