@@ -3,7 +3,9 @@
 The cache (JAX_COMPILATION_CACHE_DIR, default tmp/jax_cache under the repository, ignored by git) keeps every
 compiled program, however small and fast to compile: a model that several tests train, or a test run again, is
 compiled once. The settings go through the environment so that the subprocesses the tests start (the command line,
-the soak script) share the cache.
+the soak script) share the cache. EFFJAX_CPU_ONEDNN=0 compiles the trainer's steps without the oneDNN options
+(effjax/runtime.py): with them an executable cannot be serialised, so no step would be cached
+(tests/test_runtime.py compiles with them).
 """
 import os
 
@@ -17,6 +19,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, "tmp", "jax_cache"))
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ.setdefault("EFFJAX_CPU_ONEDNN", "0")
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # noqa: E402
