@@ -1,6 +1,6 @@
 """Reliability of resume and failure paths (issue 13): an incompatible checkpoint stops the run untouched,
 a failed restore leaves no trace, every failure of the command ends in one line, SIGTERM before the loop,
-the final eval row of a rerun, keep-N, and the soak script in small."""
+the final eval row of a rerun, keep-N (the soak script in small: tests/test_preemption.py)."""
 import json
 import os
 import shutil
@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from effjax import checkpoint, metrics, train, train_config
@@ -174,16 +173,3 @@ def test_sigterm_before_the_training_loop_exits_cleanly(tmp_path):
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
   assert err.strip().splitlines()[-1].startswith("effjax: stopped: SIGTERM before the training loop started")
-
-
-@pytest.mark.slow
-def test_soak_small(tmp_path):
-  """experiments/reliability/soak.py with 3 kills: bit-exact equality with an uninterrupted run."""
-  script = os.path.join(trainer_utils.REPO, "experiments/reliability/soak.py")
-  result = subprocess.run([sys.executable, script, "--kills=3", "--steps=30", "--seed=1", f"--workdir={tmp_path}",
-                           f"--out={tmp_path / 'soak.json'}"],
-                          capture_output=True, text=True, timeout=600, cwd=trainer_utils.REPO)
-  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-  summary = json.loads((tmp_path / "soak.json").read_text())
-  assert summary["kills"] == 3 and summary["differences"] == 0 and summary["finished"]
-  assert np.isfinite(summary["final_loss"])
