@@ -53,3 +53,10 @@ def load_golden(name):
   import numpy as np
   d = np.load(golden_path(name))
   return {k: d[k] for k in d.files if k != "meta"}, json.loads(str(d["meta"]))
+
+
+def pytest_collection_modifyitems(items):
+  """Files holding a `slow` test run first, each file's tests kept together and in order: with `pytest -n 2` the
+  long tests start at once and the short ones fill the end, so that the two workers finish together."""
+  slow = {item.path for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.path not in slow)
