@@ -112,6 +112,18 @@ CASES = [
     ("eval_examples_zero", {"data.eval_examples": 0}, "eval_examples"),
     ("normalize_tiny_std", {"data.pp_train": ("normalize(mean=0.1,std=1e-300)",)}, "std"),
     ("workdir_empty", {"<workdir>": ""}, "--workdir is empty"),
+    ("dropout_inf", {"model.dropout": float("inf")}, "config.model.dropout is inf"),
+    ("eval_batch_zero", {"eval_batch_size": 0}, "eval_batch_size=0 is out of range"),
+    ("eval_split", {"data.eval_split": "validation"}, "has no split 'validation'"),
+    ("schedule_name", {"optimizer.schedule": "nope"}, "unknown schedule 'nope'"),
+    ("resume_is_file", {"resume": "{text}"}, "is not a directory"),
+    ("pp_eval_op", {"data.pp_eval": ("nope()",)}, "unknown data op 'nope'"),
+    ("pp_unclosed", {"data.pp_train": ("resize(",)}, r"expected name\(key=value"),
+    ("heads_indivisible", {"model.num_heads": 3}, "not divisible by num_heads 3"),
+    ("patch_indivisible", {"model.patch_size": 5}, "not divisible by patch size 5"),
+    ("workers_negative", {"data.worker_count": -1}, "worker_count=-1 is out of range"),
+    ("prefetch_negative", {"data.prefetch": -1}, "prefetch=-1 is out of range"),
+    ("label_smoothing", {"task.label_smoothing": 1.5}, r"label_smoothing must be in \[0, 1\)"),
 ]
 
 
