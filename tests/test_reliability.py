@@ -89,6 +89,20 @@ def test_failed_restore_leaves_no_trace(finished, tmp_path, capsys):
   assert sum(n.startswith(("5.unreadable-", "10.unreadable-")) for n in names) == 2
 
 
+def test_truncated_manifest_falls_back_without_event_loop_tracebacks(finished, tmp_path, monkeypatch):
+  """The reads in flight when a restore fails still complete and call back into orbax's closed event loop:
+  "RuntimeError: Event loop is closed" through sys.unraisablehook (88 tracebacks for one damaged checkpoint)."""
+  workdir = _copy(finished, tmp_path)
+  for path in (workdir / "checkpoints" / "10").rglob("manifest.ocdbt"):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable.exc_value))
+  one_device = {"mesh": (("data", 1),)}  # (on 8 devices the reads end before the loop closes)
+  result = train.train_and_evaluate(tiny_vit_config(**{**_STEPS, "total_steps": 12, **one_device}), str(workdir))
+  assert result["step"] == 12 and any(n.startswith("10.unreadable-") for n in os.listdir(workdir / "checkpoints"))
+  assert not [e for e in seen if "Event loop is closed" in str(e)], f"{len(seen)} unraisable exceptions"
+
+
 def test_rerun_of_finished_run_writes_missing_eval_row_and_keeps_n(finished, tmp_path, capsys):
   workdir = _copy(finished, tmp_path)
   rows = metrics.read_jsonl(str(workdir))  # as if killed between the final checkpoint and the final eval
