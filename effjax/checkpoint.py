@@ -99,8 +99,8 @@ def first_difference(saved, current, allow_config_change=False):
 def _drop_closed_loop_callbacks():
   """Silences one echo of a failed restore: the tensorstore reads still in flight complete after orbax has closed
   the restore's event loop, and each callback's "RuntimeError: Event loop is closed" reached sys.unraisablehook
-  (76 tracebacks for one truncated manifest.ocdbt). From the first failed restore on, exactly those are dropped;
-  every other unraisable exception still goes to the hook that was installed."""
+  (76 tracebacks for one truncated manifest.ocdbt). From the first restore on, exactly those are dropped; every
+  other unraisable exception still goes to the hook that was installed."""
   previous = sys.unraisablehook
   if getattr(previous, "effjax_drops_closed_loop", False):
     return
@@ -148,6 +148,7 @@ class Checkpointer:
     `meta` describes the current run; a checkpoint that differs raises IncompatibleCheckpoint.
     """
     self._warn_about_files()
+    _drop_closed_loop_callbacks()  # (a failure's callbacks can arrive before its exception)
     result, unreadable = (None, None, None), []
     for step in reversed(self.steps()):
       path = os.path.join(self.directory, str(step))
@@ -193,7 +194,6 @@ class Checkpointer:
                                  f"nothing was changed. To go on, {ways}")
 
   def _unreadable(self, step, error):
-    _drop_closed_loop_callbacks()
     metrics.logger().warning("checkpoint %s/%d is unreadable (%s: %s); setting it aside", self.directory, step,
                              type(error).__name__, (str(error).splitlines() or [""])[0][:200])
 
