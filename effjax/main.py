@@ -9,6 +9,7 @@ Every failure ends in one line on stderr, `effjax: error: ...`, and a non-zero e
 goes to WORKDIR/error.log, which the line names. A SIGTERM stops the run cleanly at any moment (inside
 the training loop after saving a checkpoint) with a message and exit status 0.
 """
+import logging
 import os
 import sys
 import threading
@@ -104,9 +105,29 @@ def _check_coordinator():
         _end(f"effjax: error: process 0 cannot serve --coordinator_address {address}: port {port}: {e.strerror}", 2)
 
 
+class _OrbaxErrorsToFile(logging.Filter):
+  """orbax logs each stage of a failed save at ERROR with its trace (326 stderr lines for one full disk), and the
+  failure also reaches the trainer, which ends with one line: those records go to WORKDIR/error.log instead."""
+
+  def __init__(self, path):
+    super().__init__()
+    self.path = path
+
+  def filter(self, record):
+    if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
+      return True
+    try:
+      with open(self.path, "a") as f:
+        f.write(logging.Formatter("%(asctime)s %(pathname)s:%(lineno)d %(message)s").format(record) + "\n")
+    except OSError:  # the disk that is full
+      pass
+    return False
+
+
 def _run(workdir):
   if not flags.FLAGS["verbosity"].present:  # keep orbax's INFO chatter out of the console
     absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("absl").addFilter(_OrbaxErrorsToFile(os.path.join(workdir, "error.log")))
   import jax
   watchdog = None
   if _NUM_PROCESSES.value > 1:

@@ -18,7 +18,11 @@ its own oneDNN matmul: jaxlib 0.10.2's default (YNNPACK) reaches 315-330 GFLOP/s
 f32 matmul of CRATE-T and 220 when the contraction is over rows (weight gradients), oneDNN 365-375 and 275-295,
 and batched attention matmuls gain 1.5x; a CRATE-T training step is 13% faster (experiments/crate/README.md,
 levers). oneDNN's fusion with neighbouring elementwise ops (fusion type "dot") is not used: it aborted the
-process ("partition compile failed") on CRATE's attention backward. EFFJAX_RUNTIME=off returns no options.
+process ("partition compile failed") on CRATE's attention backward. EFFJAX_RUNTIME=off returns no options;
+EFFJAX_CPU_ONEDNN=0 drops the oneDNN options alone: jaxlib 0.10.2 cannot serialise an executable that calls oneDNN
+("ToProto is not implemented for thunk kind: onednn-fusion"), so such steps never enter JAX's persistent compilation
+cache. The test suite sets it (tests/conftest.py) so that a step it compiles again, in a later test or subprocess,
+comes from the cache.
 """
 import importlib.metadata
 import os
@@ -78,9 +82,10 @@ def reexec_with_allocator(argv=None):
 
 def compiler_options(backend=None):
   """XLA compiler options for effjax's compiled steps on `backend` (default: JAX's default backend):
-  CPU_COMPILER_OPTIONS on CPU (see the module docstring), None elsewhere or with EFFJAX_RUNTIME=off."""
+  CPU_COMPILER_OPTIONS on CPU (see the module docstring), None elsewhere, with EFFJAX_RUNTIME=off or with
+  EFFJAX_CPU_ONEDNN=0."""
   import jax
-  if _switched_off() or (backend or jax.default_backend()) != "cpu":
+  if _switched_off() or os.environ.get("EFFJAX_CPU_ONEDNN") == "0" or (backend or jax.default_backend()) != "cpu":
     return None
   return dict(CPU_COMPILER_OPTIONS)
 

@@ -177,7 +177,7 @@ _RANGES = (("batch_size", 1, None), ("eval_batch_size", 1, None), ("checkpoint_e
            ("optimizer.b1", 0.0, 1.0), ("optimizer.b2", 0.0, 1.0), ("optimizer.momentum", 0.0, 1.0),
            ("optimizer.warmup_steps", 0, None), ("optimizer.warmup_epochs", 0.0, None),
            ("optimizer.end_lr_factor", 0.0, None), ("optimizer.grad_clip_norm", 0.0, None),
-           ("optimizer.grad_noise_eta", 0.0, None))
+           ("optimizer.grad_noise_eta", 0.0, None), ("data.worker_count", 0, None), ("data.prefetch", 0, None))
 
 
 def check_numbers(config):

@@ -3,7 +3,9 @@
 The cache (JAX_COMPILATION_CACHE_DIR, default tmp/jax_cache under the repository, ignored by git) keeps every
 compiled program, however small and fast to compile: a model that several tests train, or a test run again, is
 compiled once. The settings go through the environment so that the subprocesses the tests start (the command line,
-the soak script) share the cache.
+the soak script) share the cache. EFFJAX_CPU_ONEDNN=0 compiles the trainer's steps without the oneDNN options
+(effjax/runtime.py): with them an executable cannot be serialised, so no step would be cached
+(tests/test_runtime.py compiles with them).
 """
 import os
 
@@ -17,6 +19,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, "tmp", "jax_cache"))
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ.setdefault("EFFJAX_CPU_ONEDNN", "0")
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 import jax  # noqa: E402
@@ -50,3 +53,10 @@ def load_golden(name):
   import numpy as np
   d = np.load(golden_path(name))
   return {k: d[k] for k in d.files if k != "meta"}, json.loads(str(d["meta"]))
+
+
+def pytest_collection_modifyitems(items):
+  """Files holding a `slow` test run first, each file's tests kept together and in order: with `pytest -n 2` the
+  long tests start at once and the short ones fill the end, so that the two workers finish together."""
+  slow = {item.path for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.path not in slow)

@@ -112,6 +112,18 @@ CASES = [
     ("eval_examples_zero", {"data.eval_examples": 0}, "eval_examples"),
     ("normalize_tiny_std", {"data.pp_train": ("normalize(mean=0.1,std=1e-300)",)}, "std"),
     ("workdir_empty", {"<workdir>": ""}, "--workdir is empty"),
+    ("dropout_inf", {"model.dropout": float("inf")}, "config.model.dropout is inf"),
+    ("eval_batch_zero", {"eval_batch_size": 0}, "eval_batch_size=0 is out of range"),
+    ("eval_split", {"data.eval_split": "validation"}, "has no split 'validation'"),
+    ("schedule_name", {"optimizer.schedule": "nope"}, "unknown schedule 'nope'"),
+    ("resume_is_file", {"resume": "{text}"}, "is not a directory"),
+    ("pp_eval_op", {"data.pp_eval": ("nope()",)}, "unknown data op 'nope'"),
+    ("pp_unclosed", {"data.pp_train": ("resize(",)}, r"expected name\(key=value"),
+    ("heads_indivisible", {"model.num_heads": 3}, "not divisible by num_heads 3"),
+    ("patch_indivisible", {"model.patch_size": 5}, "not divisible by patch size 5"),
+    ("workers_negative", {"data.worker_count": -1}, "worker_count=-1 is out of range"),
+    ("prefetch_negative", {"data.prefetch": -1}, "prefetch=-1 is out of range"),
+    ("label_smoothing", {"task.label_smoothing": 1.5}, r"label_smoothing must be in \[0, 1\)"),
 ]
 
 
@@ -192,3 +204,23 @@ def test_incompatible_checkpoint_and_locked_workdir_are_one_line(tmp_path, monke
   with checkpoint.workdir_lock(str(workdir)):
     line, _ = _line(trainer_utils.tiny_vit_config(), workdir, monkeypatch)
   assert line.startswith(f"effjax: error: --workdir {workdir} is in use by process {os.getpid()}")
+
+
+@pytest.mark.slow
+def test_full_disk_is_one_line(tmp_path):
+  """A file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored: writes past it fail like on a full disk) that the first
+  checkpoint exceeds: one `effjax: error:` line besides the progress lines (orbax logged 326 lines of traces)."""
+  import resource
+  import signal
+
+  def small_files():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+  result = subprocess.run(  # (no compilation cache: the limit would cut its entries short)
+      [sys.executable, "-m", "effjax.main", *trainer_utils.TINY_CLI, "--config.total_steps=4",
+       "--config.checkpoint_every_steps=2", "--workdir", str(tmp_path / "run")], cwd=trainer_utils.REPO,
+      env={**os.environ, **ENV, "JAX_ENABLE_COMPILATION_CACHE": "false"}, capture_output=True, text=True, timeout=300,
+      preexec_fn=small_files)
+  lines = [line for line in result.stderr.strip().splitlines() if not re.match(r"\d\d:\d\d:\d\d effjax: ", line)]
+  assert result.returncode == 1 and len(lines) == 1, result.stderr[-3000:]
+  assert lines[0].startswith("effjax: error: ") and "Error writing" in lines[0], lines[0]

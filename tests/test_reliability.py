@@ -1,6 +1,6 @@
 """Reliability of resume and failure paths (issue 13): an incompatible checkpoint stops the run untouched,
 a failed restore leaves no trace, every failure of the command ends in one line, SIGTERM before the loop,
-the final eval row of a rerun, keep-N, and the soak script in small."""
+the final eval row of a rerun, keep-N (the soak script in small: tests/test_preemption.py)."""
 import json
 import os
 import shutil
@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from effjax import checkpoint, metrics, train, train_config
@@ -88,6 +87,20 @@ def test_failed_restore_leaves_no_trace(finished, tmp_path, capsys):
   assert _losses(workdir) == _losses(finished)
   names = os.listdir(workdir / "checkpoints")
   assert sum(n.startswith(("5.unreadable-", "10.unreadable-")) for n in names) == 2
+
+
+def test_truncated_manifest_falls_back_without_event_loop_tracebacks(finished, tmp_path, monkeypatch):
+  """The reads in flight when a restore fails still complete and call back into orbax's closed event loop:
+  "RuntimeError: Event loop is closed" through sys.unraisablehook (88 tracebacks for one damaged checkpoint)."""
+  workdir = _copy(finished, tmp_path)
+  for path in (workdir / "checkpoints" / "10").rglob("manifest.ocdbt"):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable.exc_value))
+  one_device = {"mesh": (("data", 1),)}  # (on 8 devices the reads end before the loop closes)
+  result = train.train_and_evaluate(tiny_vit_config(**{**_STEPS, "total_steps": 12, **one_device}), str(workdir))
+  assert result["step"] == 12 and any(n.startswith("10.unreadable-") for n in os.listdir(workdir / "checkpoints"))
+  assert not [e for e in seen if "Event loop is closed" in str(e)], f"{len(seen)} unraisable exceptions"
 
 
 def test_rerun_of_finished_run_writes_missing_eval_row_and_keeps_n(finished, tmp_path, capsys):
@@ -174,16 +187,3 @@ def test_sigterm_before_the_training_loop_exits_cleanly(tmp_path):
   _, err = proc.communicate(timeout=60)
   assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
   assert err.strip().splitlines()[-1].startswith("effjax: stopped: SIGTERM before the training loop started")
-
-
-@pytest.mark.slow
-def test_soak_small(tmp_path):
-  """experiments/reliability/soak.py with 3 kills: bit-exact equality with an uninterrupted run."""
-  script = os.path.join(trainer_utils.REPO, "experiments/reliability/soak.py")
-  result = subprocess.run([sys.executable, script, "--kills=3", "--steps=30", "--seed=1", f"--workdir={tmp_path}",
-                           f"--out={tmp_path / 'soak.json'}"],
-                          capture_output=True, text=True, timeout=600, cwd=trainer_utils.REPO)
-  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-  summary = json.loads((tmp_path / "soak.json").read_text())
-  assert summary["kills"] == 3 and summary["differences"] == 0 and summary["finished"]
-  assert np.isfinite(summary["final_loss"])

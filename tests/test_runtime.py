@@ -50,10 +50,14 @@ def test_off_switch_keeps_glibc():
 def test_cpu_steps_compile_their_dots_to_onednn(monkeypatch):
   import jax
   import jax.numpy as jnp
+  monkeypatch.delenv("EFFJAX_CPU_ONEDNN", raising=False)  # the suite's switch (conftest), off for this test
   x = jnp.ones((16, 8))
   compiled = lambda options: jax.jit(lambda a: a @ a.T, compiler_options=options).lower(x).compile().as_text()
   assert "__onednn_fusion" in compiled(runtime.compiler_options())
   assert "__onednn_fusion" not in compiled(None)  # jaxlib's default: the options are what switches it on
   assert runtime.compiler_options("gpu") is None
+  monkeypatch.setenv("EFFJAX_CPU_ONEDNN", "0")
+  assert runtime.compiler_options() is None
+  monkeypatch.delenv("EFFJAX_CPU_ONEDNN")
   monkeypatch.setenv("EFFJAX_RUNTIME", "off")
   assert runtime.compiler_options() is None

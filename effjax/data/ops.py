@@ -190,7 +190,7 @@ DETERMINISTIC_OPS = {"normalize": normalize, "to_float": to_float, "resize": res
 
 def parse(spec: str):
   """"name(k=v,...)" -> (name, fn with the options bound, is_random); unknown names or arguments raise ValueError."""
-  name, _, rest = spec.partition("(")
+  name, bracket, rest = spec.partition("(")
   name = name.strip()
   if name in RANDOM_OPS:
     fn, is_random = RANDOM_OPS[name], True
@@ -199,7 +199,7 @@ def parse(spec: str):
   else:
     raise ValueError(f"unknown data op {name!r} in {spec!r}; available: "
                      f"{', '.join(sorted({**RANDOM_OPS, **DETERMINISTIC_OPS}))}")
-  if rest and not rest.endswith(")"):
+  if bracket and not rest.endswith(")"):  # "resize(" too: an unclosed op must not run with its defaults
     raise ValueError(f"data op {spec!r}: expected name(key=value,...)")
   options = [k for k, v in inspect.signature(fn).parameters.items() if v.default is not inspect.Parameter.empty]
   given = parse_arg(rest[:-1] if rest else "", **{k: None for k in options})

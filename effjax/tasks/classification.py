@@ -81,6 +81,8 @@ class Task(_base.Task):
     self.label_smoothing = config.task.get("label_smoothing", 0.0)
     self.mixup_alpha = config.task.get("mixup_alpha", 0.0)
     self.cutmix_alpha = config.task.get("cutmix_alpha", 0.0)
+    if not 0.0 <= self.label_smoothing < 1.0:
+      raise ValueError(f"config.task.label_smoothing must be in [0, 1), got {self.label_smoothing}")
     if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
       raise ValueError(f"config.task.mixup_alpha / cutmix_alpha must be >= 0, got {self.mixup_alpha}, "
                        f"{self.cutmix_alpha}")

@@ -3,13 +3,13 @@
     PYTHONPATH=. python experiments/reliability/soak.py --kills=20 --out=experiments/reliability/soak_n20.json
     PYTHONPATH=. python experiments/reliability/soak.py --kills=20 --signal=mixed --processes=2 --out=...
 
---signal chooses how a life is stopped: SIGKILL (default), SIGTERM, SIGINT, or "mixed" (TERM or INT at
-random). With --processes=2 every life (and the reference) is two processes on localhost; a signal goes to
-process 0, process 1 or both (0.3 s apart), at random. A life stopped by SIGTERM/SIGINT must end on its own
-within --exit_within seconds with exit status 0 (all its processes), no traceback, and no checkpoint set
-aside as unreadable (a good checkpoint must never be); the row records how long it took. (With two
-processes, a signal to one of them before the training loop stops that one with status 0; its peer then ends
-with status 3 and the one line "process i of 2 is gone", which is accepted.)
+--signal chooses how a life is stopped: SIGKILL (default), SIGTERM, SIGINT, "mixed" (TERM or INT at random) or
+"any" (KILL, TERM or INT at random). With --processes=2 every life (and the reference) is two processes on
+localhost; a signal goes to process 0, process 1 or both (0.3 s apart), at random. A life stopped by SIGTERM/SIGINT
+must end on its own within --exit_within seconds with exit status 0 (all its processes), no traceback, and no
+checkpoint set aside as unreadable (a good checkpoint must never be); the row records how long it took. (With two
+processes, a signal to one of them before the training loop stops that one with status 0; its peer then ends with
+status 3 and the one line "process i of 2 is gone", which is accepted.)
 
 A reference run of the tiny ViT (the tests' config, `--steps` steps, a checkpoint every 2 steps) runs
 uninterrupted first; it takes S seconds to start (imports, compilation). Then the same command runs in
@@ -178,7 +178,7 @@ def main():
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--workdir", default="/tmp/effjax_soak")
   parser.add_argument("--out", required=True)
-  parser.add_argument("--signal", default="SIGKILL", choices=["SIGKILL", "SIGTERM", "SIGINT", "mixed"])
+  parser.add_argument("--signal", default="SIGKILL", choices=["SIGKILL", "SIGTERM", "SIGINT", "mixed", "any"])
   parser.add_argument("--processes", type=int, default=1, choices=[1, 2])
   parser.add_argument("--modes", default="startup,training,during save",
                       help="comma-separated moments to choose from: startup, training, during save")
@@ -205,7 +205,8 @@ def main():
   while len(kills) < args.kills:
     mode = rand.choice(args.modes.split(","))
     delay = rand.uniform(0, startup) if mode == "startup" else rand.uniform(0, 0.05)
-    sig = signal.Signals[rand.choice(["SIGTERM", "SIGINT"]) if args.signal == "mixed" else args.signal]
+    choices = {"mixed": ["SIGTERM", "SIGINT"], "any": ["SIGKILL", "SIGTERM", "SIGINT"]}.get(args.signal, [args.signal])
+    sig = signal.Signals[rand.choice(choices) if len(choices) > 1 else args.signal]  # one signal: no draw
     targets = rand.choice([(0,), (1,), (0, 1)]) if args.processes == 2 else (0,)
     row = one_life(soaked, args.steps, mode, delay, rand.randint(1, max(1, args.steps // args.kills)), sig,
                    args.processes, targets, args.exit_within)
