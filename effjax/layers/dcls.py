@@ -23,6 +23,7 @@ import numpy as np
 from flax import linen as nn
 
 from effjax.kernels import dcls
+from effjax.kernels.depthwise_conv import depthwise_conv
 
 _SPATIAL = "DHW"
 PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}  # -> jnp.pad
@@ -61,6 +62,10 @@ def _conv(x, kernel, padding, padding_mode, strides, groups):
       x = jnp.pad(x, [(0, 0)] + pads + [(0, 0)], mode=PADDING_MODES[padding_mode])
       pads = "VALID"
   strides = (strides,) * n if isinstance(strides, int) else tuple(strides)
+  if (groups == x.shape[-1] == kernel.shape[0] and kernel.shape[1] == 1 and set(strides) == {1}
+      and all(k % 2 for k in kernel.shape[2:]) and pads == [(k // 2, k // 2) for k in kernel.shape[2:]]):
+    # depthwise 'same': the depthwise op, whose CPU path scales with the kernel (lax's grouped conv does not)
+    return depthwise_conv(x, jnp.moveaxis(kernel[:, 0], 0, -1).astype(x.dtype))
   kernel = jnp.moveaxis(kernel, (0, 1), (-1, -2)).astype(x.dtype)                       # [*k, I/g, O]
   return jax.lax.conv_general_dilated(x, kernel, strides, pads, feature_group_count=groups,
                                       dimension_numbers=_dimension_numbers(n))
