@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 
 def _fmt(value, spec, scale=1.0):
@@ -86,6 +87,33 @@ def pareto_front(points):
   return front
 
 
+# label offsets (points) tried in turn until the label overlaps no other label or point
+_OFFSETS = [(5, 4, "left"), (5, -11, "left"), (-5, 4, "right"), (-5, -11, "right"), (5, 14, "left"),
+            (5, -21, "left"), (-5, 14, "right"), (-5, -21, "right"), (5, 24, "left"), (-5, 24, "right"),
+            (5, -31, "left"), (-5, -31, "right")]
+
+
+def _place_labels(fig, ax, xs, ys, labels):
+  """Annotates each point with the first offset of _OFFSETS whose text box is clear of the other labels and of the
+  points (the last offset if none is); a thin line joins a moved label to its point."""
+  fig.canvas.draw()
+  renderer = fig.canvas.get_renderer()
+  points = [ax.transData.transform((x, y)) for x, y in zip(xs, ys)]
+  taken = []
+  for (x, y), label in sorted(zip(zip(xs, ys), labels), key=lambda p: -p[0][1]):
+    for i, (dx, dy, ha) in enumerate(_OFFSETS):
+      text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=8,
+                         arrowprops=dict(arrowstyle="-", color="0.6", lw=0.5) if i > 3 else None)
+      box = text.get_window_extent(renderer).expanded(1.05, 1.15)
+      clear = not any(box.overlaps(b) for b in taken) and not any(box.contains(*p) for p in points)
+      inside = ax.get_window_extent(renderer).contains(box.x0, box.y0) and \
+          ax.get_window_extent(renderer).contains(box.x1, box.y1)
+      if (clear and inside) or i == len(_OFFSETS) - 1:
+        taken.append(box)
+        break
+      text.remove()
+
+
 def plot(report, path):
   """Accuracy against the runlocal variant's forward GFLOPs/img and training img/s; Pareto front in red."""
   rows = [r for r in report["rows"] if _get(r, "accuracy", "accuracy") is not None
@@ -101,13 +129,15 @@ def plot(report, path):
     line = sorted((xs[i], ys[i]) for i in front)
     if line:
       ax.plot(*zip(*line), color="tab:red", lw=1, zorder=2, label="Pareto front")
-      ax.legend(loc="lower right")
-    for x, y, r in zip(xs, ys, rows):
-      ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+      ax.legend(loc="lower left")
     ax.set_xscale("log")
     if xs:  # room for the points and their labels
       ax.set_xlim(min(xs) / 1.5, max(xs) * 2.0)
-      ax.set_ylim(min(ys) - 2.0, max(ys) + 2.0)
+      ax.set_ylim(min(ys) - 3.0, max(ys) + 3.0)
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+    _place_labels(fig, ax, xs, ys, [r["label"] for r in rows])
     ax.set_xlabel(xlabel + (" → better" if better_high else " ← better"))
     ax.set_ylabel("mnist5k test accuracy (%)")
     ax.grid(alpha=0.3)
