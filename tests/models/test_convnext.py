@@ -150,3 +150,24 @@ def test_shared_positions_load_official_layout():
   sd["stages.0.blocks.1.conv_dw.P"] = sd["stages.0.blocks.1.conv_dw.P"] + 1.0
   with pytest.raises(ValueError, match="stage 0 has different DCLS positions"):
     convnext.convert_official(sd, shared_positions=True)
+
+
+def test_dcls_recipe_positions_without_decay_at_5x_lr():
+  """configs/convnext.py:dcls=True follows the official optimiser groups: P (shared or per block) gets no weight
+  decay and 5x the learning rate; the DCLS weights and convolution kernels are decayed at 1x."""
+  from effjax import config as cfg, optim
+  c = cfg.load_config_file(os.path.join(REPO, "configs/convnext.py:dcls=True"))
+  assert c.model.dcls.shared_positions and c.model.dcls.init_std == 0.02
+  tx, _ = optim.make_optimizer(c.optimizer, 100, 10)
+  params = {"stage0_dcls_P": jnp.ones((2, 2)), "stage0_block0": {"conv_dw": {"P": jnp.ones((2, 2)),
+                                                                             "weight": jnp.ones((2, 2))}}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = tx.init(params)
+  for _ in range(3):  # past the first step (lr 0 at step 0 of the warm-up)
+    updates, state = tx.update(grads, state, params)
+  no_decay = lambda u: float(u.mean())
+  p_shared, p_block = no_decay(updates["stage0_dcls_P"]), no_decay(updates["stage0_block0"]["conv_dw"]["P"])
+  w = updates["stage0_block0"]["conv_dw"]["weight"]
+  assert p_shared == p_block != 0.0
+  lr_w_only = float(w.mean()) + c.optimizer.weight_decay * float(optim.make_schedule(c.optimizer, 100, 10)(2))
+  assert np.isclose(p_shared, 5 * lr_w_only, rtol=1e-5)
