@@ -6,10 +6,11 @@ XLA:CPU runs lax's grouped convolution (feature_group_count = C) as a generic lo
 as a dense convolution, so a 7×7 depthwise layer costs more than the 1×1 layers around it and the cost grows with
 k² (experiments/efficiency/DEPTHWISE.md has the levers table). Here instead:
 
-  * small kernels (k₁·k₂·… ≤ SHIFT_MAX_TAPS): y = Σ_t w[t] ⊙ shift_{s_t}(x), one fused loop over the output with
-    one multiply-add per tap, vectorised over channels (channels-last stays minor-most);
-  * large kernels: the correlation theorem on an FFT grid N ≥ S + d·(k-1)/2 per axis (no wrap-around reaches the
-    output): y = IFFT(X · conj H), with H the FFT of the kernel placed at the wrapped offsets s_t mod N;
+  * inference with small kernels (k₁·k₂·… ≤ SHIFT_MAX_TAPS): y = Σ_t w[t] ⊙ shift_{s_t}(x), one fused loop over
+    the output with one multiply-add per tap, vectorised over channels (channels-last stays minor-most);
+  * large kernels, and every forward that is differentiated (custom_vjp's forward): the correlation theorem on
+    an FFT grid N ≥ S + d·(k-1)/2 per axis (no wrap-around reaches the output): y = IFFT(X · conj H), with H
+    the FFT of the kernel placed at the wrapped offsets s_t mod N;
   * backward (custom_vjp), by FFT for every kernel size: dx[p] = Σ_t w[t] g[p - s_t] = IFFT(G · H), and
     dw[t] = Σ_{b,p} x[b, p + s_t] g[b, p] = IFFT(Σ_b X · conj G)[s_t mod N]: one inverse FFT whatever the kernel
     size, where a tap-by-tap reduction reads x and g k² times.
@@ -102,7 +103,8 @@ def depthwise_conv_cpu(x, w, dil):
 
 
 def _fwd(x, w, dil):
-  return depthwise_conv_cpu(x, w, dil), (x, w)
+  # training always takes the FFT: with its gradients it beat the shifted multiply-adds' forward even at 7×7
+  return _fft_conv(x.astype(jnp.float32), w.astype(jnp.float32), dil).astype(x.dtype), (x, w)
 
 
 def _bwd(dil, res, g):

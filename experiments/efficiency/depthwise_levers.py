@@ -65,8 +65,8 @@ VARIANTS = {
     "lax_blocked16": (lax_blocked, "lax grouped conv on blocks of 16 channels"),
     "unfold": (unfold, "im2col [B,H,W,k²,C] · w (autodiff)"),
     "shift_autodiff": (lambda x, w, d: cpu._shift_conv(x, w, (d, d)), "shifted multiply-adds, autodiff gradients"),
-    "shift_vjp": (_forced(10 ** 9), "shifted multiply-adds, custom_vjp (dx shifted, dw FFT)"),
-    "fft_vjp": (_forced(0), "FFT, custom_vjp (dx, dw FFT)"),
+    "shift_vjp": (_forced(10 ** 9), "depthwise_conv_cpu with shifted multiply-adds for every k (inference)"),
+    "fft_vjp": (_forced(0), "depthwise_conv_cpu with the FFT for every k (inference)"),
     "auto": (lambda x, w, d: cpu.depthwise_conv_cpu(x, w, (d, d)), "depthwise_conv_cpu as shipped"),
 }
 

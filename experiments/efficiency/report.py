@@ -8,9 +8,33 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
+TIMM_RESULTS = "timm.jsonl"  # benchmark_timm.py --json, beside table.md
+
 
 def _fmt(value, spec, scale=1.0):
   return "—" if value is None else format(value * scale, spec)
+
+
+def _speed(c, kind):
+  """"median img/s (fastest–slowest step)" from the cost entry's per-step times, or the bare median."""
+  times = c.get(f"{kind}_step_s")
+  if not times or len(times) < 2:
+    return _fmt(c.get(f"{kind}_img_s"), ".1f")
+  return f"{c[f'{kind}_img_s']:.1f} ({c['batch'] / max(times):.1f}–{c['batch'] / min(times):.1f})"
+
+
+def _timm_ratios(path):
+  """{effjax entry name: (train, infer) timm time / effjax time} from benchmark_timm.py's JSONL (fastest runs)."""
+  if not os.path.exists(path):
+    return {}
+  runs = [json.loads(line) for line in open(path) if line.strip()]
+  best = {}
+  for r in runs:
+    for kind in ("train", "infer"):
+      key = (r["model"], r["side"], kind)
+      best[key] = min(best.get(key, float("inf")), r[kind][0])
+  return {m: tuple(best[m, "timm", k] / best[m, "effjax", k] for k in ("train", "infer"))
+          for m, _, _ in best if (m, "timm", "train") in best and (m, "effjax", "train") in best}
 
 
 def _get(row, *keys):
@@ -19,8 +43,9 @@ def _get(row, *keys):
   return row
 
 
-def markdown(report):
-  s, m = report["settings"], report["machine"]
+def markdown(report, timm=None):
+  """table.md; timm: _timm_ratios of benchmark_timm.py's results (its own run), shown beside the cost columns."""
+  s, m, timm = report["settings"], report["machine"], timm or {}
   budget = f"{s['budget_images']:,} images ({s['steps']} steps of {s['batch_size']})"
   lines = [
       "# effjax efficiency table", "",
@@ -40,18 +65,21 @@ def markdown(report):
       f"GFLOPs/img: XLA cost analysis of the compiled forward at batch {s['batch']}, per image (a multiply-add "
       "counts 2). Train memory: compiled memory_analysis of the train step, argument + temp + output − aliased "
       "(donated) bytes. img/s: batch ÷ median wall time of "
-      f"{s['timed_steps']} steps after one warm-up step.", "",
+      f"{s['timed_steps']} steps after one warm-up step (in brackets: from the slowest and the fastest step). "
+      "vs timm: timm's step time ÷ effjax's, train / infer, measured side by side by benchmark_timm.py in its own "
+      "run (TIMM.md; > 1: effjax faster).", "",
       "| model | variant | config | input | params (M) | GFLOPs/img | train memory (MiB) | train img/s | "
-      "infer img/s |",
-      "|---|---|---|---|---:|---:|---:|---:|---:|"]
+      "infer img/s | vs timm |",
+      "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
   for r in report["rows"]:
     c = r.get("cost") or {}
     shape = "×".join(str(x) for x in c["input_shape"]) if c else f"{r['resolution']}²"
     variant, config = ("runlocal", r["runlocal"]) if s["tiny"] else (r["variant"], r["standard"])
     lines.append(f"| {r['label']} | {variant} | `{config}` | {shape} | "
                  f"{_fmt(c.get('params'), '.2f', 1e-6)} | {_fmt(c.get('gflops_per_image'), '.3f')} | "
-                 f"{_fmt(c.get('train_memory_bytes'), ',.0f', 2**-20)} | {_fmt(c.get('train_img_s'), '.1f')} | "
-                 f"{_fmt(c.get('infer_img_s'), '.1f')} |")
+                 f"{_fmt(c.get('train_memory_bytes'), ',.0f', 2**-20)} | {_speed(c, 'train')} | "
+                 f"{_speed(c, 'infer')} | "
+                 + (f"{timm[r['name']][0]:.2f}× / {timm[r['name']][1]:.2f}×" if r.get("name") in timm else "—") + " |")
   lines += [
       "", "## Accuracy after an equal training budget (runlocal variants, mnist5k)", "",
       f"Every model: {budget} through `effjax.train.train_and_evaluate`, {s['recipe']['optimizer']} "
@@ -153,4 +181,4 @@ def write(report, out):
   with open(os.path.join(out, "table.json"), "w") as f:
     json.dump(report, f, indent=1)
   with open(os.path.join(out, "table.md"), "w") as f:
-    f.write(markdown(report))
+    f.write(markdown(report, _timm_ratios(os.path.join(out, TIMM_RESULTS))))
