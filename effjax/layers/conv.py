@@ -3,9 +3,11 @@
 XLA:CPU computes a convolution's kernel gradient as a convolution with batch and features swapped, which misses
 its fast paths: 8× the forward's time for a 1×1 convolution at 56² (256 -> 128 channels, batch 8), 3-5× for 3×3;
 and `select_and_scatter`, the gradient of max pooling, took 18× its forward (experiments/efficiency/README.md,
-"Convolution backward"). Here, on CPU only (elsewhere lax's own gradients):
+"Convolution backward"). Here, on CPU only (elsewhere lax's own gradients), for 1×1 kernels:
 
-  dW[i, j] = Σ_{b,h,w} x̃[b, s·h + i, s·w + j, :]ᵀ g[b, h, w, :]       (x̃ = x padded; one [C, O] matmul per tap)
+  dW = Σ_{b,h,w} x[b, s·h, s·w, :]ᵀ g[b, h, w, :]                      (one [C, O] matmul)
+
+(the same per tap of a k×k kernel was no faster: the k² strided copies of x cost what the matmuls saved), and
   max pool: dx = Σ_t scatter_t(g ⊙ [t = first argmax of the window])   (strided pads, fused; torch's tie rule)
 
 dx of the convolution stays lax's (as fast as the forward on CPU). x [B, H, W, C], kernel [kh, kw, C, O].
@@ -53,7 +55,7 @@ _conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
 def conv2d(x, w, strides=(1, 1), padding=((0, 0), (0, 0)), groups=1):
   """Cross-correlation x [B, H, W, C] * w [kh, kw, C/groups, O] -> [B, H', W', O] (explicit padding pairs)."""
   strides, padding = tuple(strides), tuple(tuple(p) for p in padding)
-  if groups == 1 and dispatch.platform() == "cpu":
+  if groups == 1 and w.shape[:2] == (1, 1) and dispatch.platform() == "cpu":
     return _conv_cpu(x, w, strides, padding)
   return _lax_conv(x, w, strides, padding, groups)
 

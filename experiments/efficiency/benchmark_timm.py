@@ -60,13 +60,12 @@ def _timed(fn, steps):
   return statistics.median(walls), statistics.median(cpus), walls
 
 
-def run_effjax(name, batch, steps):
-  from effjax import runtime
-  runtime.reexec_with_allocator()
+def effjax_steps(name, batch):
+  """(train_once, infer_once) of the effjax side of `name` (compiled; each call waits for its result)."""
   import jax
   import jax.numpy as jnp
 
-  from effjax import components, config as config_lib, optim, train
+  from effjax import components, config as config_lib, optim, runtime, train
   sys.path.insert(0, HERE)
   import measure
 
@@ -86,7 +85,6 @@ def run_effjax(name, batch, steps):
   params = variables.pop("params")
   predict = jax.jit(lambda v, x: task.predict(model, v, x)).lower({"params": params, **variables}, b).compile()
   full = {"params": params, **variables}
-  infer = _timed(lambda: jax.block_until_ready(predict(full, b)), steps)
   tx, schedule = optim.make_optimizer(config.optimizer, 1000, 100)
   step = train.make_train_step(config, model, task, tx, schedule, jnp.float32)
   state = {"step": jnp.zeros((), jnp.int32), "params": jax.tree.map(jnp.copy, params), "opt_state": tx.init(params),
@@ -97,6 +95,15 @@ def run_effjax(name, batch, steps):
   def train_once():
     holder[0], metrics = step_c(holder[0], b)
     jax.block_until_ready(metrics["loss"])
+  return train_once, lambda: jax.block_until_ready(predict(full, b))
+
+
+def run_effjax(name, batch, steps):
+  from effjax import runtime
+  runtime.reexec_with_allocator()
+  import jax
+  train_once, infer_once = effjax_steps(name, batch)
+  infer = _timed(infer_once, steps)  # first: the train steps donate the params the forward shares
   return {"train": _timed(train_once, steps), "infer": infer, "allocator": runtime.allocator(),
           "version": f"jax {jax.__version__}"}
 
