@@ -29,34 +29,31 @@ def _lax_conv(x, w, strides, padding, groups=1):
   return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC, feature_group_count=groups)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_cpu(x, w, strides, padding):
-  return _lax_conv(x, w, strides, padding)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv1x1_cpu(x, w, strides):
+  return _lax_conv(x, w, strides, ((0, 0), (0, 0)))
 
 
-def _conv_cpu_fwd(x, w, strides, padding):
-  return _lax_conv(x, w, strides, padding), (x, w)
+def _conv1x1_fwd(x, w, strides):
+  return _conv1x1_cpu(x, w, strides), (x, w)
 
 
-def _conv_cpu_bwd(strides, padding, res, g):
+def _conv1x1_bwd(strides, res, g):
   x, w = res
-  dx = jax.vjp(lambda x: _lax_conv(x, w, strides, padding), x)[1](g)[0]
-  xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  (sh, sw), (ho, wo) = strides, g.shape[1:3]
-  taps = [lax.slice(xp, (0, i, j, 0), (xp.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, xp.shape[3]),
-                    (1, sh, sw, 1)) for i in range(w.shape[0]) for j in range(w.shape[1])]
-  dw = jnp.stack([jnp.einsum("bhwc,bhwo->co", t, g, preferred_element_type=jnp.float32) for t in taps])
+  dx = jax.vjp(lambda x: _lax_conv(x, w, strides, ((0, 0), (0, 0))), x)[1](g)[0]
+  xs = x[:, ::strides[0], ::strides[1]][:, :g.shape[1], :g.shape[2]]
+  dw = jnp.einsum("bhwc,bhwo->co", xs, g, preferred_element_type=jnp.float32)
   return dx, dw.reshape(w.shape).astype(w.dtype)
 
 
-_conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
+_conv1x1_cpu.defvjp(_conv1x1_fwd, _conv1x1_bwd)
 
 
 def conv2d(x, w, strides=(1, 1), padding=((0, 0), (0, 0)), groups=1):
   """Cross-correlation x [B, H, W, C] * w [kh, kw, C/groups, O] -> [B, H', W', O] (explicit padding pairs)."""
   strides, padding = tuple(strides), tuple(tuple(p) for p in padding)
-  if groups == 1 and w.shape[:2] == (1, 1) and dispatch.platform() == "cpu":
-    return _conv_cpu(x, w, strides, padding)
+  if groups == 1 and w.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)) and dispatch.platform() == "cpu":
+    return _conv1x1_cpu(x, w, strides)
   return _lax_conv(x, w, strides, padding, groups)
 
 
