@@ -27,9 +27,10 @@ RECIPES = {"tiny": dict(drop_path_rate=0.1), "small": dict(drop_path_rate=0.4), 
            "large": dict(drop_path_rate=0.5)}
 # DCLS version -> (taps per variant, dilated kernel size): the official ConvNeXt-dcls models (Khalfaoui-Hassani et
 # al., ICLR 2023, "Dilated convolution with learnable spacings": bilinear v0, 34 taps, 40 for S and B, over 17x17)
-# and ConvNeXt-dcls-Gauss (the follow-up DCLS-Gauss paper: 26 taps over 23x23). Not reproduced here:
-# positions shared by the blocks of a stage, their 5x learning rate and exclusion from weight decay, the repulsion
-# loss after epoch 20 and N(0, 0.02) weight init (see experiments/convnext/README.md).
+# and ConvNeXt-dcls-Gauss (the follow-up DCLS-Gauss paper: 26 taps over 23x23). As the official ConvNeXt-dcls
+# (models/convnext_dcls.py, optim_factory.py, engine.py): positions shared by the blocks of a stage, no weight decay
+# and 5x the learning rate on them, DCLS weights ~ trunc N(0, 0.02) with zero bias. Not reproduced: the repulsion
+# loss between a stage's taps added after epoch 20 (utils.get_dcls_loss_rep; the trainer's loss has no epoch).
 DCLS = {"gauss": ({"tiny": 26}, 23), "v0": ({"tiny": 34, "small": 40, "base": 40}, 17)}
 
 def get_config(arg=None):
@@ -44,7 +45,9 @@ def get_config(arg=None):
   taps, dks = DCLS[arg.dcls_version]
   taps = taps.get(arg.variant, taps["tiny"]) if arg.kernel_count < 0 else arg.kernel_count
   dks = dks if arg.dks < 0 else arg.dks
-  dcls = dict(kernel_count=taps, dilated_kernel_size=dks, version=arg.dcls_version) if arg.dcls else None
+  dcls = dict(kernel_count=taps, dilated_kernel_size=dks, version=arg.dcls_version,
+              shared_positions=True,     # convnext_dcls.py: one P per stage, given to every block's dwconv
+              init_std=0.02) if arg.dcls else None  # convnext_dcls.py _init_weights: trunc_normal_(std=.02), bias 0
   drop_path = RECIPES.get(arg.variant, dict(drop_path_rate=0.1))["drop_path_rate"] if arg.drop_path < 0 else \
       arg.drop_path
   c.model = ml_collections.ConfigDict(dict(
@@ -77,6 +80,9 @@ def get_config(arg=None):
   c.optimizer.warmup_epochs = 20.0   # Table 5; main.py --warmup_epochs 20, linear per step, then cosine
   c.optimizer.end_lr_factor = 1e-6 / 4e-3  # main.py --min_lr 1e-6
   c.optimizer.dcls_clamp = dks if arg.dcls else 0
+  if arg.dcls:  # optim_factory.py: P in group "no_decay_dcls" (wd 0, every other >1-D param decayed); engine.py: lr x5
+    c.optimizer.decay_mask = "re:(kernel|weight|sig)$"
+    c.optimizer.lr_scale = "re:(dcls_p|/p)$=5"
   c.log_every_steps = 100
   c.eval_every_steps = 5000
   c.checkpoint_every_steps = 2000

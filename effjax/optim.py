@@ -308,6 +308,25 @@ def layer_decay(decay):
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
+# ------------------------------------------------------------------------------------- lr scale
+
+
+def lr_scale(spec):
+  """optimizer.lr_scale "re:<regex>=<factor>": the final updates of the params whose "/"-joined (lower-cased) path
+  matches × factor, i.e. their learning rate and decoupled weight decay × factor (the official ConvNeXt-dcls trains
+  its positions, which have no weight decay, at 5× the scheduled lr: "re:(^|/)stage\\d+_dcls_p$|/p$=5")."""
+  pattern, _, factor = spec[3:].rpartition("=") if spec.startswith("re:") else ("", "", "")
+  try:
+    factor = float(factor)
+    match = regex_mask(pattern)
+  except (ValueError, re.error) as e:
+    raise ConfigError(f"optimizer.lr_scale {spec!r} is not 're:<regex>=<factor>': {e}") from None
+
+  def update_fn(updates, state, params=None):
+    return jax.tree.map(lambda u, m: u * factor if m else u, updates, match(updates)), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 # ------------------------------------------------------------------------------------ assembly
 
 
@@ -326,4 +345,6 @@ def make_optimizer(opt, total_steps: int, steps_per_epoch: int, *,
   parts.append(OPTIMIZERS[opt.name](opt, schedule, mask))
   if opt.get("layer_decay", 1.0) != 1.0:
     parts.append(layer_decay(opt.layer_decay))
+  if opt.get("lr_scale", ""):
+    parts.append(lr_scale(opt.lr_scale))
   return optax.chain(*parts), schedule

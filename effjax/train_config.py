@@ -71,6 +71,7 @@ def base_config() -> ConfigDict:
   c.optimizer.grad_noise_eta = 0.0   # annealed gradient noise σ_t² = η / (1 + t)^γ; 0 disables
   c.optimizer.grad_noise_gamma = 0.55
   c.optimizer.layer_decay = 1.0      # < 1: layer-wise lr decay (BEiT / MAE), see effjax/optim.py
+  c.optimizer.lr_scale = ""          # "re:<regex>=<factor>": those params' updates x factor (effjax/optim.py)
   c.optimizer.dcls_clamp = 0         # > 0: DCLS positions kept within ±dcls_clamp // 2 (convnext.param_constraint)
 
   c.mesh = (("data", -1),)           # (axis name, size) pairs; -1 takes the remaining devices

@@ -6,7 +6,9 @@ x is channels-last [B, *S, C], w is [*k, C] with odd k per axis, d the per-axis 
 cross-correlation, like torch / lax convolutions.
 
 This file holds the XLA reference, the custom_vjp and the dispatch; the kernels are in
-`depthwise_conv_tpu` (Mosaic) and `depthwise_conv_gpu` (Triton). The backward pass reuses the forward
+`depthwise_conv_tpu` (Mosaic) and `depthwise_conv_gpu` (Triton). On CPU the XLA path is `depthwise_conv_cpu`
+(shifted multiply-adds or FFT, whose cost scales with the kernel; lax's grouped convolution is slow there).
+The backward pass reuses the forward
 kernel: dx is the same convolution of the cotangent with the flipped kernel; dw comes from a second kernel
 reducing g · shifted x over space for every tap.
 """
@@ -17,6 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from effjax.kernels import depthwise_conv_gpu, depthwise_conv_tpu, dispatch
+from effjax.kernels.depthwise_conv_cpu import depthwise_conv_cpu
 
 _DIMS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
 
@@ -71,12 +74,15 @@ _depthwise.defvjp(_depthwise_fwd, _depthwise_bwd)
 def depthwise_conv(x, w, *, dilation=1, impl="auto", backend=None, interpret=None):
   """Depthwise 'same' convolution x [B, *S, C] * w [*k, C] -> [B, *S, C]; see the module docstring.
 
-  impl ("auto" | "xla" | "pallas", `dispatch.resolve`): "xla" is lax's grouped convolution (cuDNN on GPU).
+  impl ("auto" | "xla" | "pallas", `dispatch.resolve`): "xla" is lax's grouped convolution (cuDNN on GPU), on CPU
+  `depthwise_conv_cpu`.
   backend / interpret: override the platform's kernel and interpret mode for "pallas".
   """
   dil = _check(x, w, dilation)
   kernel = dispatch.resolve("depthwise_conv", impl, backend=backend, interpret=interpret,
                             pattern=f"{x.ndim - 2}d", dtype=x.dtype)
   if kernel is None:
+    if dispatch.platform() == "cpu":
+      return depthwise_conv_cpu(x, w, dil)
     return depthwise_conv_reference(x, w, dilation=dil)
   return _depthwise(x, w, dil, kernel.backend, kernel.interpret)

@@ -23,6 +23,7 @@ import numpy as np
 from flax import linen as nn
 
 from effjax.kernels import dcls
+from effjax.kernels.depthwise_conv import depthwise_conv
 
 _SPATIAL = "DHW"
 PADDING_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}  # -> jnp.pad
@@ -61,20 +62,30 @@ def _conv(x, kernel, padding, padding_mode, strides, groups):
       x = jnp.pad(x, [(0, 0)] + pads + [(0, 0)], mode=PADDING_MODES[padding_mode])
       pads = "VALID"
   strides = (strides,) * n if isinstance(strides, int) else tuple(strides)
+  if (groups == x.shape[-1] == kernel.shape[0] and kernel.shape[1] == 1 and set(strides) == {1}
+      and all(k % 2 for k in kernel.shape[2:]) and pads == [(k // 2, k // 2) for k in kernel.shape[2:]]):
+    # depthwise 'same': the depthwise op, whose CPU path scales with the kernel (lax's grouped conv does not)
+    return depthwise_conv(x, jnp.moveaxis(kernel[:, 0], 0, -1).astype(x.dtype))
   kernel = jnp.moveaxis(kernel, (0, 1), (-1, -2)).astype(x.dtype)                       # [*k, I/g, O]
   return jax.lax.conv_general_dilated(x, kernel, strides, pads, feature_group_count=groups,
                                       dimension_numbers=_dimension_numbers(n))
 
 
-def _tap_params(module, shape, dks, version, weight_init):
-  """weight `shape` [O, I/g, KC]; P (and SIG for gauss/max) [n, *shape] with the official _DclsNd inits:
-  P ~ N(0, 0.5²) clipped to ±dks // 2, SIG = 0.23 (gauss) or 0 (max)."""
-  weight = module.param("weight", weight_init, shape)
-
-  def init_positions(key, s):
-    lim = jnp.asarray([d // 2 for d in dks], jnp.float32).reshape(-1, 1, 1, 1)
+def init_positions(dks):
+  """The official _DclsNd init of the positions P [n, ...]: N(0, 0.5²) clipped to ±dks // 2."""
+  def init(key, s):
+    lim = jnp.asarray([d // 2 for d in dks], jnp.float32).reshape((-1,) + (1,) * (len(s) - 1))
     return jnp.clip(0.5 * jax.random.normal(key, s), -lim, lim)
-  P = module.param("P", init_positions, (len(dks),) + shape)
+  return init
+
+
+def _tap_params(module, shape, dks, version, weight_init, positions=None):
+  """weight `shape` [O, I/g, KC]; P (and SIG for gauss/max) [n, *shape] with the official _DclsNd inits:
+  P (`init_positions`; `positions` given: those, not a param of this module), SIG = 0.23 (gauss) or 0 (max)."""
+  weight = module.param("weight", weight_init, shape)
+  P = module.param("P", init_positions(dks), (len(dks),) + shape) if positions is None else positions
+  if P.shape != (len(dks),) + shape:
+    raise ValueError(f"positions of shape {P.shape} given for a DCLS kernel with P {(len(dks),) + shape}")
   sig = None
   if version in ("gauss", "max"):
     sig = module.param("SIG", nn.initializers.constant(0.23 if version == "gauss" else 0.0), (len(dks),) + shape)
@@ -100,6 +111,8 @@ class DclsConv(nn.Module):
     strides: per-axis stride.
     use_bias: add a bias of shape [O].
     impl: kernel-construction implementation passed to `dcls.construct_kernel`.
+    init_std: None: torch's Conv init of weight and bias (the DCLS layer's own); a float: weight ~ trunc N(0, σ²),
+      bias 0 (the ConvNeXt-dcls models' _init_weights).
   """
   features: int
   kernel_count: int
@@ -111,10 +124,12 @@ class DclsConv(nn.Module):
   strides: int | Sequence[int] = 1
   use_bias: bool = True
   impl: str = "auto"
+  init_std: float | None = None
 
   @nn.compact
-  def __call__(self, x):
-    """x [B, *spatial, C_in] -> [B, *spatial', features]."""
+  def __call__(self, x, positions=None):
+    """x [B, *spatial, C_in] -> [B, *spatial', features]; positions: P [n, O, I/g, KC] shared with other layers
+    (the module then has no P of its own), or None."""
     dks = tuple(self.dilated_kernel_size)
     n = len(dks)
     if x.ndim != n + 2:
@@ -123,11 +138,13 @@ class DclsConv(nn.Module):
     _check_groups(c_in, self.features, self.groups)
     shape = (self.features, c_in // self.groups, self.kernel_count)
     uniform = _torch_uniform(shape[1] * shape[2])
-    weight, P, sig = _tap_params(self, shape, dks, self.version, uniform)
+    w_init, b_init = (uniform, uniform) if self.init_std is None else (
+        nn.initializers.truncated_normal(self.init_std), nn.initializers.zeros)
+    weight, P, sig = _tap_params(self, shape, dks, self.version, w_init, positions)
     kernel = dcls.construct_kernel(weight, P, sig, dks, self.version, impl=self.impl)   # [O, I/g, *dks]
     y = _conv(x, kernel, self.padding, self.padding_mode, self.strides, self.groups)
     if self.use_bias:
-      y = y + self.param("bias", uniform, (self.features,)).astype(y.dtype)
+      y = y + self.param("bias", b_init, (self.features,)).astype(y.dtype)
     return y
 
 

@@ -2,7 +2,8 @@
 
 Feature maps x [B, H, W, C]; every convolution is bias-free and followed by BatchNorm (ε = 1e-5, torch momentum 0.1).
 
-  ConvBN      act(BN(conv_{k×k/s}(x)))            (padding k // 2; `groups` channel groups)
+  ConvBN      act(BN(conv_{k×k/s}(x)))            (padding k // 2; `groups` channel groups; effjax.layers.conv: fast
+                                                  CPU gradients, as the stem's max pool)
   stem        stride 4: ""            7×7/2 conv to 64                                  then a 3×3/2 max pool ("max"),
                         "deep"        3×3/2 (w) -> 3×3 (w) -> 3×3 (2w), w = stem_width    a 3×3/2 ConvBN ("conv"),
                         "deep_tiered" 3×3/2 (3·(w//4)) -> 3×3 (w) -> 3×3 (2w)            or a stride-2 last conv ("")
@@ -19,6 +20,7 @@ from collections.abc import Callable
 import flax.linen as nn
 
 from effjax.layers.common import DropPath, batch_norm, torch_kaiming_fan_out
+from effjax.layers.conv import Conv, max_pool
 from effjax.layers.squeeze_excite import make_gate
 
 STEM_TYPES = ("", "deep", "deep_tiered")
@@ -37,8 +39,8 @@ class ConvBN(nn.Module):
   @nn.compact
   def __call__(self, x, train=False):
     k, p = self.kernel, self.kernel // 2
-    x = nn.Conv(self.features, (k, k), (self.stride,) * 2, padding=((p, p), (p, p)), use_bias=False,
-                feature_group_count=self.groups, kernel_init=torch_kaiming_fan_out, name="conv")(x)
+    x = Conv(self.features, (k, k), (self.stride,) * 2, padding=((p, p), (p, p)), use_bias=False,
+             feature_group_count=self.groups, kernel_init=torch_kaiming_fan_out, name="conv")(x)
     x = batch_norm(train, "bn", scale_init=nn.initializers.zeros if self.zero_scale else nn.initializers.ones)(x)
     return self.act(x) if self.relu else x
 
@@ -67,7 +69,7 @@ def stem(x, stem_type, stem_width, pool, train, act=nn.relu):
   if pool == "conv":
     return ConvBN(x.shape[-1], 3, 2, act=act, name="stem_pool")(x, train)
   if pool == "max":
-    return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    return max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
   return x
 
 

@@ -10,8 +10,10 @@ Images [B, H, W, C] -> logits [B, num_classes]; as timm's `convnext_*`:
 LayerNorms use ε = 1e-6 (timm), GELU is the exact (erf) one, γ is the layer scale (init `ls_init_value`).
 With `dcls=dict(kernel_count=K, dilated_kernel_size=D, version=...)` every depthwise k×k convolution becomes a
 DCLS convolution (`effjax.layers.dcls.DclsConv`, groups = dim): K learnable-position taps spread over a D×D
-kernel (the ConvNeXt-dcls models of the DCLS paper). Otherwise the depthwise convolution runs through
-`effjax.kernels.depthwise_conv`.
+kernel (the ConvNeXt-dcls models of the DCLS paper). As the official models, `dcls["shared_positions"]` makes the
+positions P [2, dim, 1, K] one param per stage (`stage{i}_dcls_P`) that all its blocks use, and
+`dcls["init_std"]` = σ initialises the DCLS weights ~ trunc N(0, σ²) with zero bias (official _init_weights).
+Otherwise the depthwise convolution runs through `effjax.kernels.depthwise_conv`.
 
 Intermediates sown in "intermediates": `stem` and `stage{i}` (channels-last).
 `convert_official(state_dict)` maps a timm ConvNeXt state dict (`conv_mlp` True or False) to params;
@@ -25,9 +27,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from effjax.kernels import dcls as dcls_kernels
 from effjax.kernels.depthwise_conv import depthwise_conv
 from effjax.layers.common import LN_EPS, DropPath, with_variants
-from effjax.layers.dcls import DclsConv, clamp_dcls_positions
+from effjax.layers.dcls import DclsConv, clamp_dcls_positions, init_positions
 from effjax.weights.mapping import OfficialStateDict
 
 HEAD = r"^head/"  # params a new task replaces: config.init_from.skip's default
@@ -64,7 +67,7 @@ class Block(nn.Module):
   impl: str = "auto"
 
   @nn.compact
-  def __call__(self, x, train=False):
+  def __call__(self, x, train=False, positions=None):
     dim = x.shape[-1]
     shortcut = x
     if self.dcls is None:
@@ -75,7 +78,7 @@ class Block(nn.Module):
     else:
       d = self.dcls["dilated_kernel_size"]
       x = DclsConv(dim, self.dcls["kernel_count"], (d, d), groups=dim, version=self.dcls.get("version", "gauss"),
-                   impl=self.impl, name="conv_dw")(x)
+                   init_std=self.dcls.get("init_std"), impl=self.impl, name="conv_dw")(x, positions)
     x = _layer_norm("norm")(x)
     x = _dense(self.mlp_ratio * dim, "fc1")(x)
     x = _dense(dim, "fc2")(nn.gelu(x, approximate=False))
@@ -116,9 +119,13 @@ class ConvNeXt(nn.Module):
       if i > 0:
         x = _layer_norm(f"stage{i}_down_norm")(x)
         x = nn.Conv(dim, (2, 2), strides=(2, 2), padding="VALID", kernel_init=_trunc02, name=f"stage{i}_down")(x)
+      positions = None
+      if self.dcls is not None and self.dcls.get("shared_positions", False):
+        d = self.dcls["dilated_kernel_size"]
+        positions = self.param(f"stage{i}_dcls_P", init_positions((d, d)), (2, dim, 1, self.dcls["kernel_count"]))
       for j in range(depth):
         x = Block(self.kernel_size, self.mlp_ratio, self.ls_init_value, rates.pop(0), self.dcls,
-                  self.impl, name=f"stage{i}_block{j}")(x, train)
+                  self.impl, name=f"stage{i}_block{j}")(x, train, positions)
       self.sow("intermediates", f"stage{i}", x)
     x = _layer_norm("head_norm")(jnp.mean(x, axis=(1, 2)))
     return _dense(self.num_classes, "head")(x)
@@ -150,9 +157,13 @@ def _timm_names(state_dict):
   return out
 
 
-def convert_official(state_dict) -> dict:
+def convert_official(state_dict, shared_positions=None) -> dict:
   """timm ConvNeXt state dict (names -> arrays; torch tensors accepted) -> params of `Model`. A file of the
   official ConvNeXt or ConvNeXt-DCLS repository (downsample_layers / dwconv / pwconv names) is renamed first.
+
+  DCLS positions: the official files repeat each stage's shared P under every block (`stages.i.j.dwconv.P`);
+  with shared_positions (None: when every stage's copies are equal, as in the official files) they become one
+  `stage{i}_dcls_P` (a stage whose copies differ is a ValueError), otherwise each block keeps its own P.
 
   Convolutions OIHW -> HWIO (the depthwise [C, 1, k, k] -> [k, k, C]; a DCLS depthwise convolution keeps its
   `weight`/`P`/`SIG` as they are), Linear or 1×1-conv MLP weights -> Dense kernels [in, out], norm weight ->
@@ -168,12 +179,21 @@ def convert_official(state_dict) -> dict:
     if i > 0:
       params[f"stage{i}_down_norm"] = norm(f"stages.{i}.downsample.0")
       params[f"stage{i}_down"] = sd.conv(f"stages.{i}.downsample.1")
+  dcls_p = {(i, j): f"stages.{i}.blocks.{j}.conv_dw.P" for i, j in blocks if f"stages.{i}.blocks.{j}.conv_dw.P" in sd}
+  stages = {i: [np.asarray(sd[k]) for (s, _), k in sorted(dcls_p.items()) if s == i] for i, _ in dcls_p}
+  same = {i: all(np.array_equal(p[0], q) for q in p) for i, p in stages.items()}
+  if shared_positions is None:
+    shared_positions = bool(stages) and all(same.values())
+  for i in stages if shared_positions else ():
+    if not same[i]:
+      raise ValueError(f"stage {i} has different DCLS positions per block; convert with shared_positions=False")
+    params[f"stage{i}_dcls_P"] = stages[i][0]
   for i, j in blocks:
     pre = f"stages.{i}.blocks.{j}"
     block = {"norm": norm(f"{pre}.norm"), "fc1": sd.linear(f"{pre}.mlp.fc1"), "fc2": sd.linear(f"{pre}.mlp.fc2")}
     if f"{pre}.conv_dw.P" in sd:
       block["conv_dw"] = {k: sd[f"{pre}.conv_dw.{k}"] for k in ("weight", "P", "SIG", "bias")
-                          if f"{pre}.conv_dw.{k}" in sd}
+                          if f"{pre}.conv_dw.{k}" in sd and not (k == "P" and shared_positions)}
     else:
       block["kernel"], block["bias"] = sd.depthwise(f"{pre}.conv_dw")
     if f"{pre}.gamma" in sd:
@@ -188,4 +208,11 @@ def param_constraint(config):
   config.optimizer.dcls_clamp = s > 0 every DCLS position is clamped to ±s // 2, as the official DCLS training loop
   does after each step."""
   s = config.optimizer.dcls_clamp
-  return functools.partial(clamp_dcls_positions, dilated_kernel_size=(s, s)) if s > 0 else None
+  return functools.partial(_clamp_positions, dks=(s, s)) if s > 0 else None
+
+
+def _clamp_positions(params, dks):
+  """Every DCLS position clamped to ±dks // 2: the blocks' own P and the stages' shared `stage{i}_dcls_P`."""
+  params = clamp_dcls_positions(params, dks)
+  return {k: dcls_kernels.clamp_positions(v, dks) if re.fullmatch(r"stage\d+_dcls_P", k) else v
+          for k, v in params.items()}

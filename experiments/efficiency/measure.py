@@ -37,15 +37,15 @@ def _fill(abstract):
   return jax.tree.map(jax.numpy.asarray, jax.tree_util.tree_map_with_path(fill, abstract))
 
 
-def _median_time(fn, steps):
-  """Median wall seconds of `steps` calls of fn() (each waits for its result) after one warm-up call."""
+def _step_times(fn, steps):
+  """Wall seconds of each of `steps` calls of fn() (each waits for its result) after one warm-up call."""
   jax.block_until_ready(fn())
   times = []
   for _ in range(steps):
     start = time.perf_counter()
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return times
 
 
 def costs(config, input_shape, timed_steps, train_step=True):
@@ -86,13 +86,15 @@ def costs(config, input_shape, timed_steps, train_step=True):
   out["train_memory_bytes"] = (out["train_memory"]["argument"] + out["train_memory"]["temp"]
                                + out["train_memory"]["output"] - out["train_memory"]["alias"])
   if timed_steps > 0:  # inference first: the train steps donate (delete) the params they share with `full`
-    out["infer_img_s"] = batch_size / _median_time(lambda: predict_c(full, batch), timed_steps)
+    out["infer_step_s"] = _step_times(lambda: predict_c(full, batch), timed_steps)
+    out["infer_img_s"] = batch_size / float(np.median(out["infer_step_s"]))
     holder = [state]
 
     def train_once():
       holder[0], metrics = step_c(holder[0], batch)
       return metrics["loss"]
-    out["train_img_s"] = batch_size / _median_time(train_once, timed_steps)
+    out["train_step_s"] = _step_times(train_once, timed_steps)
+    out["train_img_s"] = batch_size / float(np.median(out["train_step_s"]))
   return out
 
 

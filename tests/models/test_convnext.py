@@ -114,3 +114,60 @@ def test_dcls_config_keeps_positions_inside_the_kernel():
   assert max_position(0) > 3.0
   assert max_position(7) == 3.0  # dks 7: ±3
   assert convnext.param_constraint(cfg.load_config_file(os.path.join(REPO, "configs/convnext.py:runlocal"))) is None
+
+
+def _official_state_dict(params, depths):
+  """An official-layout (timm names) state dict of a shared-position ConvNeXt-DCLS: P repeated in every block."""
+  ln = lambda p: {"weight": p["scale"], "bias": p["bias"]}
+  conv = lambda p: {"weight": np.transpose(p["kernel"], (3, 2, 0, 1)), "bias": p["bias"]}
+  dense = lambda p: {"weight": np.transpose(p["kernel"]), "bias": p["bias"]}
+  parts = {"stem.0": conv(params["stem_conv"]), "stem.1": ln(params["stem_norm"]), "head.norm": ln(params["head_norm"]),
+           "head.fc": dense(params["head"])}
+  for i, depth in enumerate(depths):
+    if i:
+      parts.update({f"stages.{i}.downsample.0": ln(params[f"stage{i}_down_norm"]),
+                    f"stages.{i}.downsample.1": conv(params[f"stage{i}_down"])})
+    for j in range(depth):
+      b, pre = params[f"stage{i}_block{j}"], f"stages.{i}.blocks.{j}"
+      parts.update({f"{pre}.norm": ln(b["norm"]), f"{pre}.mlp.fc1": dense(b["fc1"]), f"{pre}.mlp.fc2": dense(b["fc2"]),
+                    f"{pre}.conv_dw": dict(b["conv_dw"], P=params[f"stage{i}_dcls_P"]), pre: {"gamma": b["gamma"]}})
+  return {f"{k}.{n}": np.asarray(v) for k, d in parts.items() for n, v in d.items()}
+
+
+def test_shared_positions_load_official_layout():
+  """The official ConvNeXt-dcls shares P [2, C, 1, K] across a stage's blocks and its checkpoints repeat it per block:
+  one stage{i}_dcls_P here, and the official layout converts back to the same params; unequal copies are an error."""
+  depths = (2, 1)
+  model = convnext.Model(num_classes=3, depths=depths, widths=(8, 16), patch_size=2,
+                         dcls=dict(DCLS, shared_positions=True, init_std=0.02))
+  params = jax.tree.map(np.asarray, jax.jit(model.init)(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 3)))["params"])
+  assert params["stage0_dcls_P"].shape == (2, 8, 1, 4) and "P" not in params["stage0_block1"]["conv_dw"]
+  assert abs(params["stage1_block0"]["conv_dw"]["weight"].std() - 0.02) < 0.01
+  sd = _official_state_dict(params, depths)
+  back = convnext.convert_official(sd)
+  assert jax.tree.all(jax.tree.map(np.array_equal, back, params))
+  assert "P" in convnext.convert_official(sd, shared_positions=False)["stage0_block1"]["conv_dw"]
+  sd["stages.0.blocks.1.conv_dw.P"] = sd["stages.0.blocks.1.conv_dw.P"] + 1.0
+  with pytest.raises(ValueError, match="stage 0 has different DCLS positions"):
+    convnext.convert_official(sd, shared_positions=True)
+
+
+def test_dcls_recipe_positions_without_decay_at_5x_lr():
+  """configs/convnext.py:dcls=True follows the official optimiser groups: P (shared or per block) gets no weight
+  decay and 5x the learning rate; the DCLS weights and convolution kernels are decayed at 1x."""
+  from effjax import config as cfg, optim
+  c = cfg.load_config_file(os.path.join(REPO, "configs/convnext.py:dcls=True"))
+  assert c.model.dcls.shared_positions and c.model.dcls.init_std == 0.02
+  tx, _ = optim.make_optimizer(c.optimizer, 100, 10)
+  params = {"stage0_dcls_P": jnp.ones((2, 2)), "stage0_block0": {"conv_dw": {"P": jnp.ones((2, 2)),
+                                                                             "weight": jnp.ones((2, 2))}}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = tx.init(params)
+  for _ in range(3):  # past the first step (lr 0 at step 0 of the warm-up)
+    updates, state = tx.update(grads, state, params)
+  no_decay = lambda u: float(u.mean())
+  p_shared, p_block = no_decay(updates["stage0_dcls_P"]), no_decay(updates["stage0_block0"]["conv_dw"]["P"])
+  w = updates["stage0_block0"]["conv_dw"]["weight"]
+  assert p_shared == p_block != 0.0
+  lr_w_only = float(w.mean()) + c.optimizer.weight_decay * float(optim.make_schedule(c.optimizer, 100, 10)(2))
+  assert np.isclose(p_shared, 5 * lr_w_only, rtol=1e-5)
