@@ -334,7 +334,8 @@ class Interleaved(nn.Module):
                        pattern=latent_pattern, remat=self.remat, **common, name=f"l_network{i}")(z, train)
         self.sow("intermediates", f"out_l_network{i}", z)
         z = z.reshape(b * t, m, dl)
-        self.sow("latent_cache", f"block{i}", z, init_fn=lambda: None, reduce_fn=lambda _, new: new)
+        if not self.is_initializing():  # init makes every collection mutable; the cache is never model state
+          self.sow("latent_cache", f"block{i}", z, init_fn=lambda: None, reduce_fn=lambda _, new: new)
       if i < len(blocks) - 1:
         x = per_group(cross_layer(heads, key_dim, xattn_mlp, self.xattn_enc_ln, **common,
                                   name=f"x2l_cross_attn{i}"), x, shift_groups(z, b) if autoregressive else z)

@@ -57,8 +57,9 @@ def test_sequence_model_reaches_the_whole_sequence_after_one_block_pair(depth, r
     _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
     return state["intermediates"]["layers_0"]["__call__"][0][0, 0].sum()
 
-  grad = jax.jit(jax.grad(stage_output_token0))(x)
-  assert int((jnp.abs(grad[0]).sum(-1) > 0).sum()) == reach
+  grad = jnp.abs(jax.jit(jax.grad(stage_output_token0))(x)[0]).sum(-1)
+  # relative threshold: the CPU depthwise conv's FFT gradient leaves ~1e-8 round-off outside the receptive field
+  assert int((grad > 1e-5 * grad.max()).sum()) == reach
 
 
 @pytest.mark.parametrize("arg,image", [("runlocal", (28, 28, 1)), ("dataset=tfds:cifar10,image=32", (32, 32, 3))])
