@@ -12,13 +12,13 @@ reference code plugs into (nnUNetTrainerV2, as nnFormer's nnFormerTrainerV2_nnfo
 Nesterov momentum 0.99, lr 0.01, weight decay 3e-5, poly(0.9) decay to 0 over 1000 epochs of 250 iterations,
 gradient clipping at 12, batch 2, Dice + CE with deep supervision on the two heads the reference returns; random
 patches of the crop size from whole volumes with foreground oversampling, rotation (±30°) and scaling (0.7-1.4),
-noise, blur, brightness, contrast, gamma and mirroring along every axis (effjax/data/volume.py); evaluation by
-sliding windows (step 0.5 of a patch, Gaussian weighting, mirroring along every axis,
+noise, blur, brightness, contrast, low resolution, gamma and mirroring along every axis (effjax/data/volume.py);
+evaluation by sliding windows (step 0.5 of a patch, Gaussian weighting, mirroring along every axis,
 effjax/evaluators/_sliding_window.py) over whole volumes; Synapse on its standard 18 / 12 split (nifti
 split=synapse, nnFormer's dataset_json/Synapse.json). It was not checked against the paper's text, and the crop
 sizes are the ones commonly used with these datasets. Differences from nnU-Net: it steps the poly schedule once
-per epoch, lr·(1 − epoch/1000)^0.9, effjax per iteration; its low-resolution simulation is not reproduced, and its
-spatial transform reads from a larger patch (effjax rotates within the patch: zero corners); test volumes are
+per epoch, lr·(1 − epoch/1000)^0.9, effjax per iteration; its spatial transform reads from a larger patch (effjax
+rotates within the patch: zero corners); test volumes are
 centre-cropped / zero-padded to one `eval_crop` size (DATASETS; an assumed bound on the prepared volumes, not
 checked on the data: raise it if your volumes are larger), not kept at their own size; no resampling
 (prepare the volumes at a common spacing as nnU-Net does).
@@ -66,7 +66,7 @@ def get_config(arg=None):
       "blur3d(p=0.2,sigma=(0.5,1.0),p_per_channel=0.5)",          # GaussianBlurTransform
       "brightness3d(p=0.15,multiplier=(0.75,1.25))",              # BrightnessMultiplicativeTransform
       "contrast3d(p=0.15,factor=(0.75,1.25))",                    # ContrastAugmentationTransform
-      # (SimulateLowResolutionTransform, p 0.25: not reproduced)
+      "lowres3d(p=0.25,zoom=(0.5,1.0),p_per_channel=0.5)",        # SimulateLowResolutionTransform
       "gamma3d(p=0.1,gamma=(0.7,1.5),invert=True,retain_stats=True)",  # GammaTransform, inverted
       "gamma3d(p=0.3,gamma=(0.7,1.5),invert=False,retain_stats=True)",  # GammaTransform: p_gamma 0.3
       "mirror3d(axes=(0,1,2),p=0.5)",                             # default_3D_augmentation_params: mirror_axes

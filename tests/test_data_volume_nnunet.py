@@ -37,7 +37,8 @@ def test_intensity_ops_equal_batchgenerators():
                                          retain_stats=kw["retain_stats"])) for i, kw in enumerate(META["gamma"])]
   cases += [("contrast0", "contrast3d", dict(factor=(META["contrast"][0]["factor"],) * 2)),
             ("brightness0", "brightness3d", dict(multiplier=(META["brightness"][0]["multiplier"],) * 2)),
-            ("blur0", "blur3d", dict(sigma=(META["blur"][0]["sigma"],) * 2, p_per_channel=1.0))]
+            ("blur0", "blur3d", dict(sigma=(META["blur"][0]["sigma"],) * 2, p_per_channel=1.0)),
+            ("lowres0", "lowres3d", dict(zoom=(META["lowres"][0]["zoom"],) * 2, p_per_channel=1.0))]
   for key, name, kw in cases:
     out = getattr(volume, name)(_example(), np.random.default_rng(0), p=1.0, **kw)
     np.testing.assert_allclose(_channels_first(out), GOLDEN[f"{key}/image"], rtol=1e-5, atol=1e-5, err_msg=key)
@@ -51,7 +52,7 @@ def test_noise3d_uses_the_drawn_value_as_standard_deviation():
 
 
 @pytest.mark.parametrize("spec", ["spatial3d(p_rot=0.0,p_scale=0.0)", "noise3d(p=0.0)", "blur3d(p=0.0)",
-                                  "brightness3d(p=0.0)", "contrast3d(p=0.0)", "gamma3d(p=0.0)"])
+                                  "brightness3d(p=0.0)", "contrast3d(p=0.0)", "lowres3d(p=0.0)", "gamma3d(p=0.0)"])
 def test_ops_parse_by_name_and_skip_with_probability_zero(spec):
   _, fn, is_random = ops.parse(spec)
   ex = _example()
@@ -64,6 +65,6 @@ def test_dformer_recipe_runs_nnunet_transforms_in_order():
   import trainer_utils
   c = cfg.load_config_file(f"{trainer_utils.REPO}/configs/dformer.py:dataset=synapse,root=/nonexistent")
   names = [op.partition("(")[0] for op in c.data.pp_train]
-  assert names == ["patch3d", "spatial3d", "noise3d", "blur3d", "brightness3d", "contrast3d", "gamma3d", "gamma3d",
-                   "mirror3d"]
-  assert "invert=True" in c.data.pp_train[6] and "p=0.1" in c.data.pp_train[6] and "p=0.3" in c.data.pp_train[7]
+  assert names == ["patch3d", "spatial3d", "noise3d", "blur3d", "brightness3d", "contrast3d", "lowres3d", "gamma3d",
+                   "gamma3d", "mirror3d"]
+  assert "invert=True" in c.data.pp_train[7] and "p=0.1" in c.data.pp_train[7] and "p=0.3" in c.data.pp_train[8]

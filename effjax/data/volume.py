@@ -10,9 +10,10 @@ configs like the 2-D ops, in nnU-Net's order:
   blur3d(p=0.2, sigma=(0.5,1), p_per_channel=0.5)  Gaussian blur
   brightness3d(p=0.15, multiplier=(0.75,1.25))  multiplicative brightness
   contrast3d(p=0.15, factor=(0.75,1.25))        contrast about the mean, clipped to the channel's range
+  lowres3d(p=0.25, zoom=(0.5,1), p_per_channel=0.5)  simulated low resolution: down (nearest) and up (cubic) again
   gamma3d(p=0.3, gamma=(0.7,1.5), invert=False, retain_stats=True)  gamma on the channel's range
   mirror3d(axes=(0,1,2), p=0.5)                 each axis flipped with probability p (image and label)
-Every probability p is per example (batchgenerators' p_per_sample). Not reproduced: SimulateLowResolutionTransform.
+Every probability p is per example (batchgenerators' p_per_sample).
 Factors drawn from a range (lo, hi) with lo < 1 (scale, contrast, gamma) are drawn as batchgenerators does: with
 probability 1/2 from U(lo, 1), else from U(max(lo, 1), hi).
 """
@@ -153,6 +154,24 @@ def contrast3d(example, rng, p=0.15, factor=(0.75, 1.25)):
     f, mean = _factor(rng, *factor), x.mean()
     return np.clip((x - mean) * np.float32(f) + mean, x.min(), x.max())
   return _channels(example, contrast)
+
+
+def lowres3d(example, rng, p=0.25, zoom=(0.5, 1.0), p_per_channel=0.5):
+  """With probability p, each channel with probability p_per_channel is resized to round(shape·z) voxels,
+  z ~ U(zoom) per channel, by nearest neighbour and back to its shape by cubic spline (skimage resize, edge mode,
+  no anti-aliasing: batchgenerators SimulateLowResolutionTransform as nnU-Net v1 runs it, per_channel,
+  order_downsample 0, order_upsample 3)."""
+  from skimage.transform import resize  # an effjax dependency
+  if rng.random() >= p:
+    return example
+
+  def lowres(x, c):
+    if rng.random() >= p_per_channel:
+      return x
+    target = np.round(np.asarray(x.shape) * rng.uniform(*zoom)).astype(int)
+    small = resize(x.astype(np.float64), target, order=0, mode="edge", anti_aliasing=False)
+    return resize(small, x.shape, order=3, mode="edge", anti_aliasing=False).astype(np.float32)
+  return _channels(example, lowres)
 
 
 def gamma3d(example, rng, p=0.3, gamma=(0.7, 1.5), invert=False, retain_stats=True):

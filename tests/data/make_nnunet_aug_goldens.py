@@ -20,6 +20,7 @@ import scipy
 from batchgenerators.augmentations import (
   color_augmentations as color,
   noise_augmentations as noise,
+  resample_augmentations as resample,
   spatial_transformations as spatial,
 )
 from scipy import ndimage
@@ -32,6 +33,7 @@ GAMMA = [dict(gamma=1.4, invert=True, retain_stats=True), dict(gamma=1.4, invert
 CONTRAST = [dict(factor=1.2)]
 BRIGHTNESS = [dict(multiplier=1.1)]
 BLUR = [dict(sigma=0.7)]
+LOWRES = [dict(zoom=0.6)]
 
 
 def main():
@@ -65,7 +67,12 @@ def main():
   for i, kw in enumerate(BLUR):
     s = kw["sigma"]
     out[f"blur{i}/image"] = noise.augment_gaussian_blur(image.copy(), (s, s), per_channel=True, p_per_channel=1)
+  for i, kw in enumerate(LOWRES):
+    z = kw["zoom"]
+    out[f"lowres{i}/image"] = resample.augment_linear_downsampling_scipy(
+        image.copy(), zoom_range=(z, z), per_channel=True, p_per_channel=1, order_downsample=0, order_upsample=3)
   meta = {"spatial": SPATIAL, "gamma": GAMMA, "contrast": CONTRAST, "brightness": BRIGHTNESS, "blur": BLUR,
+          "lowres": LOWRES,
           "versions": {"batchgenerators": metadata.version("batchgenerators") if _installed() else "0.25.1 (wheel)",
                        "numpy": np.__version__, "scipy": scipy.__version__}}
   out["meta"] = np.array(json.dumps(meta))
