@@ -29,8 +29,8 @@ RECIPES = {"tiny": dict(drop_path_rate=0.1), "small": dict(drop_path_rate=0.4), 
 # al., ICLR 2023, "Dilated convolution with learnable spacings": bilinear v0, 34 taps, 40 for S and B, over 17x17)
 # and ConvNeXt-dcls-Gauss (the follow-up DCLS-Gauss paper: 26 taps over 23x23). As the official ConvNeXt-dcls
 # (models/convnext_dcls.py, optim_factory.py, engine.py): positions shared by the blocks of a stage, no weight decay
-# and 5x the learning rate on them, DCLS weights ~ trunc N(0, 0.02) with zero bias. Not reproduced: the repulsion
-# loss between a stage's taps added after epoch 20 (utils.get_dcls_loss_rep; the trainer's loss has no epoch).
+# and 5x the learning rate on them, DCLS weights ~ trunc N(0, 0.02) with zero bias, and the repulsion between a
+# kernel's taps (utils.get_dcls_loss_rep) squared and added to the loss after epoch 20 (convnext.param_penalty).
 DCLS = {"gauss": ({"tiny": 26}, 23), "v0": ({"tiny": 34, "small": 40, "base": 40}, 17)}
 
 def get_config(arg=None):
@@ -47,7 +47,8 @@ def get_config(arg=None):
   dks = dks if arg.dks < 0 else arg.dks
   dcls = dict(kernel_count=taps, dilated_kernel_size=dks, version=arg.dcls_version,
               shared_positions=True,     # convnext_dcls.py: one P per stage, given to every block's dwconv
-              init_std=0.02) if arg.dcls else None  # convnext_dcls.py _init_weights: trunc_normal_(std=.02), bias 0
+              init_std=0.02,             # convnext_dcls.py _init_weights: trunc_normal_(std=.02), bias 0
+              repulsion_after_epoch=20) if arg.dcls else None  # engine.py: loss + loss_rep ** 2 if epoch > 20
   drop_path = RECIPES.get(arg.variant, dict(drop_path_rate=0.1))["drop_path_rate"] if arg.drop_path < 0 else \
       arg.drop_path
   c.model = ml_collections.ConfigDict(dict(

@@ -10,8 +10,9 @@ Recipe: the official README's ImageNet-1K command for main.py (Ma-Lab-Berkeley/C
 lr 2e-4, weight decay 0.05 on every parameter (main.py passes model.parameters() to Lion), batch 512, 200 epochs,
 label smoothing 0.1 (main.py --label_smooth). main.py steps its LambdaLR once per epoch with
 min((e + 1) / 20, cosine(e / epochs)), so its warm-up is 20 epochs (not 20 steps) and the lr is constant within
-an epoch; here a 20-epoch linear warm-up and cosine decay stepped per update. The paper's appendix values were not
-re-checked here; lr, weight decay, batch size and epochs are config keys. Data as in the official main.py:
+an epoch; here a 20-epoch linear warm-up and cosine decay stepped per update. The authors' book gives another
+recipe for the paper's table (Lion lr 2.4e-4, weight decay 0.5, batch 2048, 150 epochs, 5 warm-up epochs); the
+config keys select it (command in experiments/crate/README.md). Data as in the official main.py:
 training images get an inception crop (random resized crop, area 8-100%, aspect 3/4-4/3) to 224 px and a
 horizontal flip; evaluation resizes the shorter side to 256 and takes the central 224 px; both are
 normalised with the ImageNet mean/std. The official script uses no Mixup, CutMix or RandAugment, so they

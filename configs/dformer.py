@@ -11,15 +11,16 @@ The architecture is the reference's (embed 96, depths 2-2-6-2, heads 3-6-12-24, 
 reference code plugs into (nnUNetTrainerV2, as nnFormer's nnFormerTrainerV2_nnformer_synapse.py runs it): SGD with
 Nesterov momentum 0.99, lr 0.01, weight decay 3e-5, poly(0.9) decay to 0 over 1000 epochs of 250 iterations,
 gradient clipping at 12, batch 2, Dice + CE with deep supervision on the two heads the reference returns; random
-patches of the crop size from whole volumes with foreground oversampling, scaling (0.7-1.4, p 0.2) and mirroring
-along every axis (effjax/data/volume.py); evaluation by sliding windows (step 0.5 of a patch, Gaussian weighting,
-mirroring along every axis, effjax/evaluators/_sliding_window.py) over whole volumes; Synapse on its standard 18 /
-12 split (nifti split=synapse, nnFormer's dataset_json/Synapse.json). It was not checked against the paper's text,
-and the crop sizes are the ones commonly used with these datasets. Differences from nnU-Net: it steps the poly
-schedule once per epoch, lr·(1 − epoch/1000)^0.9, effjax per iteration; its rotations (±30° about each axis, p 0.2),
-Gaussian noise / blur, brightness, contrast, low-resolution simulation and gamma augmentations are not reproduced;
-test volumes are centre-cropped / zero-padded to one `eval_crop` size (DATASETS; an assumed bound on the prepared
-volumes, not checked on the data: raise it if your volumes are larger), not kept at their own size; no resampling
+patches of the crop size from whole volumes with foreground oversampling, rotation (±30°) and scaling (0.7-1.4),
+noise, blur, brightness, contrast, low resolution, gamma and mirroring along every axis (effjax/data/volume.py);
+evaluation by sliding windows (step 0.5 of a patch, Gaussian weighting, mirroring along every axis,
+effjax/evaluators/_sliding_window.py) over whole volumes; Synapse on its standard 18 / 12 split (nifti
+split=synapse, nnFormer's dataset_json/Synapse.json). It was not checked against the paper's text, and the crop
+sizes are the ones commonly used with these datasets. Differences from nnU-Net: it steps the poly schedule once
+per epoch, lr·(1 − epoch/1000)^0.9, effjax per iteration; its spatial transform reads from a larger patch (effjax
+rotates within the patch: zero corners); test volumes are
+centre-cropped / zero-padded to one `eval_crop` size (DATASETS; an assumed bound on the prepared volumes, not
+checked on the data: raise it if your volumes are larger), not kept at their own size; no resampling
 (prepare the volumes at a common spacing as nnU-Net does).
 """
 import ml_collections
@@ -58,8 +59,17 @@ def get_config(arg=None):
       # DataLoader3D with oversample_foreground_percent 0.33: at batch 2 the second example of every batch is a
       # foreground patch, i.e. half of them (effjax draws per example)
       f"patch3d(size={size},foreground=0.5)",
-      "scale3d(p=0.2,scale_min=0.7,scale_max=1.4)",  # setup_DA_params: scale_range (0.7, 1.4); p_scale 0.2
-      "mirror3d(axes=(0,1,2),p=0.5)",                # default_3D_augmentation_params: mirror_axes (0, 1, 2)
+      # nnUNetTrainerV2.setup_DA_params: rotations ±30° about each axis (p_rot 0.2), scale_range (0.7, 1.4) (p 0.2)
+      "spatial3d(p_rot=0.2,angle=(-30.0,30.0),p_scale=0.2,scale_min=0.7,scale_max=1.4)",
+      # get_moreDA_augmentation's fixed transforms, in its order
+      "noise3d(p=0.1,variance=(0.0,0.1))",                        # GaussianNoiseTransform
+      "blur3d(p=0.2,sigma=(0.5,1.0),p_per_channel=0.5)",          # GaussianBlurTransform
+      "brightness3d(p=0.15,multiplier=(0.75,1.25))",              # BrightnessMultiplicativeTransform
+      "contrast3d(p=0.15,factor=(0.75,1.25))",                    # ContrastAugmentationTransform
+      "lowres3d(p=0.25,zoom=(0.5,1.0),p_per_channel=0.5)",        # SimulateLowResolutionTransform
+      "gamma3d(p=0.1,gamma=(0.7,1.5),invert=True,retain_stats=True)",  # GammaTransform, inverted
+      "gamma3d(p=0.3,gamma=(0.7,1.5),invert=False,retain_stats=True)",  # GammaTransform: p_gamma 0.3
+      "mirror3d(axes=(0,1,2),p=0.5)",                             # default_3D_augmentation_params: mirror_axes
   )
   c.data.train_split, c.data.eval_split = "train", "test"
   c.batch_size = 2

@@ -15,10 +15,11 @@ for batch 4096 (0.1 · 4096/256), cosine over 350 epochs after 5 warm-up epochs,
 trains and evaluates at its own resolution (RS_RESOLUTIONS, from timm's pretrained cfgs of the official TF
 checkpoints: input_size, test_input_size, crop_pct), bicubic, with its own head dropout and stochastic depth
 (RS_REGULARIZATION, from the official configs tensorflow/models official/vision/configs/experiments/
-image_classification/imagenet_resnetrs<N>_i<size>.yaml: dropout_rate, stochastic_depth_drop_rate). Not reproduced:
-the TF RandAugment (magnitude 10 for RS-50, 15 for the others; left to --config.data.pp_train), and the official
-stochastic-depth schedule, which raises the rate per stage (rate·(i+2)/5 for stage i = 0..3) where effjax raises
-it linearly per block from 0. The ECA / SE variants use the ResNet-RS recipe at 224 px with drop path 0.05.
+image_classification/imagenet_resnetrs<N>_i<size>.yaml: dropout_rate, stochastic_depth_drop_rate), spread as the
+official TF ResNet spreads it: every block of stage i = 0..3 at rate·(i+2)/5 (backbones/resnet.py,
+get_stochastic_depth_rate; model drop_path_schedule="stage"). Not reproduced: the TF RandAugment (magnitude 10 for
+RS-50, 15 for the others; left to --config.data.pp_train). The ECA / SE variants use the ResNet-RS recipe at 224 px
+with drop path 0.05 ramped per block as timm does.
 """
 import ml_collections
 
@@ -47,7 +48,8 @@ def get_config(arg=None):
   c = train_config.base_config()
   c.model_name = "resnet"
   head_dropout, drop_path = RS_REGULARIZATION.get(arg.variant, (0.0, 0.05))
-  model = dict(num_classes=arg.num_classes, variant=arg.variant, drop_path_rate=drop_path, head_dropout=head_dropout)
+  model = dict(num_classes=arg.num_classes, variant=arg.variant, drop_path_rate=drop_path, head_dropout=head_dropout,
+               drop_path_schedule="stage" if arg.variant in RS_REGULARIZATION else "block")
   if arg.runlocal:  # a two-stage ECA-ResNet with a deep stem
     model = dict(num_classes=10, layers=(1, 1), widths=(16, 32), stem_width=16, stem_type="deep",
                  replace_stem_pool=False, avg_down=True, gate="eca", drop_path_rate=0.0)

@@ -96,7 +96,7 @@ def build_train_step(config, mesh, example_batch, num_steps, steps_per_epoch) ->
   batch_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct((config.batch_size,) + s.shape[1:], s.dtype,
                                                           sharding=batch_sharding),
                             {k: v for k, v in example_batch.items() if k != task.padding_key})
-  step = jax.jit(make_train_step(config, model, task, tx, schedule, compute_dtype),
+  step = jax.jit(make_train_step(config, model, task, tx, schedule, compute_dtype, steps_per_epoch),
                  in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, repl),
                  donate_argnums=0, compiler_options=runtime.compiler_options(mesh.devices.flat[0].platform))
   return TrainStep(model, task, tx, schedule, compute_dtype, init, rng, abstract_state, state_shardings,
@@ -398,26 +398,36 @@ def _step_flops(compiled_step):
     return None
 
 
-def make_train_step(config, model, task, tx, schedule, compute_dtype):
+def make_train_step(config, model, task, tx, schedule, compute_dtype, steps_per_epoch=None):
   """(state, batch) -> (state, metrics): gradient accumulation, mixed precision, EMA, norms; the params pass
-  through the model module's `param_constraint(config)` after each update when it has one (None: no constraint)."""
+  through the model module's `param_constraint(config)` after each update when it has one (None: no constraint).
+  The model module's `param_penalty(config)`, when it has one, gives fn(params, epoch) -> (term, metrics): the term
+  is added to the task's loss and the metrics logged; epoch = step // steps_per_epoch (0-based, as the official
+  PyTorch loops count it; steps_per_epoch None: every step counts as epoch 0)."""
   accum = config.grad_accum_steps
-  constraint = getattr(components.load("models", config.model_name), "param_constraint", lambda config: None)(config)
+  module = components.load("models", config.model_name)
+  constraint = getattr(module, "param_constraint", lambda config: None)(config)
+  penalty = getattr(module, "param_penalty", lambda config: None)(config)
 
-  def loss_fn(params, model_state, batch, rng):
+  def loss_fn(params, model_state, batch, rng, epoch):
     variables = {"params": _cast_floats(params, compute_dtype), **model_state}
     batch = {k: v.astype(compute_dtype) if k in task.compute_inputs and jnp.issubdtype(v.dtype, jnp.floating)
              else v for k, v in batch.items()}
     loss, aux = task.loss(model, variables, batch, rng, train=True)
-    return loss.astype(jnp.float32), aux
+    loss = loss.astype(jnp.float32)
+    if penalty is not None:
+      term, metrics = penalty(params, epoch)
+      loss, aux = loss + term, {**aux, "metrics": {**aux["metrics"], **metrics}}
+    return loss, aux
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def step_fn(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
     params = state["params"]
+    epoch = state["step"] // steps_per_epoch if steps_per_epoch else jnp.zeros((), jnp.int32)
     if accum == 1:
-      (loss, aux), grads = grad_fn(params, state["model_state"], batch, rng)
+      (loss, aux), grads = grad_fn(params, state["model_state"], batch, rng, epoch)
       model_state, task_metrics = aux["model_state"] or state["model_state"], aux["metrics"]
     else:
       micro = jax.tree.map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
@@ -425,13 +435,13 @@ def make_train_step(config, model, task, tx, schedule, compute_dtype):
       def body(carry, inputs):
         grads_sum, loss_sum, metric_sum, model_state = carry
         i, mb = inputs
-        (l, aux), g = grad_fn(params, model_state, mb, jax.random.fold_in(rng, i))
+        (l, aux), g = grad_fn(params, model_state, mb, jax.random.fold_in(rng, i), epoch)
         model_state = aux["model_state"] or model_state
         return (jax.tree.map(jnp.add, grads_sum, g), loss_sum + l,
                 jax.tree.map(jnp.add, metric_sum, aux["metrics"]), model_state), None
 
       first_metrics = jax.eval_shape(lambda: grad_fn(params, state["model_state"],
-                                                     jax.tree.map(lambda x: x[0], micro), rng)[0][1]["metrics"])
+                                                     jax.tree.map(lambda x: x[0], micro), rng, epoch)[0][1]["metrics"])
       zeros = lambda t: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), t)
       carry = (jax.tree.map(jnp.zeros_like, params), jnp.zeros((), jnp.float32), zeros(first_metrics),
                state["model_state"])

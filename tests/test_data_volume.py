@@ -1,4 +1,5 @@
-"""3-D training ops (nnU-Net's patch sampling, mirroring, scaling) and the NIfTI source's Synapse split."""
+"""3-D training ops (nnU-Net's patch sampling, mirroring; the others: test_data_volume_nnunet.py) and the NIfTI
+source's Synapse split."""
 import os
 import re
 
@@ -52,27 +53,6 @@ def test_mirror3d_flips_image_and_label_together():
   assert len(flips) > 4  # several of the 8 flip combinations drawn
 
 
-def test_scale3d_label_is_nearest_neighbour_of_scaled_coordinates():
-  ex = _example((6, 10, 8))
-  ex["label"] = np.random.default_rng(0).integers(0, 3, size=(6, 10, 8)).astype(np.int32)
-  rng = np.random.default_rng(3)
-  out = volume.scale3d(ex, rng, p=1.0)
-  # redraw the same scale: skip the p draw, then the branch draw and the uniform
-  r = np.random.default_rng(3)
-  r.random()
-  s = r.uniform(0.7, 1.0) if r.random() < 0.5 else r.uniform(1.0, 1.4)
-  centre = (np.array([6, 10, 8]) - 1) / 2
-  grid = np.stack(np.meshgrid(*[np.arange(n) for n in (6, 10, 8)], indexing="ij"), -1)
-  src = np.rint(centre + s * (grid - centre)).astype(int)
-  valid = ((src >= 0) & (src < [6, 10, 8])).all(-1)
-  want = np.where(valid, ex["label"][tuple(np.clip(src, 0, [5, 9, 7]).transpose(3, 0, 1, 2))], 0)
-  exact = np.abs(centre + s * (grid - centre) - np.floor(centre + s * (grid - centre)) - 0.5).min(-1) > 1e-6
-  assert exact.mean() > 0.5
-  np.testing.assert_array_equal(out["label"][exact], want[exact])  # rounding ties left out
-  assert out["image"].shape == ex["image"].shape and s != 1.0
-  assert volume.scale3d(ex, np.random.default_rng(0), p=0.0) is ex
-
-
 def test_volume_ops_parse_by_name():
   name, fn, is_random = ops.parse("patch3d(size=(4,8,8),foreground=0.5)")
   assert name == "patch3d" and is_random
@@ -101,7 +81,7 @@ def test_nifti_synapse_split_by_case_number(tmp_path):
 
 def test_dformer_synapse_recipe_trains_and_evaluates_by_sliding_window(tmp_path):
   """configs/dformer.py:dataset=synapse end to end on 30 tiny Synapse-named volumes: whole-volume source, patch3d /
-  scale3d / mirror3d, two train steps, then the Dice evaluator's sliding windows over the fitted test volumes."""
+  nnU-Net's augmentations, two train steps, then the Dice evaluator's sliding windows over the fitted test volumes."""
   import nibabel
 
   from effjax import config as cfg, train

@@ -14,7 +14,8 @@ also takes method="random" (timm: bilinear or bicubic with probability 1/2 each,
   randaugment(num_layers=2, magnitude=9, max_magnitude=10)   see effjax/data/randaugment.py
   timm_randaugment(policy=rand-m9-mstd0.5-inc1, method=bicubic)   timm's RandAugment, effjax/data/randaugment.py
   random_erasing(prob=0.25, mode=pixel)   timm's RandomErasing, on the normalized image (after normalize)
-Volumes (3-D segmentation, nnU-Net's recipe): patch3d, mirror3d, scale3d, see effjax/data/volume.py.
+Volumes (3-D segmentation, nnU-Net's recipe): patch3d, spatial3d, noise3d, blur3d, brightness3d, contrast3d,
+lowres3d, gamma3d, mirror3d, see effjax/data/volume.py.
 """
 import functools
 import inspect
@@ -183,7 +184,9 @@ def random_erasing(example, rng, prob=0.25, area_min=0.02, area_max=1 / 3, ratio
 
 RANDOM_OPS = {"random_crop": random_crop, "flip": flip, "inception_crop": inception_crop, "randaugment": randaugment,
               "timm_randaugment": timm_randaugment, "random_erasing": random_erasing, "patch3d": _volume.patch3d,
-              "mirror3d": _volume.mirror3d, "scale3d": _volume.scale3d}
+              "spatial3d": _volume.spatial3d, "noise3d": _volume.noise3d, "blur3d": _volume.blur3d,
+              "brightness3d": _volume.brightness3d, "contrast3d": _volume.contrast3d, "lowres3d": _volume.lowres3d,
+              "gamma3d": _volume.gamma3d, "mirror3d": _volume.mirror3d}
 DETERMINISTIC_OPS = {"normalize": normalize, "to_float": to_float, "resize": resize, "resize_small": resize_small,
                      "center_crop": center_crop}
 

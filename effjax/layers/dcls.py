@@ -8,6 +8,8 @@ weight [O, I/groups, kernel_count], P and SIG [n, O, I/groups, kernel_count], bi
 
 Positions must stay within ±dks // 2: after every optimiser update call `clamp_dcls_positions(params, dks)` (a
 model's `param_constraint`, which the trainer applies after each update, does; see models/convnext.py).
+`position_repulsion(P)` is the official ConvNeXt-dcls loss that keeps a kernel's taps apart (a model's
+`param_penalty` adds it to the training loss).
 
 Also the official variants with 1-D spacing learning: `DclsConvDense1d` (Dcls2_1d, Dcls3_1d: a dense kernel
 over the leading axes whose last axis is learnable) and `Dcls2dK1d` (a 1-D DCLS kernel used as an H×1 or
@@ -247,3 +249,21 @@ def clamp_dcls_positions(params, dilated_kernel_size):
       out["P"] = dcls.clamp_positions(out["P"], dilated_kernel_size)
     return out
   return walk(dict(params))
+
+
+def position_repulsion(P):
+  """The repulsion between the taps of one DCLS layer's positions P [n, O, I/g, KC] (official ConvNeXt-dcls,
+  utils.get_dcls_loss_rep, per layer): with p_a ∈ R^n the KC taps of one (out, in) kernel,
+
+      R = mean over the O·I/g kernels and the KC(KC − 1)/2 pairs a < b of max(0, 1 − ‖p_a − p_b‖₂),
+
+  i.e. taps closer than one pixel push each other apart. Coincident taps contribute 1 with a zero gradient (as
+  torch.cdist). Returns a float32 scalar."""
+  n, kc = P.shape[0], P.shape[-1]
+  if kc < 2:
+    raise ValueError(f"the repulsion between taps needs at least 2 taps per kernel, got P of shape {P.shape}")
+  taps = jnp.moveaxis(P.astype(jnp.float32).reshape(n, -1, kc), 0, -1)      # [C, KC, n]
+  d2 = jnp.sum(jnp.square(taps[:, :, None] - taps[:, None, :]), -1)          # [C, KC, KC]
+  pairs = np.triu(np.ones((kc, kc), bool), 1)
+  dist = jnp.where(d2 > 0, jnp.sqrt(jnp.where(d2 > 0, d2, 1.0)), 0.0)        # no NaN gradient at d = 0
+  return jnp.sum(jnp.where(pairs, jax.nn.relu(1.0 - dist), 0.0)) / (taps.shape[0] * kc * (kc - 1) / 2)

@@ -17,7 +17,8 @@ Otherwise the depthwise convolution runs through `effjax.kernels.depthwise_conv`
 
 Intermediates sown in "intermediates": `stem` and `stage{i}` (channels-last).
 `convert_official(state_dict)` maps a timm ConvNeXt state dict (`conv_mlp` True or False) to params;
-`param_constraint(config)` keeps the DCLS positions inside their kernel after every update (the trainer applies it).
+`param_constraint(config)` keeps the DCLS positions inside their kernel after every update (the trainer applies it);
+`param_penalty(config)` adds the official repulsion between DCLS taps to the training loss after a given epoch.
 """
 import functools
 import re
@@ -30,7 +31,7 @@ import numpy as np
 from effjax.kernels import dcls as dcls_kernels
 from effjax.kernels.depthwise_conv import depthwise_conv
 from effjax.layers.common import LN_EPS, DropPath, with_variants
-from effjax.layers.dcls import DclsConv, clamp_dcls_positions, init_positions
+from effjax.layers.dcls import DclsConv, clamp_dcls_positions, init_positions, position_repulsion
 from effjax.weights.mapping import OfficialStateDict
 
 HEAD = r"^head/"  # params a new task replaces: config.init_from.skip's default
@@ -216,3 +217,32 @@ def _clamp_positions(params, dks):
   params = clamp_dcls_positions(params, dks)
   return {k: dcls_kernels.clamp_positions(v, dks) if re.fullmatch(r"stage\d+_dcls_P", k) else v
           for k, v in params.items()}
+
+
+def param_penalty(config):
+  """(params, epoch) -> (term added to the training loss, metrics) for the trainer's step, or None.
+
+  With config.model.dcls["repulsion_after_epoch"] = e (official ConvNeXt-dcls engine.py: e = 20): the repulsion
+  R = mean over the DCLS position arrays (each stage's shared P, or every block's own) of
+  `layers.dcls.position_repulsion`, logged as "dcls_repulsion" at every step, and R² added to the loss in the
+  epochs after e (0-based epoch index > e: `loss + loss_rep ** 2 if epoch > 20`). Absent or None: no penalty."""
+  dcls = config.model.get("dcls")
+  after = None if dcls is None else dcls.get("repulsion_after_epoch")
+  if after is None:
+    return None
+
+  def penalty(params, epoch):
+    arrays = _positions(params)
+    if not arrays:
+      raise ValueError("config.model.dcls.repulsion_after_epoch is set but the params hold no DCLS positions")
+    r = sum(position_repulsion(P) for P in arrays) / len(arrays)
+    return jnp.where(epoch > after, jnp.square(r), 0.0), {"dcls_repulsion": r}
+  return penalty
+
+
+def _positions(params):
+  """Every DCLS position array once: the stages' shared `stage{i}_dcls_P` and the blocks' own `conv_dw/P`."""
+  shared = [v for k, v in sorted(params.items()) if re.fullmatch(r"stage\d+_dcls_P", k)]
+  own = [b["conv_dw"]["P"] for k, b in sorted(params.items())
+         if isinstance(b, dict) and "P" in b.get("conv_dw", {})]
+  return shared + own

@@ -13,6 +13,10 @@ momentum 0.1); activations are ReLU.
   head   Linear(Dropout_{head_dropout}(mean_{H,W} x))   (dropout in training only; timm's drop_rate, the
          dropout_rate of the official ResNet-RS configs)
 
+Stochastic depth (`drop_path_rate` = r, `drop_path_schedule`): "block" (timm) gives block k of the K blocks the rate
+r·k/(K − 1); "stage" (TF Model Garden's ResNet, which the official ResNet-RS configs train) gives every block of
+stage i of S the rate r·(i + 2)/(S + 1), i.e. get_stochastic_depth_rate(r, i + 2, 5) for the 4 stages.
+
 `gate` is one of effjax.layers.squeeze_excite.GATES ("eca", "se" = "cse" with `rd_ratio`, "sse", "scse") or "".
 `VARIANTS` holds timm's ecaresnet* and resnetrs* definitions. Intermediates sown: `stem`, `layer{1..4}`.
 `convert_official(state_dict)` maps a timm ResNet state dict to params, `convert_official_variables` to
@@ -62,6 +66,7 @@ class ResNet(nn.Module):
   gate: str = ""
   rd_ratio: float = 1 / 16
   drop_path_rate: float = 0.0
+  drop_path_schedule: str = "block"
   head_dropout: float = 0.0
   impl: str = "auto"
 
@@ -71,15 +76,13 @@ class ResNet(nn.Module):
       raise ValueError(f"ResNet expects images [B, H, W, C], got shape {images.shape}")
     if len(self.layers) != len(self.widths):
       raise ValueError(f"layers {tuple(self.layers)} and widths {tuple(self.widths)} must have the same length")
+    rates = drop_path_rates(self.layers, self.drop_path_rate, self.drop_path_schedule)
     x = stem(images, self.stem_type, self.stem_width, "conv" if self.replace_stem_pool else "max", train)
     self.sow("intermediates", "stem", x)
-    total, index = sum(self.layers), 0
     for i, (n, planes) in enumerate(zip(self.layers, self.widths)):
       for j in range(n):
-        rate = self.drop_path_rate * index / max(total - 1, 1)
-        x = Bottleneck(planes, 2 if (i > 0 and j == 0) else 1, self.avg_down, self.gate, self.rd_ratio, rate,
+        x = Bottleneck(planes, 2 if (i > 0 and j == 0) else 1, self.avg_down, self.gate, self.rd_ratio, rates[i][j],
                        impl=self.impl, name=f"layer{i + 1}_block{j}")(x, train)
-        index += 1
       self.sow("intermediates", f"layer{i + 1}", x)
     x = nn.Dropout(self.head_dropout, deterministic=not train)(jnp.mean(x, axis=(1, 2)))
     return nn.Dense(self.num_classes, kernel_init=torch_default_init, bias_init=torch_default_bias(x.shape[-1]),
@@ -87,6 +90,17 @@ class ResNet(nn.Module):
 
 
 Model = with_variants(ResNet, VARIANTS, "ResNet")
+
+
+def drop_path_rates(layers, rate, schedule):
+  """Per-block stochastic-depth rates [[rate of block j of stage i]] (see the module docstring)."""
+  if schedule == "block":
+    total = sum(layers)
+    starts = [sum(layers[:i]) for i in range(len(layers))]
+    return [[rate * (s + j) / max(total - 1, 1) for j in range(n)] for s, n in zip(starts, layers)]
+  if schedule == "stage":
+    return [[rate * (i + 2) / (len(layers) + 1)] * n for i, n in enumerate(layers)]
+  raise ValueError(f"unknown drop_path_schedule {schedule!r}; expected 'block' or 'stage'")
 
 
 def convert_official_variables(state_dict) -> dict:
