@@ -15,6 +15,7 @@ read completely, so a run that finds no readable checkpoint starts exactly like 
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
 import sys
@@ -112,10 +113,29 @@ def _drop_closed_loop_callbacks():
   sys.unraisablehook = hook
 
 
+def _save_whole_arrays_on_cpu():
+  """On CPU, saves each array whole from its first replica. orbax's default there (replica-parallel saving: every
+  replica of a replicated array writes one slice of it) gains nothing when all devices share the host's memory,
+  and compiles one slice per array shape: the first save of 60 small arrays on 8 CPU devices took 12.3 s instead
+  of 0.3 s. Accelerators keep orbax's default."""
+  handler = ocp.type_handlers.get_type_handler(jax.Array)
+  if jax.default_backend() != "cpu" or not getattr(handler, "_use_replica_parallel", False):
+    return
+  absl_logger = logging.getLogger("absl")  # orbax warns that it overrides the registered handler: intended here
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+                                            override=True)
+  finally:
+    absl_logger.setLevel(level)
+
+
 class Checkpointer:
   """Saves and restores (train state, data position) pairs under `directory`."""
 
   def __init__(self, directory, keep=3, async_save=True):
+    _save_whole_arrays_on_cpu()
     self.directory = os.path.abspath(directory)
     self.keep = keep
     self.manager = ocp.CheckpointManager(
