@@ -27,22 +27,22 @@ def main():
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--infer", action="store_true", help="profile the inference forward instead")
-  p.add_argument("--lever", default="current", help="the train step's compile options: a name of step_levers.LEVERS, "
-                 "or 'current' (effjax.runtime.compiler_options())")
+  p.add_argument("--lever", default="current", help="the train step's variant: a name of step_levers.LEVERS")
   a = p.parse_args()
   work = tempfile.mkdtemp(prefix="effjax_profile_")
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={work}/hlo --xla_dump_hlo_as_text"
   sys.path.insert(0, HERE)
   import benchmark_timm
   import step_levers
-  if a.lever != "current" and a.lever not in step_levers.LEVERS:
-    p.error(f"unknown lever {a.lever!r}; expected 'current' or one of {list(step_levers.LEVERS)}")
+  if a.lever not in step_levers.LEVERS:
+    p.error(f"unknown lever {a.lever!r}; expected one of {list(step_levers.LEVERS)}")
   if a.model not in benchmark_timm.MODELS:
     p.error(f"unknown model {a.model!r}; expected one of {list(benchmark_timm.MODELS)}")
   import jax
-  train_once, infer_once = benchmark_timm.effjax_steps(
-      a.model, a.batch, "trainer" if a.lever == "current" else step_levers.LEVERS[a.lever])
-  step = infer_once if a.infer else train_once
+  if a.infer:
+    step = benchmark_timm.effjax_steps(a.model, a.batch)[1]
+  else:
+    step = step_levers._build(benchmark_timm, a.model, a.batch, a.lever)
   step()
   with jax.profiler.trace(f"{work}/trace"):
     for _ in range(2):

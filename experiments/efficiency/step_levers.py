@@ -21,64 +21,58 @@ import jax
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 _TRAINER = {"xla_cpu_use_onednn": True, "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
-_NO_YNN_CONV = {**_TRAINER, "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}
-# name -> XLA:CPU compile options of the train step [, a context that patches effjax while the step is traced]
+_YNN = "xla_cpu_experimental_ynn_fusion_type"
+# name -> (XLA:CPU compile options of the train step, "current": effjax.runtime.compiler_options() as it is now;
+#          a code variant of _patch applied while the step is traced, or None)
 LEVERS = {
-    "none": None,                                                           # XLA:CPU's defaults (YNNPACK, no oneDNN)
-    "trainer": _TRAINER,                                                    # effjax.runtime before this lever table
-    "no_ynn": {**_TRAINER, "xla_cpu_experimental_ynn_fusion_type": ""},     # no YNNPACK fusions at all
-    "ynn_reduce": _NO_YNN_CONV,                                             # YNNPACK for reductions only
-    "ynn_reduce+dw_nobar": (_NO_YNN_CONV, "dw_nobar"),
-    "ynn_reduce+dw_bar2": (_NO_YNN_CONV, "dw_bar2"),
-    "ynn_eltwise_reduce": {**_TRAINER, "xla_cpu_experimental_ynn_fusion_type":
-                           "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"},
+    "current": ("current", None),
+    "none": (None, None),                                           # XLA:CPU's defaults (YNNPACK, no oneDNN)
+    "trainer": (_TRAINER, None),                                    # effjax.runtime before TIMM.md's levers table
+    "no_ynn": ({**_TRAINER, _YNN: ""}, None),                       # no YNNPACK fusions at all
+    "ynn_reduce": ({**_TRAINER, _YNN: "LIBRARY_FUSION_TYPE_REDUCE"}, None),  # YNNPACK for reductions only
+    "ynn_eltwise_reduce": ({**_TRAINER, _YNN: "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}, None),
+    "current+old_1x1": ("current", "old_1x1"),
 }
 
 
-def _patches(name):
-  """Code variants of the levers: 'lax_1x1': lax's own gradients for 1×1 convolutions (no matmul dW)."""
+def _patch(name):
+  """'old_1x1': the 1×1 kernel gradient as before TIMM.md's levers table (x always the transposed matmul operand,
+  no optimization barrier)."""
+  import jax.numpy as jnp
+
   from effjax.layers import conv
-  if name == "lax_1x1":
-    return mock.patch.object(conv, "_conv1x1_cpu", lambda x, w, s: conv._lax_conv(x, w, s, ((0, 0), (0, 0))))
-  if name == "old_1x1":
-    import jax.numpy as jnp
-    def bwd(strides, res, g):
-      x, w = res
-      dx = jax.vjp(lambda x: conv._lax_conv(x, w, strides, ((0, 0), (0, 0))), x)[1](g)[0]
-      xs = x[:, ::strides[0], ::strides[1]][:, :g.shape[1], :g.shape[2]]
-      dw = jnp.einsum("bhwc,bhwo->co", xs, g, preferred_element_type=jnp.float32)
-      return dx, dw.reshape(w.shape).astype(w.dtype)
-    f = jax.custom_vjp(lambda x, w, s: conv._lax_conv(x, w, s, ((0, 0), (0, 0))), nondiff_argnums=(2,))
-    f.defvjp(lambda x, w, s: (f(x, w, s), (x, w)), bwd)
-    return mock.patch.object(conv, "_conv1x1_cpu", f)
-  if name == "dw_nobar":
-    return mock.patch.object(conv, "_dw_operands", lambda x, g: (x, g))
-  if name == "dw_bar2":
-    return mock.patch.object(conv, "_dw_operands", lambda x, g: jax.lax.optimization_barrier((x, g)))
-  raise ValueError(f"unknown patch {name!r}")
+  assert name == "old_1x1", name
+  conv1x1 = lambda x, w, strides: conv._lax_conv(x, w, strides, ((0, 0), (0, 0)))
+
+  def bwd(strides, res, g):
+    x, w = res
+    dx = jax.vjp(lambda x: conv1x1(x, w, strides), x)[1](g)[0]
+    xs = x[:, ::strides[0], ::strides[1]][:, :g.shape[1], :g.shape[2]]
+    return dx, jnp.einsum("bhwc,bhwo->co", xs, g, preferred_element_type=jnp.float32).reshape(w.shape)
+  f = jax.custom_vjp(conv1x1, nondiff_argnums=(2,))
+  f.defvjp(lambda x, w, strides: (conv1x1(x, w, strides), (x, w)), bwd)
+  return mock.patch.object(conv, "_conv1x1_cpu", f)
 
 
 def _build(benchmark_timm, model, batch, lever):
-  """benchmark_timm.effjax_steps's train_once with `lever`'s options and patches."""
-  if lever == "current":
-    return benchmark_timm.effjax_steps(model, batch)[0]
-  options, patch = LEVERS[lever] if isinstance(LEVERS[lever], tuple) else (LEVERS[lever], None)
-  with _patches(patch) if patch else contextlib.nullcontext():
-    return benchmark_timm.effjax_steps(model, batch, options)[0]
+  """benchmark_timm.effjax_steps's train_once with `lever`'s options and code variant."""
+  options, patch = LEVERS[lever]
+  with _patch(patch) if patch else contextlib.nullcontext():
+    return benchmark_timm.effjax_steps(model, batch, "trainer" if options == "current" else options)[0]
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", default="ecaresnet")
-  p.add_argument("--levers", default="trainer,no_ynn", help=f"comma-separated, from {list(LEVERS)}; the first is "
-                 "the reference; 'current' = effjax.runtime.compiler_options() as it is now")
+  p.add_argument("--levers", default="trainer,current", help=f"comma-separated, from {list(LEVERS)}; the first is "
+                 "the reference")
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--rounds", type=int, default=5)
   a = p.parse_args()
   names = a.levers.split(",")
-  unknown = [n for n in names if n not in LEVERS and n != "current"]
+  unknown = [n for n in names if n not in LEVERS]
   if unknown:
-    p.error(f"unknown levers {unknown}; expected from {list(LEVERS) + ['current']}")
+    p.error(f"unknown levers {unknown}; expected from {list(LEVERS)}")
   sys.path.insert(0, HERE)
   import benchmark_timm
   if a.model not in benchmark_timm.MODELS:
