@@ -30,6 +30,7 @@ LEVERS = {
     "trainer": (_TRAINER, None),                                    # effjax.runtime before TIMM.md's levers table
     "no_ynn": ({**_TRAINER, _YNN: ""}, None),                       # no YNNPACK fusions at all
     "ynn_reduce": ({**_TRAINER, _YNN: "LIBRARY_FUSION_TYPE_REDUCE"}, None),  # YNNPACK for reductions only
+    "ynn_reduce_no_onednn": ({_YNN: "LIBRARY_FUSION_TYPE_REDUCE"}, None),  # … and XLA's own (Eigen) dots
     "ynn_eltwise_reduce": ({**_TRAINER, _YNN: "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}, None),
     "current+old_1x1": ("current", "old_1x1"),
 }
