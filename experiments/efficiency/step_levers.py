@@ -33,6 +33,7 @@ LEVERS = {
     "ynn_reduce_no_onednn": ({_YNN: "LIBRARY_FUSION_TYPE_REDUCE"}, None),  # … and XLA's own (Eigen) dots
     "ynn_eltwise_reduce": ({**_TRAINER, _YNN: "LIBRARY_FUSION_TYPE_ELTWISE,LIBRARY_FUSION_TYPE_REDUCE"}, None),
     "current+old_1x1": ("current", "old_1x1"),
+    "before": (_TRAINER, "old_1x1"),                                # effjax before TIMM.md's levers table
 }
 
 
