@@ -1,13 +1,13 @@
 """effjax training-step variants against each other in ONE process, taking turns step by step, so that the load of a
 shared machine falls on every variant alike: the levers table of TIMM.md ("Training-step levers").
 
-  python experiments/efficiency/step_levers.py --model ecaresnet --levers trainer,no_ynn [--batch 8] [--rounds 5]
+  python experiments/efficiency/step_levers.py --model ecaresnet --levers before,current [--batch 8] [--rounds 5]
 
 Every variant is benchmark_timm.py's effjax training step of `--model` (float32, AdamW, random 224 px inputs, the same
-initial state) compiled with the XLA:CPU options of LEVERS. The first step's loss and gradient norm of every variant
-are printed beside the first's (equal up to float32 summation order); then `--rounds` rounds of one step per variant
-(after a warm-up round). Printed per variant: median wall ms, min-max, median CPU ms (all threads), and the ratio
-to the first variant's median (> 1: faster).
+initial state) compiled with the XLA:CPU options and code variant of LEVERS. The first (warm-up) step's loss and
+gradient norm of every variant are printed beside the first variant's (equal up to float32 summation order); then
+`--rounds` rounds of one step per variant. Printed per variant: median wall ms, min-max, median CPU ms (all
+threads), and the ratio to the first variant's median (> 1: faster).
 """
 import argparse
 import contextlib
@@ -66,7 +66,7 @@ def _build(benchmark_timm, model, batch, lever):
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", default="ecaresnet")
-  p.add_argument("--levers", default="trainer,current", help=f"comma-separated, from {list(LEVERS)}; the first is "
+  p.add_argument("--levers", default="before,current", help=f"comma-separated, from {list(LEVERS)}; the first is "
                  "the reference")
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--rounds", type=int, default=5)
