@@ -1,7 +1,9 @@
 """2-D convolution (and 3×3/2-style max pooling) whose gradients run fast on XLA:CPU.
 
 XLA:CPU computes a convolution's kernel gradient as a convolution with batch and features swapped, which misses
-its fast paths: 8× the forward's time for a 1×1 convolution at 56² (256 -> 128 channels, batch 8), 3-5× for 3×3;
+its fast paths: 8× the forward's time for a 1×1 convolution at 56² (256 -> 128 channels, batch 8), 3-5× for 3×3
+with jaxlib's default YNNPACK convolutions (about 1.1-1.5× with XLA's own, which the trainer's compile options,
+effjax.runtime, now select);
 and `select_and_scatter`, the gradient of max pooling, took 18× its forward (experiments/efficiency/README.md,
 "Convolution backward"). Here, on CPU only (elsewhere lax's own gradients), for 1×1 kernels:
 
@@ -9,7 +11,7 @@ and `select_and_scatter`, the gradient of max pooling, took 18× its forward (ex
 
 (XLA:CPU first copies the matmul's left operand into [C, B·H·W] order: the smaller of x and g goes there, behind an
 optimization barrier, so that the copy does not recompute the BatchNorm/ReLU that produced it, which made the copy
-3× slower; the ECA-ResNet-50d step lost 16% of its CPU time, experiments/efficiency/TIMM.md "Training-step levers")
+3× slower; the ECA-ResNet-50d step took 16% less CPU time, experiments/efficiency/TIMM.md "Training-step levers")
 
 (the same per tap of a k×k kernel was no faster: the k² strided copies of x cost what the matmuls saved), and
   max pool: dx = Σ_t scatter_t(g ⊙ [t = first argmax of the window])   (strided pads, fused; torch's tie rule)
