@@ -2,7 +2,7 @@
 
 XLA:CPU computes a convolution's kernel gradient as a convolution with batch and features swapped, which misses
 its fast paths: 8× the forward's time for a 1×1 convolution at 56² (256 -> 128 channels, batch 8), 3-5× for 3×3
-with jaxlib's default YNNPACK convolutions (about 1.1-1.5× with XLA's own, which the trainer's compile options,
+with jaxlib's default YNNPACK convolutions (1.0-1.5× with XLA's own, which the trainer's compile options,
 effjax.runtime, now select);
 and `select_and_scatter`, the gradient of max pooling, took 18× its forward (experiments/efficiency/README.md,
 "Convolution backward"). Here, on CPU only (elsewhere lax's own gradients), for 1×1 kernels:
