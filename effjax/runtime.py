@@ -18,11 +18,15 @@ its own oneDNN matmul: jaxlib 0.10.2's default (YNNPACK) reaches 315-330 GFLOP/s
 f32 matmul of CRATE-T and 220 when the contraction is over rows (weight gradients), oneDNN 365-375 and 275-295,
 and batched attention matmuls gain 1.5x; a CRATE-T training step is 13% faster (experiments/crate/README.md,
 levers). oneDNN's fusion with neighbouring elementwise ops (fusion type "dot") is not used: it aborted the
-process ("partition compile failed") on CRATE's attention backward. EFFJAX_RUNTIME=off returns no options;
-EFFJAX_CPU_ONEDNN=0 drops the oneDNN options alone: jaxlib 0.10.2 cannot serialise an executable that calls oneDNN
-("ToProto is not implemented for thunk kind: onednn-fusion"), so such steps never enter JAX's persistent compilation
-cache. The test suite sets it (tests/conftest.py) so that a step it compiles again, in a later test or subprocess,
-comes from the cache.
+process ("partition compile failed") on CRATE's attention backward. YNNPACK keeps the reductions but not the
+convolutions (YNN_OPTIONS): jaxlib's default runs a convolution's kernel gradient through YNNPACK at 3-4× the
+time of XLA's own (Eigen) convolution (3×3, 64 channels at 56², batch 8: 39 against 14 ms; forward and input
+gradient about equal), and its elementwise fusions were slower; the ECA-ResNet-50d / FasterNet-T0 training steps
+take 15-22% less CPU time (experiments/efficiency/TIMM.md, "Training-step levers"). EFFJAX_RUNTIME=off returns no
+options; EFFJAX_CPU_ONEDNN=0 drops the oneDNN options alone: jaxlib 0.10.2 cannot serialise an executable that calls
+oneDNN ("ToProto is not implemented for thunk kind: onednn-fusion"), so such steps never enter JAX's persistent
+compilation cache. The test suite sets it (tests/conftest.py) so that a step it compiles again, in a later test or
+subprocess, comes from the cache.
 """
 import importlib.metadata
 import os
@@ -30,8 +34,10 @@ import sys
 
 TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
                   "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib64/libtcmalloc_minimal.so.4")
-CPU_COMPILER_OPTIONS = {"xla_cpu_use_onednn": True,
-                        "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+ONEDNN_OPTIONS = {"xla_cpu_use_onednn": True,
+                  "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+YNN_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"}  # not its convolutions
+CPU_COMPILER_OPTIONS = {**ONEDNN_OPTIONS, **YNN_OPTIONS}
 MARKER = "EFFJAX_ALLOCATOR"  # the allocator this process was started with (set by the re-run; glibc: no re-run)
 
 
@@ -82,12 +88,12 @@ def reexec_with_allocator(argv=None):
 
 def compiler_options(backend=None):
   """XLA compiler options for effjax's compiled steps on `backend` (default: JAX's default backend):
-  CPU_COMPILER_OPTIONS on CPU (see the module docstring), None elsewhere, with EFFJAX_RUNTIME=off or with
-  EFFJAX_CPU_ONEDNN=0."""
+  CPU_COMPILER_OPTIONS on CPU (see the module docstring), YNN_OPTIONS alone with EFFJAX_CPU_ONEDNN=0, None
+  elsewhere and with EFFJAX_RUNTIME=off."""
   import jax
-  if _switched_off() or os.environ.get("EFFJAX_CPU_ONEDNN") == "0" or (backend or jax.default_backend()) != "cpu":
+  if _switched_off() or (backend or jax.default_backend()) != "cpu":
     return None
-  return dict(CPU_COMPILER_OPTIONS)
+  return dict(YNN_OPTIONS if os.environ.get("EFFJAX_CPU_ONEDNN") == "0" else CPU_COMPILER_OPTIONS)
 
 
 def allocator():

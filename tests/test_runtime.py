@@ -57,7 +57,17 @@ def test_cpu_steps_compile_their_dots_to_onednn(monkeypatch):
   assert "__onednn_fusion" not in compiled(None)  # jaxlib's default: the options are what switches it on
   assert runtime.compiler_options("gpu") is None
   monkeypatch.setenv("EFFJAX_CPU_ONEDNN", "0")
-  assert runtime.compiler_options() is None
+  assert runtime.compiler_options() == runtime.YNN_OPTIONS
   monkeypatch.delenv("EFFJAX_CPU_ONEDNN")
   monkeypatch.setenv("EFFJAX_RUNTIME", "off")
   assert runtime.compiler_options() is None
+
+
+def test_cpu_steps_keep_convolutions_out_of_ynnpack():
+  import jax
+  import jax.numpy as jnp
+  x, w = jnp.ones((1, 8, 8, 32)), jnp.ones((3, 3, 32, 32))  # smaller ones are not sent to YNNPACK
+  conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  compiled = lambda options: jax.jit(conv, compiler_options=options).lower(x, w).compile().as_text()
+  assert "ynn_fusion" in compiled(None)  # jaxlib's default: YNNPACK convolutions
+  assert "ynn_fusion" not in compiled(runtime.compiler_options())

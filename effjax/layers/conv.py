@@ -1,11 +1,17 @@
 """2-D convolution (and 3×3/2-style max pooling) whose gradients run fast on XLA:CPU.
 
 XLA:CPU computes a convolution's kernel gradient as a convolution with batch and features swapped, which misses
-its fast paths: 8× the forward's time for a 1×1 convolution at 56² (256 -> 128 channels, batch 8), 3-5× for 3×3;
+its fast paths: 8× the forward's time for a 1×1 convolution at 56² (256 -> 128 channels, batch 8), 3-5× for 3×3
+with jaxlib's default YNNPACK convolutions (1.0-1.5× with XLA's own, which the trainer's compile options,
+effjax.runtime, now select);
 and `select_and_scatter`, the gradient of max pooling, took 18× its forward (experiments/efficiency/README.md,
 "Convolution backward"). Here, on CPU only (elsewhere lax's own gradients), for 1×1 kernels:
 
   dW = Σ_{b,h,w} x[b, s·h, s·w, :]ᵀ g[b, h, w, :]                      (one [C, O] matmul)
+
+(XLA:CPU first copies the matmul's left operand into [C, B·H·W] order: the smaller of x and g goes there, behind an
+optimization barrier, so that the copy does not recompute the BatchNorm/ReLU that produced it, which made the copy
+3× slower; the ECA-ResNet-50d step took 16% less CPU time, experiments/efficiency/TIMM.md "Training-step levers")
 
 (the same per tap of a k×k kernel was no faster: the k² strided copies of x cost what the matmuls saved), and
   max pool: dx = Σ_t scatter_t(g ⊙ [t = first argmax of the window])   (strided pads, fused; torch's tie rule)
@@ -42,7 +48,10 @@ def _conv1x1_bwd(strides, res, g):
   x, w = res
   dx = jax.vjp(lambda x: _lax_conv(x, w, strides, ((0, 0), (0, 0))), x)[1](g)[0]
   xs = x[:, ::strides[0], ::strides[1]][:, :g.shape[1], :g.shape[2]]
-  dw = jnp.einsum("bhwc,bhwo->co", xs, g, preferred_element_type=jnp.float32)
+  if xs.shape[-1] <= g.shape[-1]:  # XLA:CPU copies the lhs transposed: let it be the smaller one, computed before
+    dw = jnp.einsum("bhwc,bhwo->co", lax.optimization_barrier(xs), g, preferred_element_type=jnp.float32)
+  else:
+    dw = jnp.einsum("bhwo,bhwc->oc", lax.optimization_barrier(g), xs, preferred_element_type=jnp.float32).T
   return dx, dw.reshape(w.shape).astype(w.dtype)
 
 

@@ -60,8 +60,9 @@ def _timed(fn, steps):
   return statistics.median(walls), statistics.median(cpus), walls
 
 
-def effjax_steps(name, batch):
-  """(train_once, infer_once) of the effjax side of `name` (compiled; each call waits for its result)."""
+def effjax_steps(name, batch, compiler_options="trainer"):
+  """(train_once, infer_once) of the effjax side of `name` (compiled; each call waits for its result). The train
+  step compiles with `compiler_options` (default: the trainer's, runtime.compiler_options())."""
   import jax
   import jax.numpy as jnp
 
@@ -89,12 +90,14 @@ def effjax_steps(name, batch):
   step = train.make_train_step(config, model, task, tx, schedule, jnp.float32)
   state = {"step": jnp.zeros((), jnp.int32), "params": jax.tree.map(jnp.copy, params), "opt_state": tx.init(params),
            "model_state": variables, "ema_params": {}, "rng": jax.random.PRNGKey(3)}
-  step_c = jax.jit(step, donate_argnums=0, compiler_options=runtime.compiler_options()).lower(state, b).compile()
+  options = runtime.compiler_options() if compiler_options == "trainer" else compiler_options
+  step_c = jax.jit(step, donate_argnums=0, compiler_options=options).lower(state, b).compile()
   holder = [state]
 
   def train_once():
     holder[0], metrics = step_c(holder[0], b)
     jax.block_until_ready(metrics["loss"])
+    return metrics
   return train_once, lambda: jax.block_until_ready(predict(full, b))
 
 

@@ -1,7 +1,7 @@
 """Where an effjax training step of the convolutional zoo spends its time on the CPU: XLA ops grouped by the model
 code they come from (as experiments/crate/profile_step.py does for CRATE).
 
-  python experiments/efficiency/profile_step.py --model ecaresnet [--batch 8] [--top 25] [--infer]
+  python experiments/efficiency/profile_step.py --model ecaresnet [--batch 8] [--top 25] [--infer] [--lever trainer]
 
 Builds benchmark_timm.py's effjax step of `--model` (its configs, AdamW, float32), dumps its optimised HLO, traces two
 steps with the JAX profiler and sums each XLA op's trace time under the `op_name` metadata of the code that produced
@@ -27,16 +27,22 @@ def main():
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--top", type=int, default=25)
   p.add_argument("--infer", action="store_true", help="profile the inference forward instead")
+  p.add_argument("--lever", default="current", help="the train step's variant: a name of step_levers.LEVERS")
   a = p.parse_args()
   work = tempfile.mkdtemp(prefix="effjax_profile_")
   os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={work}/hlo --xla_dump_hlo_as_text"
   sys.path.insert(0, HERE)
   import benchmark_timm
+  import step_levers
+  if a.lever not in step_levers.LEVERS:
+    p.error(f"unknown lever {a.lever!r}; expected one of {list(step_levers.LEVERS)}")
   if a.model not in benchmark_timm.MODELS:
     p.error(f"unknown model {a.model!r}; expected one of {list(benchmark_timm.MODELS)}")
   import jax
-  train_once, infer_once = benchmark_timm.effjax_steps(a.model, a.batch)
-  step = infer_once if a.infer else train_once
+  if a.infer:
+    step = benchmark_timm.effjax_steps(a.model, a.batch)[1]
+  else:
+    step = step_levers._build(benchmark_timm, a.model, a.batch, a.lever)
   step()
   with jax.profiler.trace(f"{work}/trace"):
     for _ in range(2):

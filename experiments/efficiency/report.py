@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-TIMM_RESULTS = "timm.jsonl"  # benchmark_timm.py --json, beside table.md
+TIMM_RESULTS = "timm_idle.jsonl"  # benchmark_timm.py --json on an idle machine, beside table.md
 
 
 def _fmt(value, spec, scale=1.0):

@@ -10,9 +10,9 @@ from effjax.layers import conv
 def test_gradients_equal_lax():
   r = np.random.default_rng(0)
   x = jnp.asarray(r.normal(size=(2, 9, 11, 5)), jnp.float32)
-  ws = [jnp.asarray(r.normal(size=(1, 1, 5, 4)), jnp.float32)] * 2 + [jnp.asarray(r.normal(size=(3, 3, 5, 4)),
-                                                                                 jnp.float32)]
-  cases = [(ws[0], (1, 1)), (ws[1], (2, 2)), (ws[2], (2, 2))]  # 1×1 stride 1 and 2 (CPU path), 3×3 (lax's)
+  ws = [jnp.asarray(r.normal(size=shape), jnp.float32) for shape in ((1, 1, 5, 4), (1, 1, 5, 8), (3, 3, 5, 4))]
+  # 1×1 (CPU path) with fewer and with more output channels (the two matmul orders), strides 1 and 2; 3×3 (lax's)
+  cases = [(ws[0], (1, 1)), (ws[0], (2, 2)), (ws[1], (1, 1)), (ws[1], (2, 2)), (ws[2], (2, 2))]
 
   def grads(f):
     return jax.jit(lambda x: [jax.grad(lambda x, w: jnp.sum(f(x, w, s, ((w.shape[0] // 2,) * 2,) * 2) ** 2), (0, 1))(
