@@ -44,6 +44,7 @@ def test_lm_and_classifier_runlocal_train(tmp_path):
   result = train.train_and_evaluate(lm, str(tmp_path / "lm"))
   losses = _losses(str(tmp_path / "lm"))
   assert losses[-1] < losses[0] - 1.0 and result["eval/bits_per_token"] < 8.0
+  assert result["eval/bits_per_token"] == pytest.approx(result["eval/loss"] / np.log(2))
   assert (tmp_path / "lm" / "text_samples" / "step_30.txt").exists()
   clf = _load("configs/fit.py:runlocal", total_steps=30, batch_size=32, eval_batch_size=100,
               **{"data.eval_examples": 200, "optimizer.warmup_steps": 5})
