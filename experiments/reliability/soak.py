@@ -137,7 +137,7 @@ def one_life(workdir, steps, mode, delay, more_steps, sig=signal.SIGKILL, proces
       time.sleep(delay)
     else:
       wait(lambda: temporary(workdir) - leftovers)
-  in_save = bool(temporary(workdir) - leftovers)
+  in_save, steps_logged = bool(temporary(workdir) - leftovers), logged(workdir) - rows  # 0: before the loop's 1st step
   if proc.poll() is not None:
     _, err = proc.communicate()
     if proc.returncode != 0:
@@ -163,7 +163,8 @@ def one_life(workdir, steps, mode, delay, more_steps, sig=signal.SIGKILL, proces
       raise SystemExit(f"a life stopped by {sig.name} ({mode}, targets {targets}) ended with statuses {codes}:\n"
                        f"{err[-3000:]}")
   return {"mode": mode, "signal": sig.name, "targets": list(targets), "exit_codes": [p.returncode for p in proc.procs],
-          "seconds_after_start": round(sent - began, 3), "exit_seconds": round(time.time() - sent, 3),
+          "steps_logged": steps_logged, "seconds_after_start": round(sent - began, 3),
+          "exit_seconds": round(time.time() - sent, 3),
           "save_in_flight": in_save, "last_checkpoint": committed(workdir)}
 
 
