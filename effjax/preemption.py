@@ -41,9 +41,9 @@ class Sigterm:
   """Context manager installing the SIGTERM/SIGINT handler (main thread only; elsewhere it does nothing).
 
   defer: whether a signal outside the loop only sets `requested` (stopping at the loop's start) instead of
-  stopping at once. None: as an enclosing Sigterm says, else whether jax.distributed is initialised. A nested
-  Sigterm (the entry point's, then the trainer's) takes over the enclosing one's `requested`; entering one that
-  does not defer after a signal raises Terminated."""
+  stopping at once; a SIGINT after a signal then stops at once. None: as an enclosing Sigterm says, else whether
+  jax.distributed is initialised. A nested Sigterm (the entry point's, then the trainer's) takes over the
+  enclosing one's `requested`; entering one that does not defer after a signal raises Terminated."""
 
   def __init__(self, defer=None):
     self.requested, self.in_loop, self.previous, self.name, self.defer = False, False, {}, None, defer
@@ -76,7 +76,10 @@ class Sigterm:
     if not self.defer:
       raise Terminated(self._stopped())
     if first:  # os.write: a handler writing to sys.stderr while the main thread does raises "reentrant call"
-      os.write(2, f"effjax: {self.name} during start-up; the run stops before its training loop\n".encode())
+      os.write(2, f"effjax: {self.name} during start-up; the run stops before its training loop (Ctrl-C again: at "
+               f"once)\n".encode())
+    elif signum == signal.SIGINT:  # the user insists; a peer may then end with an error of its own
+      raise Terminated("a second signal (SIGINT) during start-up; this process stops at once, without its peers")
 
   @contextlib.contextmanager
   def loop(self):
