@@ -7,18 +7,23 @@ wait for all processes to join.
 
 Every failure ends in one line on stderr, `effjax: error: ...`, and a non-zero exit status; the full trace
 goes to WORKDIR/error.log, which the line names. A SIGTERM stops the run cleanly at any moment (inside
-the training loop after saving a checkpoint) with a message and exit status 0.
+the training loop after saving a checkpoint) with a message and exit status 0; in a multi-process run one
+that comes before the training loop stops every process together when they reach it (see effjax.preemption).
 """
 import logging
 import os
+import signal
 import sys
 import threading
 import traceback
 
-from absl import app, flags, logging as absl_logging
-from ml_collections import config_flags
+if __name__ == "__main__":  # no SIGTERM/SIGINT kills the start-up: held back until run() installs the handler
+  signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGTERM, signal.SIGINT))
 
-from effjax import config as config_lib, config_overrides, preemption, runtime
+from absl import app, flags, logging as absl_logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from effjax import config as config_lib, config_overrides, preemption, runtime  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<file>.py[:key=value,...]", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "directory for config.json, metrics, checkpoints")
@@ -73,7 +78,7 @@ def _last_checkpoint_step(workdir):
 
 def main(argv):
   workdir = _WORKDIR.value
-  with preemption.Sigterm():
+  with preemption.Sigterm(defer=_NUM_PROCESSES.value > 1):  # one process: a signal so far stops it now
     try:
       if len(argv) > 1:
         raise config_lib.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -134,6 +139,8 @@ def _run(workdir):
     if jax.config.jax_platforms in (None, "", "cpu") and not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
       jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts talk through gloo
     _check_coordinator()
+    if "jax_enable_preemption_service" in jax.config.values:  # its C++ SIGTERM handler takes the signal from
+      jax.config.update("jax_enable_preemption_service", False)  # effjax's until the trainer reinstalls that
     joined = threading.Timer(_CONNECT_TIMEOUT.value, _end, (  # before jax's own timeout, which aborts the process
         f"effjax: error: not all {_NUM_PROCESSES.value} processes joined {_COORDINATOR.value} within "
         f"--connect_timeout={_CONNECT_TIMEOUT.value} s; start every process with the same --coordinator_address "
@@ -152,7 +159,13 @@ def _run(workdir):
     watchdog = peers.Watchdog(jax.process_index(), jax.process_count(), _COORDINATOR.value.rsplit(":", 1)[0],
                               _PEER_TIMEOUT.value, lost)
   from effjax import train
-  result = train.train_and_evaluate(_CONFIG.value, workdir)
+  try:
+    result = train.train_and_evaluate(_CONFIG.value, workdir)
+  except preemption.Terminated as e:
+    if e.agreed and watchdog is not None:  # every process stops here: leave the coordination service together
+      jax.distributed.shutdown()  # (a peer still in it aborts when process 0, which serves it, ends first)
+      watchdog.close()  # only now: a peer killed meanwhile still ends this one with its one line
+    raise
   if watchdog is not None:
     watchdog.close()
   if jax.process_index() == 0:
@@ -178,8 +191,10 @@ def _parse_flags(argv):
 
 def run():
   """Entry point: absl parses the flags (_parse_flags), then main()."""
+  signal.pthread_sigmask(signal.SIG_BLOCK, preemption.SIGNALS)  # the mask and a pending signal survive the re-exec
   runtime.reexec_with_allocator()
-  with preemption.Sigterm():  # from the first moment; main() installs its own
+  with preemption.Sigterm(defer=True):  # from the first moment until main() knows the number of processes
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, preemption.SIGNALS)
     try:
       app.run(main, flags_parser=_parse_flags)
     except preemption.Terminated as e:

@@ -7,9 +7,10 @@
 "any" (KILL, TERM or INT at random). With --processes=2 every life (and the reference) is two processes on
 localhost; a signal goes to process 0, process 1 or both (0.3 s apart), at random. A life stopped by SIGTERM/SIGINT
 must end on its own within --exit_within seconds with exit status 0 (all its processes), no traceback, and no
-checkpoint set aside as unreadable (a good checkpoint must never be); the row records how long it took. (With two
-processes, a signal to one of them before the training loop stops that one with status 0; its peer then ends with
-status 3 and the one line "process i of 2 is gone", which is accepted.)
+checkpoint set aside as unreadable (a good checkpoint must never be), and each process's last stderr line must be
+effjax's own (`effjax: stopped: ...`, or with status 3 the watchdog's `effjax: error: process i of 2 is gone ...`,
+which is accepted) with no message of JAX's coordination client before it; the row records the exit statuses and how
+long it took. (With two processes, a signal before the training loop stops both when they reach it, with status 0.)
 
 A reference run of the tiny ViT (the tests' config, `--steps` steps, a checkpoint every 2 steps) runs
 uninterrupted first; it takes S seconds to start (imports, compilation). Then the same command runs in
@@ -77,12 +78,22 @@ class Run:
 
   def communicate(self, timeout=None):
     outs = [p.communicate(timeout=timeout) for p in self.procs]
-    self.returncode = self.poll()
-    return "".join(o for o, _ in outs), "".join(e for _, e in outs)
+    self.returncode, self.errs = self.poll(), [e for _, e in outs]
+    return "".join(o for o, _ in outs), "".join(self.errs)
 
   def kill(self):
     for p in self.procs:
       p.kill()
+
+
+def _ends_well(err, code):
+  """Whether a signalled process's stderr ends in effjax's own line for exit status `code` (0: stopped before the
+  loop, or the trainer's "saved checkpoint at step N and stopped"; 3: the watchdog's), with no trace, no checkpoint
+  set aside and nothing from JAX's coordination client (which reports a vanished peer, then aborts)."""
+  last = (err.strip().splitlines() or [""])[-1]
+  ours = last.startswith("effjax: error: process ") if code == 3 else (
+      last.startswith("effjax: stopped: ") or last.endswith(" and stopped"))
+  return ours and not any(b in err for b in ("Traceback", "unreadable", "coordination", "Terminating process", "GRPC"))
 
 
 def temporary(workdir):
@@ -126,7 +137,7 @@ def one_life(workdir, steps, mode, delay, more_steps, sig=signal.SIGKILL, proces
       time.sleep(delay)
     else:
       wait(lambda: temporary(workdir) - leftovers)
-  in_save = bool(temporary(workdir) - leftovers)
+  in_save, steps_logged = bool(temporary(workdir) - leftovers), logged(workdir) - rows  # 0: before the loop's 1st step
   if proc.poll() is not None:
     _, err = proc.communicate()
     if proc.returncode != 0:
@@ -146,11 +157,14 @@ def one_life(workdir, steps, mode, delay, more_steps, sig=signal.SIGKILL, proces
     except subprocess.TimeoutExpired:
       proc.kill()
       raise SystemExit(f"a life did not end within {exit_within} s of {sig.name} ({mode}, targets {targets})")
-    codes = [p.returncode for p in proc.procs]  # 3: a peer stopped before the loop was seen gone (one line)
-    if any(c not in (0, 3) for c in codes) or codes[targets[0]] != 0 or "Traceback" in err or "unreadable" in err:
-      raise SystemExit(f"a life stopped by {sig.name} ({mode}) ended with status {proc.returncode}:\n{err[-3000:]}")
-  return {"mode": mode, "signal": sig.name, "targets": list(targets),
-          "seconds_after_start": round(sent - began, 3), "exit_seconds": round(time.time() - sent, 3),
+    codes = [p.returncode for p in proc.procs]  # 3: the watchdog saw a peer gone (one line)
+    if any(c not in (0, 3) for c in codes) or codes[targets[0]] != 0 or not all(
+        _ends_well(e, c) for e, c in zip(proc.errs, codes)):
+      raise SystemExit(f"a life stopped by {sig.name} ({mode}, targets {targets}) ended with statuses {codes}:\n"
+                       f"{err[-3000:]}")
+  return {"mode": mode, "signal": sig.name, "targets": list(targets), "exit_codes": [p.returncode for p in proc.procs],
+          "steps_logged": steps_logged, "seconds_after_start": round(sent - began, 3),
+          "exit_seconds": round(time.time() - sent, 3),
           "save_in_flight": in_save, "last_checkpoint": committed(workdir)}
 
 
