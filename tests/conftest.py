@@ -21,7 +21,8 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, "tmp", "ja
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 os.environ.setdefault("EFFJAX_CPU_ONEDNN", "0")
 # XLA's LLVM back end at optimisation level 0: the suite's programs are compiled once and run a few steps on tiny
-# shapes, so compile time dominates (about a third less CPU time for the model tests); the numerics are unchanged.
+# shapes, so compile time dominates (about a third less CPU time for the model tests). Summation orders can differ
+# from optimised code in the last bits, which float32 tolerances must allow for.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
