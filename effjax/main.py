@@ -161,6 +161,7 @@ def _run(workdir):
   from effjax import train
   try:
     result = train.train_and_evaluate(_CONFIG.value, workdir)
+    preemption.ignore_signals_until_exit()
   except preemption.Terminated as e:
     if e.agreed and watchdog is not None:  # every process stops here: leave the coordination service together
       jax.distributed.shutdown()  # (a peer still in it aborts when process 0, which serves it, ends first)
@@ -193,12 +194,15 @@ def run():
   """Entry point: absl parses the flags (_parse_flags), then main()."""
   signal.pthread_sigmask(signal.SIG_BLOCK, preemption.SIGNALS)  # the mask and a pending signal survive the re-exec
   runtime.reexec_with_allocator()
-  with preemption.Sigterm(defer=True):  # from the first moment until main() knows the number of processes
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, preemption.SIGNALS)
-    try:
-      app.run(main, flags_parser=_parse_flags)
-    except preemption.Terminated as e:
-      _end(f"effjax: stopped: {e}", 0)
+  try:
+    with preemption.Sigterm(defer=True):  # from the first moment until main() knows the number of processes
+      signal.pthread_sigmask(signal.SIG_UNBLOCK, preemption.SIGNALS)
+      try:
+        app.run(main, flags_parser=_parse_flags)
+      except preemption.Terminated as e:
+        _end(f"effjax: stopped: {e}", 0)
+  finally:  # app.run ends in SystemExit
+    preemption.ignore_signals_until_exit()
 
 
 if __name__ == "__main__":

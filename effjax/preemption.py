@@ -19,6 +19,18 @@ import sys
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _BARRIER_TIMEOUT_MS = 30 * 60 * 1000  # a peer that is alive but this far behind is not a preemption matter
+_ending = False  # set by ignore_signals_until_exit
+
+
+def ignore_signals_until_exit():
+  """For the command line once its run is over (finished, or stopped and saved): SIGTERM and SIGINT are ignored
+  until the process ends, and a Sigterm exited from now on leaves them so. A further signal, e.g. a peer's own
+  SIGINT after an agreed stop, would otherwise turn the clean exit into a kill: CPython resets its handlers to the
+  default while it shuts down, and that shutdown waits for the peers."""
+  global _ending
+  _ending = True
+  for sig in SIGNALS:
+    signal.signal(sig, signal.SIG_IGN)
 
 
 class Terminated(BaseException):
@@ -47,6 +59,7 @@ class Sigterm:
 
   def __init__(self, defer=None):
     self.requested, self.in_loop, self.previous, self.name, self.defer = False, False, {}, None, defer
+    self.stopped = False  # the training loop stopped for a signal (here or inside): further signals change nothing
 
   def __enter__(self):
     outer = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)
@@ -70,6 +83,8 @@ class Sigterm:
 
   def _handle(self, signum, frame):
     del frame
+    if self.stopped:
+      return
     first, self.requested, self.name = not self.requested, True, signal.Signals(signum).name
     if self.in_loop:
       return
@@ -94,6 +109,7 @@ class Sigterm:
       yield
     finally:
       self.in_loop = False
+      self.stopped = self.requested  # the loop stopped for a signal (and saved): further signals change nothing
 
   def agreed(self, step):
     """Whether the run stops after `step`: this process's flag, or with several processes, any process's."""
@@ -114,6 +130,11 @@ class Sigterm:
     return bool(stops)
 
   def __exit__(self, *exc):
+    if _ending:
+      return
+    outer = getattr(self.previous.get(signal.SIGTERM), "__self__", None)
+    if self.stopped and isinstance(outer, Sigterm):  # the run stopped in this one's loop: so in the enclosing one
+      outer.requested, outer.name, outer.stopped = True, self.name, True
     for sig, previous in self.previous.items():
       if previous is not None:  # None: the previous handler was not installed from Python
         signal.signal(sig, previous)

@@ -153,6 +153,9 @@ def test_ctrl_c_in_training_saves_and_a_second_run_is_refused(tmp_path):
   assert second.returncode == 1 and second.stderr.count("\n") == 1, second.stderr[-2000:]
   assert second.stderr.startswith(f"effjax: error: --workdir {workdir} is in use by process {proc.pid} on")
   proc.send_signal(signal.SIGINT)
+  while proc.poll() is None:  # Ctrl-C held down: more signals during the stop and the exit change nothing
+    time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
   out, err = proc.communicate(timeout=60)
   assert proc.returncode == 0 and "Traceback" not in err, err[-2000:]
   assert "(preempted, checkpoint saved)" in out
