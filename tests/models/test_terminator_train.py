@@ -23,6 +23,9 @@ def test_paper_settings():
   assert (c.optimizer.lr, c.batch_size, c.total_epochs, c.optimizer.warmup_epochs) == (0.001215, 64, 100.0, 8.0)
   assert c.optimizer.schedule == "warmup_cosine" and c.optimizer.weight_decay == 0.0
   assert tuple(c.model.dropout) == (0.0, 0.05, 0.05, 0.05, 0.05) and c.model.stats_mode == "batch"
+  assert c.task.l2_reg == 5e-5
+  c100 = cfg.load_config_file(os.path.join(REPO, "configs/terminator.py:dataset=cifar100"))  # its own README command
+  assert (c100.optimizer.lr, c100.optimizer.b1, c100.optimizer.b2, c100.task.l2_reg) == (0.00120925, 0.75, 0.99, 4e-5)
   with pytest.raises(cfg.ConfigError, match="unknown Terminator dataset"):
     cfg.load_config_file(os.path.join(REPO, "configs/terminator.py:dataset=imagenet"))
 
