@@ -39,10 +39,11 @@ _TRANSLATE = 150 / 331
 _ROTATE = 30.0
 
 
-def _blend(degenerate, image, factor):
-  """degenerate + factor·(image − degenerate), rounded and clipped to uint8."""
+def _blend(degenerate, image, factor, rounding=np.rint):
+  """degenerate + factor·(image − degenerate) in float32, rounded (np.rint; TensorFlow's ops: np.trunc) and clipped
+  to uint8."""
   out = degenerate + factor * (image.astype(np.float32) - degenerate)
-  return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+  return np.clip(rounding(out), 0, 255).astype(np.uint8)
 
 
 def _affine(image, coefficients):
