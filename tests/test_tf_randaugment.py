@@ -2,10 +2,10 @@
 
 tests/data/tf_randaugment.npz holds the official op outputs (official/vision/ops/augment.py, tf-models-official
 2.20.0 on TensorFlow 2.21 CPU; tests/data/make_tf_randaugment_goldens.py) on three 16x20 images at levels 3, 10
-and 15, with the random sign and cutout centre pinned. Every op is compared exactly, the geometric ones included:
-they sample with nearest neighbour at float32 coordinates computed as TensorFlow computes them, so there is no
-interpolation error to allow for. TensorFlow's own random draws cannot be replayed in numpy; the selection is
-checked by its statistics instead.
+and 15 (and a few extreme levels), with the random sign and cutout centre pinned. Every op is compared exactly,
+the geometric ones included: they sample with nearest neighbour at float32 coordinates computed as TensorFlow
+computes them, so there is no interpolation error to allow for. TensorFlow's own random draws cannot be replayed in
+numpy; the selection is checked by its statistics instead.
 """
 import os
 
@@ -82,8 +82,9 @@ def test_pp_op_applies_the_drawn_ops_and_rejects_bad_arguments():
     assert is_random and out.dtype == np.uint8 and out.shape == image.shape
     np.testing.assert_array_equal(out, expected)
   assert applied == {*tra.NAMES, None}
-  with pytest.raises(ValueError, match="magnitude"):
-    ops.parse("tf_randaugment(magnitude=-1)")
+  for bad in ("magnitude=-1", "num_layers=1.5", "magnitude=nan", "translate_const=-10"):
+    with pytest.raises(ValueError, match="tf_randaugment: need"):
+      ops.parse(f"tf_randaugment({bad})")
   with pytest.raises(ValueError, match="uint8 RGB"):
     fn({"image": image.astype(np.float32)}, np.random.default_rng(0))
 

@@ -76,8 +76,7 @@ def _tf_blend(degenerate, image, factor):
 def autocontrast(image, arg=None):
   x = image.astype(np.float32)
   lo, hi = x.min(axis=(0, 1)), x.max(axis=(0, 1))
-  with np.errstate(divide="ignore", invalid="ignore"):
-    scale = np.float32(255.0) / (hi - lo)
+  scale = np.float32(255.0) / np.where(hi > lo, hi - lo, np.float32(1))  # a constant channel is kept as it is
   stretched = _truncate(x * scale + (-lo * scale))
   return np.where(hi > lo, stretched, image)
 
@@ -229,9 +228,11 @@ NAMES = tuple(OPS)
 
 
 def check_args(num_layers, magnitude, translate_const=10.0, cutout_const=40.0):
-  if num_layers < 0 or magnitude < 0 or translate_const < 0 or cutout_const < 0:
-    raise ValueError(f"tf_randaugment: num_layers, magnitude, translate_const and cutout_const must be >= 0, got "
-                     f"{num_layers}, {magnitude}, {translate_const}, {cutout_const}")
+  """ValueError unless num_layers is an integer >= 0 and the others are numbers >= 0 (NaN rejected)."""
+  values = (num_layers, magnitude, translate_const, cutout_const)
+  if not (all(isinstance(v, (int, float)) and v >= 0 for v in values) and int(num_layers) == num_layers):
+    raise ValueError(f"tf_randaugment: need an integer num_layers >= 0 and magnitude, translate_const, cutout_const "
+                     f">= 0, got {num_layers}, {magnitude}, {translate_const}, {cutout_const}")
 
 
 def draw_layer(rng, shape):
