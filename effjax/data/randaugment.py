@@ -191,6 +191,8 @@ def _timm_op(name, pil, level, increasing, sign, rng, method, fill, translate):
     return _timm_geometric(pil, rng, method, fill, geometric[name])
   if name == "posterize":
     bits = 4 - posterize_bits if increasing else posterize_bits
+    if bits < 1:  # 0 bits (inc1 at magnitude 10): black, Pillow's mask without the range check Pillow 13 raises on
+      return Image.new(pil.mode, pil.size)
     return pil if bits >= 8 else ImageOps.posterize(pil, bits)
   if name == "solarize":
     return ImageOps.solarize(pil, 256 - solarize if increasing else solarize)
