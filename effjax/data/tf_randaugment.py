@@ -73,12 +73,26 @@ def _tf_blend(degenerate, image, factor):
   return _blend(degenerate, image, np.float32(factor), rounding=np.trunc)
 
 
+_VALUES = np.arange(256, dtype=np.float32)[:, None]  # [256, 1]: every uint8 value, for per-channel tables
+
+
+def _lookup(image, table):
+  """uint8 [H, W, C] through per-channel tables [256, C] (or [256, 1] for all channels): the elementwise ops below
+  compute their float32 formula once per value instead of once per pixel (identical results)."""
+  if table.shape[1] == 1:
+    return np.take(table[:, 0], image)
+  out = np.empty_like(image)
+  for c in range(image.shape[-1]):
+    np.take(table[:, c], image[..., c], out=out[..., c])
+  return out
+
+
 def autocontrast(image, arg=None):
-  x = image.astype(np.float32)
-  lo, hi = x.min(axis=(0, 1)), x.max(axis=(0, 1))
+  channels = [image[..., c] for c in range(image.shape[-1])]  # per-channel reductions: ~10x faster than axis=(0, 1)
+  lo, hi = (np.array([f(ch) for ch in channels], np.float32) for f in (np.min, np.max))
   scale = np.float32(255.0) / np.where(hi > lo, hi - lo, np.float32(1))  # a constant channel is kept as it is
-  stretched = _truncate(x * scale + (-lo * scale))
-  return np.where(hi > lo, stretched, image)
+  table = np.where(hi > lo, _truncate(_VALUES * scale + (-lo * scale)), _VALUES.astype(np.uint8))
+  return _lookup(image, table)
 
 
 def _equalize(image, arg=None):  # PIL's algorithm, which the official TF code reimplements (identical outputs)
@@ -96,12 +110,13 @@ def posterize(image, bits):
 
 
 def solarize(image, threshold):
-  return np.where(image < threshold % 256, image, 255 - image)
+  values = np.arange(256)
+  return _lookup(image, np.where(values < threshold % 256, values, 255 - values).astype(np.uint8)[:, None])
 
 
 def solarize_add(image, addition):
-  added = np.clip(image.astype(np.int64) + addition, 0, 255).astype(np.uint8)
-  return np.where(image < 128, added, image)
+  values = np.arange(256)
+  return _lookup(image, np.where(values < 128, np.clip(values + addition, 0, 255), values).astype(np.uint8)[:, None])
 
 
 def _greyscale(image):
@@ -130,10 +145,10 @@ def _halving_sum(x):
 
 
 def contrast(image, factor):
-  x = (image.astype(np.float32) * np.float32(1.0 / 255)).reshape(-1, image.shape[-1])
+  to_unit = np.float32(1.0 / 255)
+  x = (image.astype(np.float32) * to_unit).reshape(-1, image.shape[-1])
   mean = _halving_sum(x) * (np.float32(1.0) / np.float32(len(x)))
-  adjusted = mean + np.float32(factor) * (x - mean)
-  return _truncate(adjusted * np.float32(255.5)).reshape(image.shape)
+  return _lookup(image, _truncate((mean + np.float32(factor) * (_VALUES * to_unit - mean)) * np.float32(255.5)))
 
 
 def brightness(image, factor):
@@ -141,15 +156,15 @@ def brightness(image, factor):
 
 
 def sharpness(image, factor):
-  x = image.astype(np.float32)
-  kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / np.float32(13)
+  x = image.astype(np.float64)
+  kernel = (np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / np.float32(13)).astype(np.float64)
   smooth = image.copy()
   if min(image.shape[:2]) > 2:
     h, w = image.shape[:2]
     total = np.zeros((h - 2, w - 2, image.shape[2]), np.float32)
     for dy in range(3):  # fused multiply-adds: the float64 sum of a float32 and an exact product, rounded once
       for dx in range(3):
-        total = (total + x[dy:h - 2 + dy, dx:w - 2 + dx].astype(np.float64) * kernel[dy, dx]).astype(np.float32)
+        total = (total + x[dy:h - 2 + dy, dx:w - 2 + dx] * kernel[dy, dx]).astype(np.float32)
     smooth[1:-1, 1:-1] = _truncate(total)
   return _tf_blend(smooth, image, factor)
 
