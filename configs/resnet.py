@@ -17,9 +17,10 @@ checkpoints: input_size, test_input_size, crop_pct), bicubic, with its own head 
 (RS_REGULARIZATION, from the official configs tensorflow/models official/vision/configs/experiments/
 image_classification/imagenet_resnetrs<N>_i<size>.yaml: dropout_rate, stochastic_depth_drop_rate), spread as the
 official TF ResNet spreads it: every block of stage i = 0..3 at rate·(i+2)/5 (backbones/resnet.py,
-get_stochastic_depth_rate; model drop_path_schedule="stage"). Not reproduced: the TF RandAugment (magnitude 10 for
-RS-50, 15 for the others; left to --config.data.pp_train). The ECA / SE variants use the ResNet-RS recipe at 224 px
-with drop path 0.05 ramped per block as timm does.
+get_stochastic_depth_rate; model drop_path_schedule="stage"), and the official TF RandAugment after the flip
+(RS_RANDAUGMENT: 2 layers at magnitude 10 for RS-50 and 15 for the others, from the same yaml files; effjax/data/
+tf_randaugment.py reproduces official/vision/ops/augment.py op by op, tests/test_tf_randaugment.py). The ECA / SE
+variants use the ResNet-RS recipe at 224 px, without RandAugment, with drop path 0.05 ramped per block as timm does.
 """
 import ml_collections
 
@@ -37,6 +38,16 @@ RS_RESOLUTIONS = {"resnetrs50": (160, 224, 0.91), "resnetrs101": (192, 288, 0.94
 RS_REGULARIZATION = {"resnetrs50": (0.25, 0.0), "resnetrs101": (0.25, 0.0), "resnetrs152": (0.25, 0.0),
                      "resnetrs200": (0.25, 0.1), "resnetrs270": (0.25, 0.1), "resnetrs350": (0.4, 0.1),
                      "resnetrs420": (0.4, 0.1)}
+# variant -> RandAugment magnitude (train_data.aug_type.randaug.magnitude) in the same yaml files; their other
+# RandAugment fields are the defaults of official/vision/configs/common.py RandAugment: num_layers 2, cutout_const 40,
+# translate_const 10, magnitude_std 0, prob_to_apply None, exclude_ops none (effjax/data/tf_randaugment.py).
+RS_RANDAUGMENT = {"resnetrs50": 10,   # imagenet_resnetrs50_i160.yaml
+                  "resnetrs101": 15,  # imagenet_resnetrs101_i192.yaml
+                  "resnetrs152": 15,  # imagenet_resnetrs152_i256.yaml
+                  "resnetrs200": 15,  # imagenet_resnetrs200_i256.yaml
+                  "resnetrs270": 15,  # imagenet_resnetrs270_i256.yaml
+                  "resnetrs350": 15,  # imagenet_resnetrs350_i320.yaml (and _i256.yaml)
+                  "resnetrs420": 15}  # imagenet_resnetrs420_i320.yaml
 
 def get_config(arg=None):
   arg = cfg.parse_arg(arg, variant="ecaresnet50d", gate="", dataset="tfds:imagenet2012", num_classes=1000,
@@ -63,7 +74,9 @@ def get_config(arg=None):
   c.data.train_split, c.data.eval_split = "train", "validation"
   # Inception crop + flip at the training size; shorter side test/crop_pct (timm: floor) + central test crop; bicubic.
   train_size, test_size, crop_pct = RS_RESOLUTIONS.get(arg.variant, (224, 224, 0.875))
-  c.data.pp_train = (f"inception_crop(size={train_size},method=bicubic)", "flip", train_config.IMAGENET_NORM)
+  randaug = (f"tf_randaugment(num_layers=2,magnitude={RS_RANDAUGMENT[arg.variant]})",) \
+      if arg.variant in RS_RANDAUGMENT else ()
+  c.data.pp_train = (f"inception_crop(size={train_size},method=bicubic)", "flip", *randaug, train_config.IMAGENET_NORM)
   c.data.pp_eval = (f"center_crop(size={test_size},resize_small={int(test_size / crop_pct)},method=bicubic)",
                     train_config.IMAGENET_NORM)
   c.batch_size = 4096                # ResNet-RS Appendix C: batch 4096

@@ -13,6 +13,7 @@ Every resizing op takes method="bilinear" (default) or "bicubic" (timm's `interp
 also takes method="random" (timm: bilinear or bicubic with probability 1/2 each, drawn per example).
   randaugment(num_layers=2, magnitude=9, max_magnitude=10)   see effjax/data/randaugment.py
   timm_randaugment(policy=rand-m9-mstd0.5-inc1, method=bicubic)   timm's RandAugment, effjax/data/randaugment.py
+  tf_randaugment(num_layers=2, magnitude=10)   TF Model Garden's RandAugment (ResNet-RS), effjax/data/tf_randaugment.py
   random_erasing(prob=0.25, mode=pixel)   timm's RandomErasing, on the normalized image (after normalize)
 Volumes (3-D segmentation, nnU-Net's recipe): patch3d, spatial3d, noise3d, blur3d, brightness3d, contrast3d,
 lowres3d, gamma3d, mirror3d, see effjax/data/volume.py.
@@ -23,7 +24,12 @@ import inspect
 import numpy as np
 
 from effjax.config import parse_arg
-from effjax.data import image as _image, randaugment as _randaugment, volume as _volume
+from effjax.data import (
+  image as _image,
+  randaugment as _randaugment,
+  tf_randaugment as _tf_randaugment,
+  volume as _volume,
+)
 
 
 def _to_float(image):
@@ -153,6 +159,12 @@ def timm_randaugment(example, rng, policy="rand-m9-mstd0.5-inc1", method="bicubi
   return {**example, "image": _randaugment.timm_randaugment(example["image"], rng, policy, method, fill, translate)}
 
 
+def tf_randaugment(example, rng, num_layers=2, magnitude=10.0, translate_const=10.0, cutout_const=40.0):
+  """The TensorFlow Model Garden's RandAugment on a uint8 RGB HWC image; see effjax/data/tf_randaugment.py."""
+  image = _tf_randaugment.tf_randaugment(example["image"], rng, num_layers, magnitude, translate_const, cutout_const)
+  return {**example, "image": image}
+
+
 def random_erasing(example, rng, prob=0.25, area_min=0.02, area_max=1 / 3, ratio_min=0.3, mode="pixel", count=1):
   """timm's RandomErasing (Zhong et al. 2020) on a normalized float HWC image (put it after normalize).
 
@@ -183,7 +195,8 @@ def random_erasing(example, rng, prob=0.25, area_min=0.02, area_max=1 / 3, ratio
 
 
 RANDOM_OPS = {"random_crop": random_crop, "flip": flip, "inception_crop": inception_crop, "randaugment": randaugment,
-              "timm_randaugment": timm_randaugment, "random_erasing": random_erasing, "patch3d": _volume.patch3d,
+              "timm_randaugment": timm_randaugment, "tf_randaugment": tf_randaugment,
+              "random_erasing": random_erasing, "patch3d": _volume.patch3d,
               "spatial3d": _volume.spatial3d, "noise3d": _volume.noise3d, "blur3d": _volume.blur3d,
               "brightness3d": _volume.brightness3d, "contrast3d": _volume.contrast3d, "lowres3d": _volume.lowres3d,
               "gamma3d": _volume.gamma3d, "mirror3d": _volume.mirror3d}
@@ -216,6 +229,8 @@ def parse(spec: str):
     raise ValueError(f"data op {spec!r}: mode must be pixel, rand or const")
   if name == "timm_randaugment":
     _randaugment.parse_timm_policy(kwargs.get("policy", "rand"))
+  if name == "tf_randaugment":
+    _tf_randaugment.check_args(**{**dict(num_layers=2, magnitude=10.0), **kwargs})
   std = np.asarray(kwargs.get("std", 1.0), np.float64) if name == "normalize" else 1.0
   if not np.all(np.isfinite(std) & (std != 0)):
     raise ValueError(f"data op {spec!r}: std must be finite and non-zero")

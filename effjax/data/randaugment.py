@@ -39,10 +39,11 @@ _TRANSLATE = 150 / 331
 _ROTATE = 30.0
 
 
-def _blend(degenerate, image, factor):
-  """degenerate + factor·(image − degenerate), rounded and clipped to uint8."""
+def _blend(degenerate, image, factor, rounding=np.rint):
+  """degenerate + factor·(image − degenerate) in float32, rounded (np.rint; TensorFlow's ops: np.trunc) and clipped
+  to uint8."""
   out = degenerate + factor * (image.astype(np.float32) - degenerate)
-  return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+  return np.clip(rounding(out), 0, 255).astype(np.uint8)
 
 
 def _affine(image, coefficients):
@@ -190,6 +191,8 @@ def _timm_op(name, pil, level, increasing, sign, rng, method, fill, translate):
     return _timm_geometric(pil, rng, method, fill, geometric[name])
   if name == "posterize":
     bits = 4 - posterize_bits if increasing else posterize_bits
+    if bits < 1:  # 0 bits (inc1 at magnitude 10): black, Pillow's mask without the range check Pillow 13 raises on
+      return Image.new(pil.mode, pil.size)
     return pil if bits >= 8 else ImageOps.posterize(pil, bits)
   if name == "solarize":
     return ImageOps.solarize(pil, 256 - solarize if increasing else solarize)
