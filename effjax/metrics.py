@@ -55,8 +55,7 @@ class Writer:
       path = os.path.join(workdir, "metrics.jsonl")
       _drop_torn_row(path)
       self.jsonl = open(path, "a")
-      from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"))
 
   def write(self, step, metrics):
     if not self.active:
@@ -71,6 +70,21 @@ class Writer:
     if self.active:
       self.jsonl.close()
       self.tb.close()
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch whenever it is installed (only to
+  accept torch tensors, which effjax never passes), which costs a process about a second. A torch the program has
+  already imported stays as it is."""
+  if "torch" in sys.modules or "tensorboardX" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX catches
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
 
 
 def _drop_torn_row(path):
