@@ -7,7 +7,7 @@ from effjax import metrics
 
 # A fresh process: writes a row through metrics.Writer, prints whether torch was imported, then imports torch.
 WRITE_WITHOUT_TORCH = """
-import sys, tempfile
+import sys
 from effjax import metrics
 writer = metrics.Writer(sys.argv[1])
 writer.write(3, {"train/loss": 0.5})
