@@ -21,8 +21,6 @@ NO_RUNLOCAL = {"crate_finetune.py": "fine-tunes an ImageNet checkpoint at 224 px
                                     "covers the loading"}
 # Runlocal configs that another test already trains through the trainer, for longer and with its own checks.
 TRAINED_ELSEWHERE = {f: "tests/models/test_fit_training.py" for f in ("fit.py", "fit_diffusion.py", "fit_lm.py")}
-# Terminator: the 1D path with accumulated statistics besides the 2D runlocal default.
-EXTRA_SPECS = ["terminator.py:dataset=smnist,runlocal,stats=accumulated"]
 SMALL_TERMINATOR = (dict(expansions=(12,), skips=((),), global_layers=(1,), dropout=(0.05,)),  # one block
                     {"model.branch.global_hidden": 8, "model.branch.local_hidden": 8, "model.branch.channel_hidden": 8,
                      "model.branch.interact_channel_hidden": 4, "model.branch.interact_spatial_hidden": 8})
@@ -40,7 +38,6 @@ SHRINK = {  # spec -> (model fields, dotted config keys)
     "p3d.py:runlocal": (dict(layers=(1,), width=4), {"data.source": "moving_digits:frames=4;size=28"}),
     "resnet.py:runlocal": (dict(layers=(1, 1), widths=(4, 8)), {}),
     "terminator.py:runlocal": SMALL_TERMINATOR,
-    "terminator.py:dataset=smnist,runlocal,stats=accumulated": SMALL_TERMINATOR,
     "tvconv.py:runlocal": (dict(blocks=((1, 8, 1, 1), (2, 16, 1, 2)), stem_width=8, last_width=32, tvconv_hidden=4,
                                 tvconv_hidden_layers=1), {}),
     "vit.py:runlocal": (dict(patch_size=7, width=32, depth=2, num_heads=2, mlp_dim=64), {}),
@@ -69,9 +66,9 @@ def _terminator(result, workdir):
 
 
 CHECKS = {"crate.py:runlocal": _crate, "crate_mae.py:runlocal": _crate_mae, "dformer.py:runlocal": _dformer,
-          "terminator.py:runlocal": _terminator, "terminator.py:dataset=smnist,runlocal,stats=accumulated": _terminator}
+          "terminator.py:runlocal": _terminator}
 FILES = sorted(f for f in os.listdir(CONFIGS) if f.endswith(".py"))
-SPECS = [f"{f}:runlocal" for f in FILES if f not in NO_RUNLOCAL and f not in TRAINED_ELSEWHERE] + EXTRA_SPECS
+SPECS = [f"{f}:runlocal" for f in FILES if f not in NO_RUNLOCAL and f not in TRAINED_ELSEWHERE]
 
 
 @pytest.mark.slow

@@ -44,3 +44,24 @@ def test_smnist_source_sequences_and_fixed_permutation():
   assert not np.array_equal(smnist.make("test", "permuted,seed=1").order, order)
   with pytest.raises(ValueError, match="base"):
     smnist.make("test", "base=cifar")
+
+
+def test_1d_runlocal_config_feeds_pixel_sequences():
+  """The 1D runlocal config's own pipelines give [batch, 784, 1] sequences (its model and task are trained in
+  tests/models/test_terminator.py; the trainer runs the 2D runlocal config in tests/test_configs_runlocal.py)."""
+  import jax
+
+  from effjax.data import pipeline
+  from effjax.data.sources import smnist
+  c = cfg.load_config_file(os.path.join(REPO, "configs/terminator.py:dataset=pmnist,runlocal"))
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(jax.devices()), ("data",)),
+                                        jax.sharding.PartitionSpec("data"))
+  train_data = pipeline.train_data(c.data, 8, sharding, seed=0)
+  batch = next(train_data)
+  train_data.close()
+  assert batch["image"].shape == (8, 784, 1) and batch["label"].shape == (8,)
+  evaluated = next(iter(pipeline.eval_batches(c.data, 8, sharding)))
+  assert evaluated["image"].shape == (8, 784, 1)
+  order = smnist.permutation(0)  # the fixed permutation, normalized as the config says
+  expected = (smnist.make("test")[0]["image"][order].astype(np.float32) / 255.0 - 0.1307) / 0.3081
+  np.testing.assert_allclose(np.asarray(evaluated["image"][0]), expected, rtol=1e-5, atol=1e-5)
