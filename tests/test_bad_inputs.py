@@ -16,7 +16,7 @@ from effjax.weights import torch_file
 
 import trainer_utils
 
-ENV = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+ENV = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": trainer_utils.xla_flags(1)}
 
 
 class _Ended(Exception):

@@ -73,7 +73,7 @@ def _cli(data_dir, workdir, log, workers, kill=-1):
       "--workdir", str(workdir), f"--config.data.source=tfds:{tfds_photos.NAME}", "--config.model.num_classes=4",
       "--config.data.eval_examples=16", "--config.batch_size=16", "--config.eval_batch_size=16",
       f"--config.data.worker_count={workers}", "--config.total_steps=12", "--config.checkpoint_every_steps=6"]
-  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir), "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "TFDS_DATA_DIR": str(data_dir), "XLA_FLAGS": trainer_utils.xla_flags(1)}
   out, err = (open(f"{log}.{name}", "w+") for name in ("out", "err"))
   # Its own session, so that grain workers orphaned by the SIGKILL can be ended (they would hold pipes open).
   proc = subprocess.Popen([sys.executable, "-c", _CLI, str(log), str(kill), *args], cwd=trainer_utils.REPO, env=env,

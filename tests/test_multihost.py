@@ -23,7 +23,7 @@ def _free_port():
 
 def _start_two(args, workdir):
   port = _free_port()
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "XLA_FLAGS": trainer_utils.xla_flags(1)}
   return [subprocess.Popen(
       [sys.executable, "-m", "effjax.main", *args, "--workdir", str(workdir),
        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],

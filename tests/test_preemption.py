@@ -16,7 +16,7 @@ from effjax.config import ConfigError
 
 import trainer_utils
 
-ENV = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+ENV = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": trainer_utils.xla_flags(1)}
 
 
 def _saved(directory, steps):

@@ -167,7 +167,7 @@ def test_every_cli_failure_ends_in_one_line(finished, tmp_path):
       "effjax: error: config file: SyntaxError: invalid syntax (bad.py, line 1)"]
   result = subprocess.run([sys.executable, "-c", _NAN_IMAGES_CLI, *trainer_utils.TINY_CLI,
                            "--workdir", str(tmp_path / "x")], cwd=trainer_utils.REPO, capture_output=True, text=True,
-                          env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}, timeout=300)
+                          env={**os.environ, "XLA_FLAGS": trainer_utils.xla_flags(1)}, timeout=300)
   last = result.stderr.strip().splitlines()[-1]
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert last.startswith("effjax: error: NonFiniteError: step 1") and f"{tmp_path}/x/error.log" in last
@@ -177,7 +177,7 @@ def test_every_cli_failure_ends_in_one_line(finished, tmp_path):
 @pytest.mark.slow
 def test_sigterm_before_the_training_loop_exits_cleanly(tmp_path):
   workdir = tmp_path / "w"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "XLA_FLAGS": trainer_utils.xla_flags(1)}
   proc = subprocess.Popen([sys.executable, "-m", "effjax.main", *trainer_utils.TINY_CLI, "--workdir", str(workdir)],
                           cwd=trainer_utils.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 120

@@ -25,9 +25,15 @@ def tiny_vit_config(**overrides):
   return c
 
 
+def xla_flags(devices):
+  """This process's XLA_FLAGS (the suite's, tests/conftest.py) with `devices` fake CPU devices instead of 8."""
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+  return " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
+
+
 def run_cli(args, env=None, timeout=300, devices=1, **kwargs):
   """Runs `python -m effjax.main ARGS` in the repo with `devices` fake CPU devices."""
-  full_env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **(env or {})}
+  full_env = {**os.environ, "XLA_FLAGS": xla_flags(devices), **(env or {})}
   return subprocess.run([sys.executable, "-m", "effjax.main", *args], cwd=REPO, env=full_env,
                         capture_output=True, text=True, timeout=timeout, **kwargs)
 
