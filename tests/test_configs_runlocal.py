@@ -5,7 +5,7 @@ table for the exceptions) instead of one trainer run per model test. SHRINK make
 that the compile stays short; its architecture, task, evaluators, data source and optimizer stay its own.
 CHECKS holds what a config's own evaluators or losses must report beyond trainer_utils' common checks. Only
 the runlocal variants run here; the paper-scale variants have their own dry run on a generated ImageNet-shaped
-dataset. The FIT configs train for 30-40 steps in tests/models/test_fit_training.py (TRAINED_ELSEWHERE) instead.
+dataset. The FIT configs train for 20-30 steps in tests/models/test_fit_training.py (TRAINED_ELSEWHERE) instead.
 """
 import os
 
