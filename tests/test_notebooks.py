@@ -17,6 +17,8 @@ import sysconfig
 import nbformat
 import pytest
 
+import trainer_utils
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLABS = os.path.join(REPO, "colabs")
 NOTEBOOKS = sorted(glob.glob(os.path.join(COLABS, "*.ipynb")))
@@ -74,6 +76,7 @@ def test_notebook_runs_as_in_colab(path, wheel, tmp_path):
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "EFFJAX_SOURCE")}
   env["JUPYTER_PATH"] = str(tmp_path / "venv" / "share" / "jupyter")
   env["PIP_NO_INDEX"] = "1"  # everything but effjax is already installed: the cell must not need the index
+  env["XLA_FLAGS"] = trainer_utils.xla_flags(1)  # one CPU device, as in a Colab CPU runtime (the suite fakes 8)
   check = subprocess.run([python, "-c", "import importlib.util; print(importlib.util.find_spec('effjax'))"],
                          env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
   assert check.stdout.strip() == "None", "effjax must be missing before the install cell runs"
