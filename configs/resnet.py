@@ -6,21 +6,26 @@
 
 Arguments: variant (a timm name in effjax.models.resnet.VARIANTS: ecaresnet26t/50d/50t/101d/200d/269d/light,
 resnetrs50 ... resnetrs420), gate (overrides the variant's gate: eca, se = cse, sse, scse, or "none"), dataset,
-num_classes, ema (True: evaluate EMA weights), runlocal (a two-stage ECA-ResNet with a deep stem on the embedded
-MNIST subset).
+num_classes, ema (True: evaluate EMA weights), eval_pp (ResNet-RS only: "official", the default, evaluates as the
+TF Model Garden does; "timm" as timm's pretrained configs of the converted checkpoints do, RS_RESOLUTIONS' crop_pct
+and bicubic), runlocal (a two-stage ECA-ResNet with a deep stem on the embedded MNIST subset).
 
 ImageNet recipe: ResNet-RS (Bello et al. 2021, "Revisiting ResNets", §4 and Appendix C): SGD momentum 0.9, lr 1.6
 for batch 4096 (0.1 · 4096/256), cosine over 350 epochs after 5 warm-up epochs, weight decay 4e-5, label smoothing
 0.1, EMA 0.9999 (the released checkpoints, e.g. timm's resnetrs50_ema, are EMA weights). Each ResNet-RS variant
 trains and evaluates at its own resolution (RS_RESOLUTIONS, from timm's pretrained cfgs of the official TF
-checkpoints: input_size, test_input_size, crop_pct), bicubic, with its own head dropout and stochastic depth
+checkpoints: input_size, test_input_size, crop_pct), resized bilinearly and evaluated on the central 0.875 of
+the shorter side as the official input pipeline does (official/vision/dataloaders/classification_input.py with
+configs/image_classification.py's defaults tf_resize_method="bilinear", center_crop_fraction=0.875; timm's crop_pct
+and bicubic with eval_pp="timm"), with its own head dropout and stochastic depth
 (RS_REGULARIZATION, from the official configs tensorflow/models official/vision/configs/experiments/
 image_classification/imagenet_resnetrs<N>_i<size>.yaml: dropout_rate, stochastic_depth_drop_rate), spread as the
 official TF ResNet spreads it: every block of stage i = 0..3 at rate·(i+2)/5 (backbones/resnet.py,
 get_stochastic_depth_rate; model drop_path_schedule="stage"), and the official TF RandAugment after the flip
 (RS_RANDAUGMENT: 2 layers at magnitude 10 for RS-50 and 15 for the others, from the same yaml files; effjax/data/
 tf_randaugment.py reproduces official/vision/ops/augment.py op by op, tests/test_tf_randaugment.py). The ECA / SE
-variants use the ResNet-RS recipe at 224 px, without RandAugment, with drop path 0.05 ramped per block as timm does.
+variants use the ResNet-RS recipe at 224 px, bicubic, without RandAugment, with drop path 0.05 ramped per block as
+timm does.
 """
 import ml_collections
 
@@ -51,11 +56,13 @@ RS_RANDAUGMENT = {"resnetrs50": 10,   # imagenet_resnetrs50_i160.yaml
 
 def get_config(arg=None):
   arg = cfg.parse_arg(arg, variant="ecaresnet50d", gate="", dataset="tfds:imagenet2012", num_classes=1000,
-                      ema=True, runlocal=False)
+                      ema=True, eval_pp="official", runlocal=False)
   if arg.variant not in resnet.VARIANTS:
     raise cfg.ConfigError(f"unknown ResNet variant {arg.variant!r}; expected one of {sorted(resnet.VARIANTS)}")
   if arg.gate and arg.gate != "none" and arg.gate not in GATES:
     raise cfg.ConfigError(f"unknown gate {arg.gate!r}; expected one of {sorted(GATES)} or 'none'")
+  if arg.eval_pp not in ("official", "timm"):
+    raise cfg.ConfigError(f"unknown eval_pp {arg.eval_pp!r}; expected 'official' or 'timm'")
   c = train_config.base_config()
   c.model_name = "resnet"
   head_dropout, drop_path = RS_REGULARIZATION.get(arg.variant, (0.0, 0.05))
@@ -72,12 +79,16 @@ def get_config(arg=None):
   c.evaluators = ("classification",)
   c.data.source = arg.dataset
   c.data.train_split, c.data.eval_split = "train", "validation"
-  # Inception crop + flip at the training size; shorter side test/crop_pct (timm: floor) + central test crop; bicubic.
+  # Inception crop + flip at the training size; shorter side test/crop_pct (timm: floor) + central test crop. ResNet-RS:
+  # bilinear and crop 0.875 (the official TF pipeline); the timm models (ECA / SE): bicubic, as timm trains them.
   train_size, test_size, crop_pct = RS_RESOLUTIONS.get(arg.variant, (224, 224, 0.875))
-  randaug = (f"tf_randaugment(num_layers=2,magnitude={RS_RANDAUGMENT[arg.variant]})",) \
-      if arg.variant in RS_RANDAUGMENT else ()
-  c.data.pp_train = (f"inception_crop(size={train_size},method=bicubic)", "flip", *randaug, train_config.IMAGENET_NORM)
-  c.data.pp_eval = (f"center_crop(size={test_size},resize_small={int(test_size / crop_pct)},method=bicubic)",
+  official_rs = arg.variant in RS_RESOLUTIONS
+  train_method = "bilinear" if official_rs else "bicubic"
+  eval_method, crop_pct = ("bilinear", 0.875) if official_rs and arg.eval_pp == "official" else ("bicubic", crop_pct)
+  randaug = (f"tf_randaugment(num_layers=2,magnitude={RS_RANDAUGMENT[arg.variant]})",) if official_rs else ()
+  c.data.pp_train = (f"inception_crop(size={train_size},method={train_method})", "flip", *randaug,
+                     train_config.IMAGENET_NORM)
+  c.data.pp_eval = (f"center_crop(size={test_size},resize_small={int(test_size / crop_pct)},method={eval_method})",
                     train_config.IMAGENET_NORM)
   c.batch_size = 4096                # ResNet-RS Appendix C: batch 4096
   c.total_epochs = 350.0             # ResNet-RS: 350 epochs

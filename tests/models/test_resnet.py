@@ -145,3 +145,19 @@ def test_head_dropout_acts_on_pooled_features_in_training_only():
   np.testing.assert_array_equal(logits, jnp.broadcast_to(bias, logits.shape))  # every pooled feature dropped
   c = cfg.load_config_file(os.path.join(REPO, "configs/resnet.py:variant=resnetrs350"))  # imagenet_resnetrs350_i320
   assert (c.model.head_dropout, c.model.drop_path_rate) == (0.4, 0.1)
+
+
+def test_resnet_rs_input_pipeline_is_the_official_one_and_timm_on_request():
+  """Official TF pipeline (classification_input.py defaults): bilinear resizes, central 0.875 of the shorter side;
+  eval_pp=timm: timm's pretrained cfg for the converted checkpoints (crop_pct 0.91 at 224, bicubic)."""
+  from effjax import config as cfg
+  load = lambda arg: cfg.load_config_file(os.path.join(REPO, f"configs/resnet.py:{arg}"))
+  official, timm_eval, eca = load("variant=resnetrs50"), load("variant=resnetrs50,eval_pp=timm"), \
+      load("variant=ecaresnet50d")
+  assert official.data.pp_train[0] == "inception_crop(size=160,method=bilinear)"
+  assert official.data.pp_eval[0] == "center_crop(size=224,resize_small=256,method=bilinear)"
+  assert timm_eval.data.pp_train == official.data.pp_train
+  assert timm_eval.data.pp_eval[0] == "center_crop(size=224,resize_small=246,method=bicubic)"
+  assert eca.data.pp_train[0] == "inception_crop(size=224,method=bicubic)"  # a timm model: timm's recipe
+  with pytest.raises(cfg.ConfigError, match="unknown eval_pp"):
+    load("variant=resnetrs50,eval_pp=tf")
