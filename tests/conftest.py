@@ -63,7 +63,8 @@ def load_golden(name):
 
 
 def pytest_collection_modifyitems(items):
-  """Files holding a `slow` test run first, each file's tests kept together and in order: with `pytest -n 2` the
-  long tests start at once and the short ones fill the end, so that the two workers finish together."""
+  """Files holding a `slow` test run first, each file's tests kept together and in order: with `pytest -n 2` (and
+  pyproject's `--dist loadscope`: each worker takes whole files) the long files start at once and the short ones
+  fill the end, so that the two workers finish together."""
   slow = {item.path for item in items if item.get_closest_marker("slow")}
   items.sort(key=lambda item: item.path not in slow)

@@ -79,6 +79,7 @@ def _config(spec, keys):
   return cfg.load_config_file(os.path.join(trainer_utils.REPO, "configs", f"{path}:{arg}"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", list(CONFIGS))
 def test_paper_config_dry_run(spec, tfds_dir, tmp_path, monkeypatch):
   monkeypatch.setenv("TFDS_DATA_DIR", str(tfds_dir))
