@@ -101,7 +101,7 @@ class Sigterm:
     """Inside: a signal only sets `requested`. On entry the run stops (Terminated) if a signal came before:
     with several processes, if any process was signalled (agreed at a barrier); with one, also a signal whose
     exception was swallowed on the way (e.g. one that arrived inside a callback during compilation)."""
-    if self._any("start"):
+    if self.agreed("start"):
       several = _client() is not None
       raise Terminated(self._stopped(several), agreed=several)
     self.in_loop = True
@@ -111,12 +111,9 @@ class Sigterm:
       self.in_loop = False
       self.stopped = self.requested  # the loop stopped for a signal (and saved): further signals change nothing
 
-  def agreed(self, step):
-    """Whether the run stops after `step`: this process's flag, or with several processes, any process's."""
-    return self._any(step)
-
-  def _any(self, key):
-    """This process's flag, or with several processes whether any process's flag is set at the barrier `key`."""
+  def agreed(self, key):
+    """Whether the run stops at `key` (a step, or "start" on entering the loop): this process's flag, or with
+    several processes whether any process's flag is set at the barrier `key`."""
     import jax
     if jax.process_count() == 1:
       return self.requested

@@ -112,9 +112,9 @@ def spatial3d(example, rng, p_rot=0.2, angle=(-30.0, 30.0), p_scale=0.2, scale_m
 
 
 def _channels(example, fn):
-  """The example with fn(channel [D, H, W] float32, c) applied to every channel of its image."""
+  """The example with fn(channel [D, H, W] float32) applied to every channel of its image, in order."""
   image = example["image"].astype(np.float32)
-  return {**example, "image": np.stack([fn(image[..., c], c) for c in range(image.shape[-1])], -1)}
+  return {**example, "image": np.stack([fn(image[..., c]) for c in range(image.shape[-1])], -1)}
 
 
 def noise3d(example, rng, p=0.1, variance=(0.0, 0.1)):
@@ -123,7 +123,7 @@ def noise3d(example, rng, p=0.1, variance=(0.0, 0.1)):
   if rng.random() >= p:
     return example
   v = rng.uniform(*variance)
-  return _channels(example, lambda x, c: x + rng.normal(0.0, v, x.shape).astype(np.float32))
+  return _channels(example, lambda x: x + rng.normal(0.0, v, x.shape).astype(np.float32))
 
 
 def blur3d(example, rng, p=0.2, sigma=(0.5, 1.0), p_per_channel=0.5):
@@ -132,7 +132,7 @@ def blur3d(example, rng, p=0.2, sigma=(0.5, 1.0), p_per_channel=0.5):
   from scipy import ndimage
   if rng.random() >= p:
     return example
-  return _channels(example, lambda x, c: ndimage.gaussian_filter(x, rng.uniform(*sigma))
+  return _channels(example, lambda x: ndimage.gaussian_filter(x, rng.uniform(*sigma))
                    if rng.random() <= p_per_channel else x)
 
 
@@ -141,7 +141,7 @@ def brightness3d(example, rng, p=0.15, multiplier=(0.75, 1.25)):
   (batchgenerators BrightnessMultiplicativeTransform)."""
   if rng.random() >= p:
     return example
-  return _channels(example, lambda x, c: x * np.float32(rng.uniform(*multiplier)))
+  return _channels(example, lambda x: x * np.float32(rng.uniform(*multiplier)))
 
 
 def contrast3d(example, rng, p=0.15, factor=(0.75, 1.25)):
@@ -150,7 +150,7 @@ def contrast3d(example, rng, p=0.15, factor=(0.75, 1.25)):
   if rng.random() >= p:
     return example
 
-  def contrast(x, c):
+  def contrast(x):
     f, mean = _factor(rng, *factor), x.mean()
     return np.clip((x - mean) * np.float32(f) + mean, x.min(), x.max())
   return _channels(example, contrast)
@@ -165,7 +165,7 @@ def lowres3d(example, rng, p=0.25, zoom=(0.5, 1.0), p_per_channel=0.5):
   if rng.random() >= p:
     return example
 
-  def lowres(x, c):
+  def lowres(x):
     if rng.random() >= p_per_channel:
       return x
     target = np.round(np.asarray(x.shape) * rng.uniform(*zoom)).astype(int)
@@ -182,7 +182,7 @@ def gamma3d(example, rng, p=0.3, gamma=(0.7, 1.5), invert=False, retain_stats=Tr
     return example
   sign = np.float32(-1.0 if invert else 1.0)
 
-  def adjust(x, c):
+  def adjust(x):
     x = sign * x
     mean, std = x.mean(), x.std()
     g = _factor(rng, *gamma)
