@@ -230,7 +230,7 @@ def parse(spec: str):
   if name == "timm_randaugment":
     _randaugment.parse_timm_policy(kwargs.get("policy", "rand"))
   if name == "tf_randaugment":
-    _tf_randaugment.check_args(**{**dict(num_layers=2, magnitude=10.0), **kwargs})
+    _tf_randaugment.check_args(**kwargs)
   std = np.asarray(kwargs.get("std", 1.0), np.float64) if name == "normalize" else 1.0
   if not np.all(np.isfinite(std) & (std != 0)):
     raise ValueError(f"data op {spec!r}: std must be finite and non-zero")

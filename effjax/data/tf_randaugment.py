@@ -242,7 +242,7 @@ OPS = {"AutoContrast": autocontrast, "Equalize": _equalize, "Invert": invert,
 NAMES = tuple(OPS)
 
 
-def check_args(num_layers, magnitude, translate_const=10.0, cutout_const=40.0):
+def check_args(num_layers=2, magnitude=10.0, translate_const=10.0, cutout_const=40.0):
   """ValueError unless num_layers is an integer >= 0 and the others are numbers >= 0 (NaN rejected)."""
   values = (num_layers, magnitude, translate_const, cutout_const)
   if not (all(isinstance(v, (int, float)) and v >= 0 for v in values) and int(num_layers) == num_layers):
